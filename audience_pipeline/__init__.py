@@ -1,0 +1,1 @@
+"""Activate first-party audiences into Amazon Marketing Cloud, Ads Data Manager, DSP and Firehose."""

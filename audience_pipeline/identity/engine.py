@@ -1,0 +1,159 @@
+"""The identity engine: normalize and hash identity columns of a polars frame, reporting rejects."""
+
+from collections.abc import Callable, Sequence
+
+import polars as pl
+
+from audience_pipeline.identity import address, rules
+from audience_pipeline.identity.countries import alpha2, normalize_country
+from audience_pipeline.identity.fields import HASHED_FIELDS, IDENTITY_FIELDS, MAID_FIELDS
+from audience_pipeline.identity.hashing import is_hashed, sha256_hex
+from audience_pipeline.identity.phone import normalize_phones
+from audience_pipeline.identity.result import REJECT_SCHEMA, IdentityResult
+
+_RULES: dict[str, Callable[[pl.Expr, pl.Expr], rules.Rule]] = {
+    "email": rules.email,
+    "first_name": rules.person_name,
+    "last_name": rules.person_name,
+    "address": address.address,
+    "city": rules.city,
+    "state": rules.state,
+    "zip": rules.zip_code,
+    "country_code": rules.country_code,
+    **{f: rules.mobile_ad_id for f in MAID_FIELDS},
+}
+_COUNTRY = "__country"
+_ROW = "__row"
+_UNKNOWN_COUNTRY = "__unknown_country"
+
+
+def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    """Any column as trimmed text: integers keep their digits and whole floats lose the `.0`."""
+    expr = pl.col(column)
+    if dtype.is_float():
+        expr = pl.when(expr == expr.round()).then(expr.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(
+            expr.cast(pl.String)
+        )
+    elif dtype != pl.String:
+        expr = expr.cast(pl.String)
+    stripped = expr.str.strip_chars()
+    return pl.when(stripped != "").then(stripped)
+
+
+def choose_fields(columns: Sequence[str], fields: Sequence[str] | None) -> tuple[str, ...]:
+    """The identity columns to normalize: the ones asked for, or every one present but `country_code`."""
+    if fields is None:
+        return tuple(f for f in IDENTITY_FIELDS if f in columns and f != "country_code")
+    unknown = [f for f in fields if f not in IDENTITY_FIELDS]
+    if unknown:
+        raise ValueError(f"fields: {', '.join(unknown)} not identity fields (known: {', '.join(IDENTITY_FIELDS)})")
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        raise ValueError(f"fields: {', '.join(missing)} not among the input columns")
+    return tuple(dict.fromkeys(fields))
+
+
+def normalize_identities(
+    frame: pl.DataFrame,
+    fields: Sequence[str] | None = None,
+    default_country: str | None = None,
+    row_offset: int = 0,
+) -> IdentityResult:
+    """Normalize and hash the identity columns of `frame` by `shared/spec/normalization.md`.
+
+    `fields` names the columns to process (default: every identity column present except
+    `country_code`); hashed fields become lowercase SHA-256 hex, mobile ad IDs canonical UUIDs and
+    partner IDs trimmed text. A `country_code` column gives each row's country, which wins over
+    `default_country`; an unrecognised row country is a reject and leaves that row without a
+    country. Rejects carry `row` = position in `frame` + `row_offset`, so callers processing a
+    file in batches get file-wide row numbers. Raw values never leave this function except as
+    hashes or canonical IDs.
+    """
+    chosen = choose_fields(frame.columns, fields)
+    default = normalize_country(default_country, "default country") if default_country else None
+
+    schema = frame.schema
+    if "country_code" in schema:
+        given = _as_text("country_code", schema["country_code"])
+        resolved = alpha2(given)
+        country_expr = pl.when(given.is_null()).then(pl.lit(default, pl.String)).otherwise(resolved)
+        unknown_expr = given.is_not_null() & resolved.is_null()
+    else:
+        country_expr, unknown_expr = pl.lit(default, pl.String), pl.lit(False)
+    work = (
+        frame.lazy()
+        .select(
+            (pl.int_range(pl.len(), dtype=pl.Int64) + row_offset).alias(_ROW),
+            country_expr.alias(_COUNTRY),
+            unknown_expr.alias(_UNKNOWN_COUNTRY),
+            *[_as_text(f, schema[f]).alias(f) for f in chosen],
+        )
+        .collect()
+    )
+    country = pl.col(_COUNTRY)
+
+    outputs: list[pl.Expr] = []
+    reasons: list[pl.Expr] = []
+    for field in chosen:
+        value = pl.col(field)
+        if field == "phone":
+            continue  # vectorized separately below: it partitions rows by country
+        if field in HASHED_FIELDS:
+            already = is_hashed(value)
+            rule = _RULES[field](value, country)
+            if field == "country_code":
+                # The hashed country is the row's resolved country, present whenever the column is.
+                rule = rules.Rule(
+                    pl.when(value.is_not_null()).then(rule.value),
+                    pl.when(value.is_not_null()).then(rule.reason),
+                )
+            outputs.append(pl.when(already).then(value.str.to_lowercase()).otherwise(sha256_hex(rule.value)).alias(field))
+            reasons.append(pl.when(value.is_not_null() & ~already).then(rule.reason).alias(field))
+        else:
+            rule = _RULES.get(field, rules.passthrough)(value, country)
+            outputs.append(rule.value.alias(field))
+            reasons.append(pl.when(value.is_not_null()).then(rule.reason).alias(field))
+
+    normalized = work.lazy().select(pl.col(_ROW), *outputs, *[r.name.suffix("__reason") for r in reasons]).collect()
+    if "phone" in chosen:
+        normalized = normalized.hstack(_phone_columns(work))
+
+    rejects = [
+        normalized.select(pl.col(_ROW).alias("row"), pl.lit(f).alias("field"), pl.col(f"{f}__reason").alias("reason"))
+        .filter(pl.col("reason").is_not_null())
+        for f in chosen
+    ]
+    if "country_code" not in chosen:
+        rejects.append(
+            work.filter(_UNKNOWN_COUNTRY).select(
+                pl.col(_ROW).alias("row"), pl.lit("country_code").alias("field"), pl.lit("unknown_country").alias("reason")
+            )
+        )
+    reject_frame = (
+        pl.concat([r.cast(REJECT_SCHEMA) for r in rejects]).sort("row", maintain_order=True)
+        if rejects
+        else pl.DataFrame(schema=REJECT_SCHEMA)
+    )
+    result = frame.with_columns(normalized.select(chosen))
+    return IdentityResult(frame=result, rejects=reject_frame, fields=chosen)
+
+
+def _phone_columns(work: pl.DataFrame) -> pl.DataFrame:
+    """Phone hashes and reasons; phones go through their own partitioned path, not one expression."""
+    values = work.get_column("phone")
+    already = values.str.contains(r"^[0-9a-fA-F]{64}$").fill_null(False)
+    todo = values.is_not_null() & ~already
+    phones = normalize_phones(values.filter(todo), work.get_column(_COUNTRY).filter(todo))
+    positions = todo.arg_true()
+    blank = pl.repeat(None, work.height, dtype=pl.String, eager=True)
+    return pl.DataFrame(
+        {
+            "already": already,
+            "value": values,
+            "e164": blank.scatter(positions, phones.get_column("e164")),
+            "reason": blank.clone().scatter(positions, phones.get_column("reason")),
+        }
+    ).select(
+        pl.when("already").then(pl.col("value").str.to_lowercase()).otherwise(sha256_hex(pl.col("e164"))).alias("phone"),
+        pl.col("reason").alias("phone__reason"),
+    )
