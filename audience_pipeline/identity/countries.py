@@ -5,6 +5,7 @@ import re
 
 import polars as pl
 import pycountry
+from phonenumbers import SUPPORTED_REGIONS
 
 # The nine countries with their own rules in the normalization spec; every other country gets the defaults.
 SPEC_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "IT", "ES", "JP", "IN")
@@ -52,6 +53,8 @@ def country_lookup() -> dict[str, str]:
         ):
             if name:
                 lookup.setdefault(_key(name), code)
+    # Codes phonenumbers knows beyond ISO 3166-1 (XK Kosovo, AC Ascension, TA Tristan da Cunha).
+    lookup.update({region: region for region in SUPPORTED_REGIONS if region not in lookup})
     lookup.update(_ALIASES)
     return lookup
 

@@ -213,7 +213,11 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     frame = frame.with_columns(
         # `00` is an international prefix wherever the number was dialled from.
         number=pl.when(v.str.starts_with("00")).then(pl.concat_str(pl.lit("+"), v.str.slice(2))).otherwise(v)
-    ).with_columns(digits=pl.col("number").str.replace_all(r"[^0-9]", ""))
+    ).with_columns(
+        digits=pl.col("number").str.replace_all(r"[^0-9]", ""),
+        e164=pl.lit(None, pl.String),
+        reason=pl.lit(None, pl.String),
+    )
     fast = pl.col("number").str.contains(_FAST_SHAPE) & (pl.col("digits").str.len_chars() >= 3)
     international = pl.col("number").str.starts_with("+")
 
