@@ -32,7 +32,9 @@ _DASH = r" (\p{N}+)-([^ -]*[^ \p{N}-][^ -]*) "
 
 @functools.cache
 def _replacements() -> dict[str, str]:
-    raw = json.loads((resources.files(__package__) / "data" / "address_maps.json").read_text(encoding="utf-8"))
+    raw = json.loads(
+        (resources.files(__package__) / "data" / "address_maps.json").read_text(encoding="utf-8")
+    )
     patterns: dict[str, str] = {}
     for map_set, names in _MAP_SETS.items():
         merged: dict[str, str] = {}
@@ -46,11 +48,7 @@ def _replacements() -> dict[str, str]:
 
 def address(value: pl.Expr, country: pl.Expr) -> Rule:
     """Street address -> Amazon's normalized form (`123 Main Street, Apt #5` -> `123mainstaptnumber5`)."""
-    tokens = (
-        value.str.to_uppercase()
-        .str.replace_all(_DELIMITERS, " ")
-        .str.strip_chars(" ")
-    )
+    tokens = value.str.to_uppercase().str.replace_all(_DELIMITERS, " ").str.strip_chars(" ")
     # Every token gets spaces of its own on both sides so neighbouring tokens never share a match.
     spaced = pl.concat_str(pl.lit(" "), tokens.str.replace_all(" ", "  ", literal=True), pl.lit(" "))
     split = (
@@ -62,8 +60,14 @@ def address(value: pl.Expr, country: pl.Expr) -> Rule:
     map_set = pl.when(country.is_in(list(_MAP_SETS))).then(country).otherwise(pl.lit("DEFAULT"))
     tag = pl.concat_str(pl.lit(_TAG_OPEN), map_set, pl.lit(_TAG_CLOSE))
     tagged = pl.concat_str(
-        pl.lit(" "), tag, split.str.replace_all(" ", pl.concat_str(pl.lit("  "), tag), literal=True), pl.lit(" ")
+        pl.lit(" "),
+        tag,
+        split.str.replace_all(" ", pl.concat_str(pl.lit("  "), tag), literal=True),
+        pl.lit(" "),
     )
     replaced = tagged.str.replace_many(_replacements())
     normalized = replaced.str.replace_all(f" |{_TAG_OPEN}[A-Z]+{_TAG_CLOSE}", "").str.to_lowercase()
-    return Rule(pl.when(normalized != "").then(normalized), pl.when(normalized == "").then(pl.lit("empty_after_normalization")))
+    return Rule(
+        pl.when(normalized != "").then(normalized),
+        pl.when(normalized == "").then(pl.lit("empty_after_normalization")),
+    )

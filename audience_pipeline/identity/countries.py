@@ -73,5 +73,7 @@ def normalize_country(value: str, setting: str = "country") -> str:
     """Alpha-2 for one configured country, or a ValueError that names the setting."""
     code = country_lookup().get(_key(value))
     if code is None:
-        raise ValueError(f"{setting}: unknown country {value!r} (use an ISO 3166-1 code such as 'US' or 'GB')")
+        raise ValueError(
+            f"{setting}: unknown country {value!r} (use an ISO 3166-1 code such as 'US' or 'GB')"
+        )
     return code

@@ -1,6 +1,7 @@
 """The identity engine: normalize and hash identity columns of a polars frame, reporting rejects."""
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 
@@ -24,6 +25,8 @@ _RULES: dict[str, Callable[[pl.Expr, pl.Expr], rules.Rule]] = {
 }
 _COUNTRY = "__country"
 _ROW = "__row"
+_BY_DISTINCT = frozenset({"first_name", "last_name", "city", "state", "zip", "country_code"})
+_COUNTRY_DEPENDENT = frozenset({"state", "zip", "country_code"})
 _UNKNOWN_COUNTRY = "__unknown_country"
 
 
@@ -31,13 +34,31 @@ def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
     """Any column as trimmed text: integers keep their digits and whole floats lose the `.0`."""
     expr = pl.col(column)
     if dtype.is_float():
-        expr = pl.when(expr == expr.round()).then(expr.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(
-            expr.cast(pl.String)
+        expr = (
+            pl.when(expr == expr.round())
+            .then(expr.cast(pl.Int64, strict=False).cast(pl.String))
+            .otherwise(expr.cast(pl.String))
         )
     elif dtype != pl.String:
         expr = expr.cast(pl.String)
     stripped = expr.str.strip_chars()
     return pl.when(stripped != "").then(stripped)
+
+
+def _field_exprs(field: str, digest: Callable[[pl.Expr], pl.Expr]) -> tuple[pl.Expr, pl.Expr]:
+    """`<field>__out` and `<field>__reason` for one field of the work frame."""
+    value, country = pl.col(field), pl.col(_COUNTRY)
+    rule = _RULES.get(field, rules.passthrough)(value, country)
+    out, reason = rule.value, rule.reason
+    if field in HASHED_FIELDS:
+        already = is_hashed(value)
+        out = pl.when(already).then(value.str.to_lowercase()).otherwise(digest(rule.value))
+        reason = pl.when(~already).then(reason)
+    # An absent value is neither normalized nor rejected (the country rule reads the row's country).
+    present = value.is_not_null()
+    return pl.when(present).then(out).alias(f"{field}__out"), pl.when(present).then(reason).alias(
+        f"{field}__reason"
+    )
 
 
 def choose_fields(columns: Sequence[str], fields: Sequence[str] | None) -> tuple[str, ...]:
@@ -46,7 +67,9 @@ def choose_fields(columns: Sequence[str], fields: Sequence[str] | None) -> tuple
         return tuple(f for f in IDENTITY_FIELDS if f in columns and f != "country_code")
     unknown = [f for f in fields if f not in IDENTITY_FIELDS]
     if unknown:
-        raise ValueError(f"fields: {', '.join(unknown)} not identity fields (known: {', '.join(IDENTITY_FIELDS)})")
+        raise ValueError(
+            f"fields: {', '.join(unknown)} not identity fields (known: {', '.join(IDENTITY_FIELDS)})"
+        )
     missing = [f for f in fields if f not in columns]
     if missing:
         raise ValueError(f"fields: {', '.join(missing)} not among the input columns")
@@ -58,6 +81,7 @@ def normalize_identities(
     fields: Sequence[str] | None = None,
     default_country: str | None = None,
     row_offset: int = 0,
+    hash_values: bool = True,
 ) -> IdentityResult:
     """Normalize and hash the identity columns of `frame` by `shared/spec/normalization.md`.
 
@@ -67,8 +91,10 @@ def normalize_identities(
     `default_country`; an unrecognised row country is a reject and leaves that row without a
     country. Rejects carry `row` = position in `frame` + `row_offset`, so callers processing a
     file in batches get file-wide row numbers. Raw values never leave this function except as
-    hashes or canonical IDs.
+    hashes or canonical IDs — unless `hash_values=False`, which returns the normalized text of hashed
+    fields instead, for inspecting normalization; such output is PII and must never be persisted.
     """
+    digest = sha256_hex if hash_values else (lambda expr: expr)
     chosen = choose_fields(frame.columns, fields)
     default = normalize_country(default_country, "default country") if default_country else None
 
@@ -90,43 +116,41 @@ def normalize_identities(
         )
         .collect()
     )
-    country = pl.col(_COUNTRY)
-
-    outputs: list[pl.Expr] = []
-    reasons: list[pl.Expr] = []
-    for field in chosen:
-        value = pl.col(field)
-        if field == "phone":
-            continue  # vectorized separately below: it partitions rows by country
-        if field in HASHED_FIELDS:
-            already = is_hashed(value)
-            rule = _RULES[field](value, country)
-            if field == "country_code":
-                # The hashed country is the row's resolved country, present whenever the column is.
-                rule = rules.Rule(
-                    pl.when(value.is_not_null()).then(rule.value),
-                    pl.when(value.is_not_null()).then(rule.reason),
-                )
-            outputs.append(pl.when(already).then(value.str.to_lowercase()).otherwise(sha256_hex(rule.value)).alias(field))
-            reasons.append(pl.when(value.is_not_null() & ~already).then(rule.reason).alias(field))
-        else:
-            rule = _RULES.get(field, rules.passthrough)(value, country)
-            outputs.append(rule.value.alias(field))
-            reasons.append(pl.when(value.is_not_null()).then(rule.reason).alias(field))
-
-    normalized = work.lazy().select(pl.col(_ROW), *outputs, *[r.name.suffix("__reason") for r in reasons]).collect()
-    if "phone" in chosen:
-        normalized = normalized.hstack(_phone_columns(work))
+    # Few distinct values repeat across many rows in these fields: normalize each distinct
+    # (value, country) once and join the answers back.
+    by_distinct = [f for f in chosen if f in _BY_DISTINCT]
+    direct = [f for f in chosen if f not in _BY_DISTINCT and f != "phone"]
+    plans = [work.lazy().select(pl.col(_ROW), *[e for f in direct for e in _field_exprs(f, digest)])]
+    for field in by_distinct:
+        keys = [field, _COUNTRY] if field in _COUNTRY_DEPENDENT else [field]
+        answers = work.lazy().select(keys).unique().with_columns(_field_exprs(field, digest))
+        plans.append(
+            work.lazy()
+            .select(keys)
+            .join(answers, on=keys, how="left", nulls_equal=True, maintain_order="left")
+            .select(pl.col(f"{field}__out").alias(field), f"{field}__reason")
+        )
+    # Phones take their own partitioned path; it runs beside the other fields (polars frees the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        phones = pool.submit(_phone_columns, work, digest) if "phone" in chosen else None
+        normalized = pl.concat(pl.collect_all(plans), how="horizontal").rename(
+            {f"{f}__out": f for f in direct}, strict=False
+        )
+        if phones is not None:
+            normalized = normalized.hstack(phones.result())
 
     rejects = [
-        normalized.select(pl.col(_ROW).alias("row"), pl.lit(f).alias("field"), pl.col(f"{f}__reason").alias("reason"))
-        .filter(pl.col("reason").is_not_null())
+        normalized.select(
+            pl.col(_ROW).alias("row"), pl.lit(f).alias("field"), pl.col(f"{f}__reason").alias("reason")
+        ).filter(pl.col("reason").is_not_null())
         for f in chosen
     ]
     if "country_code" not in chosen:
         rejects.append(
             work.filter(_UNKNOWN_COUNTRY).select(
-                pl.col(_ROW).alias("row"), pl.lit("country_code").alias("field"), pl.lit("unknown_country").alias("reason")
+                pl.col(_ROW).alias("row"),
+                pl.lit("country_code").alias("field"),
+                pl.lit("unknown_country").alias("reason"),
             )
         )
     reject_frame = (
@@ -138,7 +162,7 @@ def normalize_identities(
     return IdentityResult(frame=result, rejects=reject_frame, fields=chosen)
 
 
-def _phone_columns(work: pl.DataFrame) -> pl.DataFrame:
+def _phone_columns(work: pl.DataFrame, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
     """Phone hashes and reasons; phones go through their own partitioned path, not one expression."""
     values = work.get_column("phone")
     already = values.str.contains(r"^[0-9a-fA-F]{64}$").fill_null(False)
@@ -154,6 +178,9 @@ def _phone_columns(work: pl.DataFrame) -> pl.DataFrame:
             "reason": blank.clone().scatter(positions, phones.get_column("reason")),
         }
     ).select(
-        pl.when("already").then(pl.col("value").str.to_lowercase()).otherwise(sha256_hex(pl.col("e164"))).alias("phone"),
+        pl.when("already")
+        .then(pl.col("value").str.to_lowercase())
+        .otherwise(digest(pl.col("e164")))
+        .alias("phone"),
         pl.col("reason").alias("phone__reason"),
     )

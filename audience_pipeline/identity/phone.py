@@ -78,114 +78,117 @@ def _main_region(country_code: int) -> str | None:
     return regions[0] if regions and regions[0] in SUPPORTED_REGIONS else None
 
 
-def _full_match(x: pl.Expr, plan: _Plan) -> pl.Expr:
-    return x.str.contains(plan.general) if plan.general else pl.lit(False)
+def _full_match(column: str, plan: _Plan) -> pl.Expr:
+    return pl.col(column).str.contains(plan.general) if plan.general else pl.lit(False)
 
 
-def _length_ok(x: pl.Expr, plan: _Plan, *, local_ok: bool) -> pl.Expr:
+def _length(column: str, plan: _Plan, *, possible: bool) -> pl.Expr:
     """phonenumbers' `_test_number_length` outcome as a boolean.
 
-    With `local_ok`, True for IS_POSSIBLE and IS_POSSIBLE_LOCAL_ONLY (what `is_possible_number`
+    With `possible`, True for IS_POSSIBLE and IS_POSSIBLE_LOCAL_ONLY (what `is_possible_number`
     accepts); without, True for IS_POSSIBLE and TOO_LONG (what keeps a stripped national prefix).
     """
-    n = x.str.len_chars()
-    if local_ok:
+    n = pl.col(column).str.len_chars()
+    if possible:
         return n.is_in(list(plan.lengths + plan.local_lengths))
     return ~n.is_in(list(plan.local_lengths)) & (n.is_in(list(plan.lengths)) | (n > max(plan.lengths)))
 
 
-def _too_long(x: pl.Expr, plan: _Plan) -> pl.Expr:
-    return ~x.str.len_chars().is_in(list(plan.local_lengths)) & (x.str.len_chars() > max(plan.lengths))
+# Each step below is its own projection over named columns: nested expressions would be copied
+# into every branch that uses them and evaluate their regexes many times per row.
 
 
-def _strip_national_prefix(x: pl.Expr, plan: _Plan) -> tuple[pl.Expr, pl.Expr]:
-    """`_maybe_strip_national_prefix_carrier_code` without a transform: (number, needs phonenumbers)."""
+def _strip_national_prefix(frame: pl.LazyFrame, source: str, target: str, plan: _Plan) -> pl.LazyFrame:
+    """`_maybe_strip_national_prefix_carrier_code` into `target`; transformed prefixes set `slow`."""
     if plan.national_prefix is None:
-        return x, pl.lit(False)
-    prefix = x.str.extract(plan.national_prefix, 0)
-    rest = x.str.slice(prefix.str.len_chars())
-    keep = prefix.is_null() | (_full_match(x, plan) & ~_full_match(rest, plan))
-    needs_library = pl.lit(False)
+        return frame.with_columns(pl.col(source).alias(target))
+    prefix = pl.col(source).str.extract(plan.national_prefix, 0)
+    frame = frame.with_columns(
+        __rest=pl.when(prefix.is_not_null()).then(pl.col(source).str.slice(prefix.str.len_chars()))
+    )
+    # A number that matched its plan keeps the prefix when stripping it would break the match.
+    keep = pl.col("__rest").is_null() | (_full_match(source, plan) & ~_full_match("__rest", plan))
+    slow = pl.col("slow")
     if plan.transform_group is not None:
-        needs_library = x.str.extract(plan.national_prefix, plan.transform_group).is_not_null()
-    return pl.when(keep).then(x).otherwise(rest), needs_library
-
-
-def _finish(nsn: pl.Expr, strip_plan: _Plan, cc: int) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    """From a national number to (e164 digits, reject reason, needs phonenumbers)."""
-    main = _plan(_main_region(cc)) if _main_region(cc) else None
-    if main is None:
-        return pl.lit(None, pl.String), pl.lit(None, pl.String), pl.lit(True)
-    stripped, needs_library = _strip_national_prefix(nsn, strip_plan)
-    # phonenumbers keeps the prefix when what is left could only be a short or local number.
-    national = pl.when(_length_ok(stripped, strip_plan, local_ok=False)).then(stripped).otherwise(nsn)
-    possible = (
-        (nsn.str.len_chars() >= _MIN_NSN)
-        & (national.str.len_chars() <= _MAX_NSN)
-        & _length_ok(national, main, local_ok=True)
-    )
-    digits = pl.concat_str(pl.lit(str(cc)), national)
-    return (
-        pl.when(possible).then(digits),
-        pl.when(~possible).then(pl.lit(INVALID)),
-        needs_library,
+        slow = slow | pl.col(source).str.extract(plan.national_prefix, plan.transform_group).is_not_null()
+    return frame.with_columns(
+        pl.when(keep).then(pl.col(source)).otherwise("__rest").alias(target), slow.alias("slow")
     )
 
 
-def _national(frame: pl.DataFrame, region: str) -> pl.DataFrame:
-    """Numbers without an international prefix, read in `region`'s numbering plan."""
-    plan = _plan(region)
-    if plan is None:
-        return frame.with_columns(slow=pl.lit(True))
-    d = pl.col("digits")
-    idd = d.str.contains(plan.international_prefix) if plan.international_prefix else pl.lit(False)
-    cc = str(plan.country_code)
-    # A national number may still start with the region's own country code (`44 20 7946 0958`).
-    after_cc, cc_needs_library = _strip_national_prefix(d.str.slice(len(cc)), plan)
-    extract_cc = d.str.starts_with(cc) & (
-        (~_full_match(d, plan) & _full_match(after_cc, plan)) | _too_long(d, plan)
-    )
-    main_region = _main_region(plan.country_code)
+def _finish(frame: pl.LazyFrame, plan: _Plan, cc: int) -> pl.LazyFrame:
+    """From the national number in `nsn` to `e164` digits or a `reason`, as `phonenumbers.parse` does."""
+    main_region = _main_region(cc)
     main = _plan(main_region) if main_region else None
     if main is None:
         return frame.with_columns(slow=pl.lit(True))
-    # After extracting the code, phonenumbers continues with the metadata of the code's main region.
-    kept = _finish(d, plan, plan.country_code)
-    extracted = _finish(after_cc, main, plan.country_code)
+    frame = _strip_national_prefix(frame, "nsn", "__stripped", plan)
+    # phonenumbers keeps the prefix when what is left could only be a short or local number.
+    frame = frame.with_columns(
+        __national=pl.when(_length("__stripped", plan, possible=False)).then("__stripped").otherwise("nsn")
+    )
+    possible = (
+        (pl.col("nsn").str.len_chars() >= _MIN_NSN)
+        & (pl.col("__national").str.len_chars() <= _MAX_NSN)
+        & _length("__national", main, possible=True)
+    )
     return frame.with_columns(
-        e164=pl.when(extract_cc).then(extracted[0]).otherwise(kept[0]),
-        reason=pl.when(extract_cc).then(extracted[1]).otherwise(kept[1]),
-        slow=idd
-        | (d.str.starts_with(cc) & cc_needs_library)
-        | pl.when(extract_cc).then(extracted[2]).otherwise(kept[2]),
+        e164=pl.when(possible).then(pl.concat_str(pl.lit(str(cc)), "__national")),
+        reason=pl.when(~possible).then(pl.lit(INVALID)),
     )
 
 
-def _international(frame: pl.DataFrame) -> pl.DataFrame:
+def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
+    """Numbers without an international prefix, read in `region`'s numbering plan."""
+    plan = _plan(region)
+    main_region = _main_region(plan.country_code) if plan else None
+    main = _plan(main_region) if main_region else None
+    if plan is None or main is None:
+        return [frame.lazy().with_columns(slow=pl.lit(True))]
+    cc = str(plan.country_code)
+    idd = (
+        pl.col("digits").str.contains(plan.international_prefix)
+        if plan.international_prefix
+        else pl.lit(False)
+    )
+    lazy = frame.lazy().with_columns(slow=pl.lit(False), __after_cc=pl.col("digits").str.slice(len(cc)))
+    # A national number may still start with the region's own country code (`44 20 7946 0958`).
+    lazy = _strip_national_prefix(lazy, "__after_cc", "__after_cc", plan)
+    starts = pl.col("digits").str.starts_with(cc)
+    too_long = ~pl.col("digits").str.len_chars().is_in(list(plan.local_lengths)) & (
+        pl.col("digits").str.len_chars() > max(plan.lengths)
+    )
+    extract_cc = starts & ((~_full_match("digits", plan) & _full_match("__after_cc", plan)) | too_long)
+    lazy = lazy.with_columns(
+        __extract=extract_cc,
+        # The prefix stripping above only matters, and only needs phonenumbers, when the code is there.
+        slow=idd | (starts & pl.col("slow")),
+    ).collect()
+    kept = lazy.filter(~pl.col("__extract")).lazy().with_columns(nsn=pl.col("digits"))
+    extracted = lazy.filter("__extract").lazy().with_columns(nsn=pl.col("__after_cc"))
+    # After extracting the code, phonenumbers goes on with the metadata of the code's main region.
+    return [_finish(kept, plan, plan.country_code), _finish(extracted, main, plan.country_code)]
+
+
+def _international(frame: pl.DataFrame) -> list[pl.LazyFrame]:
     """Numbers written with `+` (or `00`): the country code comes from the number."""
     d = pl.col("digits")
-    codes = frame.select(
-        pl.coalesce(
-            pl.when(d.str.head(n).cast(pl.Int32, strict=False).is_in(list(COUNTRY_CODE_TO_REGION_CODE)))
-            .then(d.str.head(n).cast(pl.Int32, strict=False))
-            for n in (1, 2, 3)
-        ).alias("cc")
-    )["cc"]
-    frame = frame.with_columns(cc=pl.when(~d.str.starts_with("0")).then(codes))
+    known = list(COUNTRY_CODE_TO_REGION_CODE)
+    heads = [d.str.head(n).cast(pl.Int32, strict=False) for n in (1, 2, 3)]
+    frame = frame.with_columns(
+        cc=pl.when(~d.str.starts_with("0")).then(pl.coalesce(pl.when(h.is_in(known)).then(h) for h in heads))
+    )
+    long_enough = d.str.len_chars() > 2
     parts = [
-        frame.filter(pl.col("digits").str.len_chars() <= 2).with_columns(reason=pl.lit(INVALID), slow=pl.lit(False)),
-        frame.filter((pl.col("digits").str.len_chars() > 2) & pl.col("cc").is_null()).with_columns(slow=pl.lit(True)),
+        frame.lazy().filter(~long_enough).with_columns(reason=pl.lit(INVALID), slow=pl.lit(False)),
+        frame.lazy().filter(long_enough & pl.col("cc").is_null()).with_columns(slow=pl.lit(True)),
     ]
-    rest = frame.filter((pl.col("digits").str.len_chars() > 2) & pl.col("cc").is_not_null())
-    for (cc,), group in rest.group_by("cc"):
+    for (cc,), group in frame.filter(long_enough & pl.col("cc").is_not_null()).group_by("cc"):
         region = _main_region(cc)
         plan = _plan(region) if region else None
-        if plan is None:
-            parts.append(group.with_columns(slow=pl.lit(True)))
-            continue
-        e164, reason, slow = _finish(d.str.slice(len(str(cc))), plan, cc)
-        parts.append(group.with_columns(e164=e164, reason=reason, slow=slow))
-    return pl.concat(parts, how="diagonal")
+        lazy = group.lazy().with_columns(slow=pl.lit(False), nsn=d.str.slice(len(str(cc))))
+        parts.append(lazy.with_columns(slow=pl.lit(True)) if plan is None else _finish(lazy, plan, cc))
+    return parts
 
 
 def _with_library(number: str, region: str | None) -> tuple[str | None, str | None]:
@@ -222,16 +225,17 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     international = pl.col("number").str.starts_with("+")
 
     parts = [
-        frame.filter(~fast).with_columns(slow=pl.lit(True)),
-        frame.filter(fast & ~international & pl.col("country").is_null()).with_columns(
-            reason=pl.lit(NEEDS_COUNTRY), slow=pl.lit(False)
-        ),
-        _international(frame.filter(fast & international)),
+        frame.lazy().filter(~fast).with_columns(slow=pl.lit(True)),
+        frame.lazy()
+        .filter(fast & ~international & pl.col("country").is_null())
+        .with_columns(reason=pl.lit(NEEDS_COUNTRY), slow=pl.lit(False)),
+        *_international(frame.filter(fast & international)),
     ]
     national = frame.filter(fast & ~international & pl.col("country").is_not_null())
     for (region,), group in national.group_by("country"):
-        parts.append(_national(group, region))
-    done = pl.concat(parts, how="diagonal").select("i", "number", "country", "e164", "reason", "slow")
+        parts.extend(_national(group, region))
+    columns = ["i", "number", "country", "e164", "reason", "slow"]
+    done = pl.concat([p.select(columns) for p in parts]).collect()
 
     slow = done.filter("slow").select("number", "country").unique()
     if slow.height:

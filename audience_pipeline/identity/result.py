@@ -24,7 +24,9 @@ class IdentityResult:
     def reject_counts(self) -> dict[str, dict[str, int]]:
         """Rejects counted by field, then by reason."""
         counts: dict[str, dict[str, int]] = {}
-        for field, reason, n in self.rejects.group_by("field", "reason").len().sort("field", "reason").iter_rows():
+        for field, reason, n in (
+            self.rejects.group_by("field", "reason").len().sort("field", "reason").iter_rows()
+        ):
             counts.setdefault(field, {})[reason] = n
         return counts
 

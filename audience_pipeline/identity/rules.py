@@ -39,16 +39,16 @@ _NAME_TRANSLITERATION = {"ß": "ss", "ä": "ae", "ö": "oe", "ü": "ue", "ø": "
 def person_name(value: pl.Expr, country: pl.Expr) -> Rule:
     """first_name / last_name: lowercase, German/Nordic transliteration, then only `[a-z0-9]`."""
     cleaned = (
-        value.str.to_lowercase()
-        .str.replace_many(_NAME_TRANSLITERATION)
-        .str.replace_all(r"[^a-z0-9]", "")
+        value.str.to_lowercase().str.replace_many(_NAME_TRANSLITERATION).str.replace_all(r"[^a-z0-9]", "")
     )
     return _reject_when_empty(cleaned, "empty_after_normalization")
 
 
 def city(value: pl.Expr, country: pl.Expr) -> Rule:
     """Lowercase, then only `[a-z0-9]` (no transliteration: `München` -> `mnchen`)."""
-    return _reject_when_empty(value.str.to_lowercase().str.replace_all(r"[^a-z0-9]", ""), "empty_after_normalization")
+    return _reject_when_empty(
+        value.str.to_lowercase().str.replace_all(r"[^a-z0-9]", ""), "empty_after_normalization"
+    )
 
 
 # --- state -----------------------------------------------------------------------------------------
@@ -83,7 +83,9 @@ def state(value: pl.Expr, country: pl.Expr) -> Rule:
     maps = state_maps()
     # One lookup over "CC:KEY" so every mapped country is served by a single hash-map pass.
     combined = {f"{cc}:{name}": code for cc, names in maps.items() for name, code in names.items()}
-    mapped = pl.concat_str(country, pl.lit(":"), key).replace_strict(combined, default=None, return_dtype=pl.String)
+    mapped = pl.concat_str(country, pl.lit(":"), key).replace_strict(
+        combined, default=None, return_dtype=pl.String
+    )
     has_map = country.is_in(list(maps))
     code = pl.when(has_map).then(mapped).otherwise(key.str.head(2)).str.to_lowercase()
     reason = (
@@ -154,7 +156,10 @@ def mobile_ad_id(value: pl.Expr, country: pl.Expr) -> Rule:
     valid = lowered.str.contains(_UUID)
     canonical = lowered.str.replace(_UUID, "$1-$2-$3-$4-$5")
     reason = (
-        pl.when(~valid).then(pl.lit("invalid_maid")).when(canonical == ZEROED_MAID).then(pl.lit("zeroed_maid"))
+        pl.when(~valid)
+        .then(pl.lit("invalid_maid"))
+        .when(canonical == ZEROED_MAID)
+        .then(pl.lit("zeroed_maid"))
     )
     return Rule(pl.when(reason.is_null()).then(canonical), reason)
 

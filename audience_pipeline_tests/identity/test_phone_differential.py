@@ -33,7 +33,9 @@ def reference(raw: str, region: str | None) -> str | None:
 
 
 def engine(values: list[str], regions: list[str | None]) -> list[str | None]:
-    frame = pl.DataFrame({"phone": values, "country_code": regions}, schema={"phone": pl.String, "country_code": pl.String})
+    frame = pl.DataFrame(
+        {"phone": values, "country_code": regions}, schema={"phone": pl.String, "country_code": pl.String}
+    )
     return normalize_identities(frame, fields=["phone"]).frame["phone"].to_list()
 
 
@@ -44,7 +46,9 @@ def _corpus(seed: int, size: int) -> tuple[list[str], list[str | None]]:
         region = rng.choice(REGIONS)
         cc = str(phonenumbers.country_code_for_region(region))
         body = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 15)))
-        prefix = rng.choice(["", "", "0", "00", "+", f"+{cc}", f"+{cc} 0", cc, f"0{cc}", f"00{cc}", "1", "011", "+0"])
+        prefix = rng.choice(
+            ["", "", "0", "00", "+", f"+{cc}", f"+{cc} 0", cc, f"0{cc}", f"00{cc}", "1", "011", "+0"]
+        )
         digits = prefix + body
         # Scatter formatting through the digits the way people type them.
         text = "".join(ch + (rng.choice(" -.") if rng.random() < 0.2 else "") for ch in digits)
@@ -72,7 +76,10 @@ def test_real_example_numbers_of_every_region_match_phonenumbers():
             example = phonenumbers.example_number_for_type(region, kind)
             if example is None:
                 continue
-            for fmt in (phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.INTERNATIONAL):
+            for fmt in (
+                phonenumbers.PhoneNumberFormat.NATIONAL,
+                phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+            ):
                 values.append(phonenumbers.format_number(example, fmt))
                 regions.append(region)
     expected = [reference(v, r) for v, r in zip(values, regions, strict=True)]

@@ -1,4 +1,7 @@
-"""Whatever text arrives, the engine answers: a hash, a canonical ID or a reject — never a crash or sha256("")."""
+"""Whatever text arrives, the engine answers with a hash, a canonical ID or a reject.
+
+Never a crash, never sha256("").
+"""
 
 import polars as pl
 from hypothesis import given, settings
@@ -9,14 +12,29 @@ from audience_pipeline.identity import HASHED_FIELDS, IDENTITY_FIELDS, normalize
 from .conftest import sha
 
 EMPTY_HASH = sha("")
-FIELDS = ["email", "phone", "first_name", "last_name", "address", "city", "state", "zip", "idfa", "live_ramp_id"]
-COUNTRIES = st.sampled_from([None, "US", "CA", "GB", "DE", "FR", "IT", "ES", "JP", "IN", "BR", "uk", "DEU", "Narnia", ""])
+FIELDS = [
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "address",
+    "city",
+    "state",
+    "zip",
+    "idfa",
+    "live_ramp_id",
+]
+COUNTRIES = st.sampled_from(
+    [None, "US", "CA", "GB", "DE", "FR", "IT", "ES", "JP", "IN", "BR", "uk", "DEU", "Narnia", ""]
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.fixed_dictionaries({**{f: st.one_of(st.none(), st.text(max_size=40)) for f in FIELDS}, "country_code": COUNTRIES}),
+        st.fixed_dictionaries(
+            {**{f: st.one_of(st.none(), st.text(max_size=40)) for f in FIELDS}, "country_code": COUNTRIES}
+        ),
         min_size=1,
         max_size=25,
     ),
