@@ -91,7 +91,7 @@ def hash_file(
     try:
         relation = conn.sql(f"SELECT * FROM {reader}", params=[str(source)])
         columns = relation.columns
-        batches = relation.fetch_record_batch(BATCH_ROWS)
+        batches = relation.to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as error:
         raise HashFileError(f"INPUT: cannot read {source.name}: {_first_line(error)}") from None
     if fields is None:

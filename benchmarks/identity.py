@@ -34,7 +34,7 @@ def batches(database: Path, profiles: int, batch_size: int):
     with duckdb.connect(str(database), read_only=True) as conn:
         reader = conn.sql(
             f"SELECT {', '.join(FIELDS)}, country_code FROM profiles ORDER BY user_id LIMIT {profiles}"
-        ).fetch_record_batch(batch_size)
+        ).to_arrow_reader(batch_size)
         for batch in reader:
             yield pl.from_arrow(batch)
 
