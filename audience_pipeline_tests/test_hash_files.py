@@ -110,10 +110,57 @@ def test_large_file_streams_in_batches_with_file_wide_row_numbers(tmp_path, monk
     monkeypatch.setattr("audience_pipeline.hash_files.BATCH_ROWS", 1000)
     emails = [f"user{i}@example.com" if i % 1000 != 999 else "broken" for i in range(5000)]
     pl.DataFrame({"email": emails}).write_parquet(tmp_path / "in.parquet")
-    summary = hash_file(tmp_path / "in.parquet", tmp_path / "out.parquet", rejects_path=tmp_path / "r.parquet")
+    summary = hash_file(
+        tmp_path / "in.parquet", tmp_path / "out.parquet", rejects_path=tmp_path / "r.parquet"
+    )
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.height == 5000
     assert out["email"][0] == sha("user0@example.com")
     assert out["email"][4998] == sha("user4998@example.com")
     assert pl.read_parquet(tmp_path / "r.parquet")["row"].to_list() == [1000, 2000, 3000, 4000, 5000]
     assert summary.values_out == {"email": 4995}
+
+
+def test_hash_command_prints_a_reject_summary_and_exits_zero(tmp_path):
+    from click.testing import CliRunner
+
+    from audience_pipeline.cli import main
+
+    source = tmp_path / "in.csv"
+    source.write_text(CSV)
+    result = CliRunner().invoke(
+        main,
+        [
+            "hash",
+            str(source),
+            str(tmp_path / "out.parquet"),
+            "--country",
+            "US",
+            "--rejects",
+            str(tmp_path / "r.csv"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 rows, fields email, phone, zip" in result.stderr
+    assert "email          invalid_email" in result.stderr
+    assert result.stdout == ""
+    assert pl.read_parquet(tmp_path / "out.parquet").height == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fields", "email,colour"], "--fields: colour"),
+        (["--country", "ZZ"], "--country: unknown country 'ZZ'"),
+    ],
+)
+def test_hash_command_fails_clearly(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from audience_pipeline.cli import main
+
+    source = tmp_path / "in.csv"
+    source.write_text(CSV)
+    result = CliRunner().invoke(main, ["hash", str(source), str(tmp_path / "out.csv"), *args])
+    assert result.exit_code != 0
+    assert message in result.stderr

@@ -1,0 +1,108 @@
+"""The `audience-pipeline` command."""
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import click
+import duckdb
+
+from audience_pipeline.sample_data import write_sample_data
+
+
+@click.group()
+def main() -> None:
+    """Activate first-party audiences into Amazon, with Dagster."""
+
+
+@main.command("sample-data")
+@click.option("--profiles", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Folder to write sample.duckdb into.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample_data(profiles: int, out: Path, seed: int) -> None:
+    """Write a synthetic source database: profiles, events and purchases."""
+    path = write_sample_data(out, profiles=profiles, seed=seed)
+    click.echo(str(path))
+    for table, rows in table_row_counts(path).items():
+        click.echo(f"  {table}: {rows:,} rows")
+
+
+@main.command()
+@click.option("--profiles", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a summary.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo_workdir"),
+    show_default=True,
+    help="Folder for the sample data and the pipeline's state.",
+)
+def demo(profiles: int, as_json: bool, workdir: Path) -> None:
+    """Run the whole pipeline on sample data and report what it did."""
+    # Imported here so that the commands that do not run Dagster start without loading it.
+    from audience_pipeline.demo import format_report, run_demo
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    # Whatever a library prints while the pipeline runs belongs with the logs on stderr, so that
+    # stdout carries the report alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run_demo(workdir, profiles=profiles, progress=progress)
+    click.echo(json.dumps(report) if as_json else format_report(report))
+
+
+@main.command("hash")
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("target", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--country", help="Country for rows without a country_code column value (e.g. US).")
+@click.option(
+    "--fields",
+    help="Comma-separated columns to normalize and hash [default: every hashable identity column "
+    "present except country_code].",
+)
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write rejected values here (.csv or .parquet): row number, field, reason; never the value.",
+)
+def hash_command(
+    source: Path, target: Path, country: str | None, fields: str | None, rejects_path: Path | None
+):
+    """Normalize and SHA-256 hash the identity columns of INPUT (.parquet, .csv, .jsonl) into OUTPUT
+    (.parquet, .csv), keeping every row and column in order."""
+    from audience_pipeline.hash_files import HashFileError, hash_file
+
+    chosen = [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
+    try:
+        summary = hash_file(source, target, country=country, fields=chosen, rejects_path=rejects_path)
+    except HashFileError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"{summary.rows:,} rows, fields {', '.join(summary.fields) or 'none'} -> {target} "
+        f"in {summary.seconds:.1f} s",
+        err=True,
+    )
+    for field in summary.fields:
+        click.echo(f"  {field:<14} {summary.values_out[field]:>10,} values", err=True)
+    total = sum(summary.rejects.values())
+    click.echo(f"rejects: {total:,}", err=True)
+    for (field, reason), n in sorted(summary.rejects.items()):
+        click.echo(f"  {field:<14} {reason:<26} {n:>10,}", err=True)
+
+
+def table_row_counts(path: Path) -> dict[str, int]:
+    """Rows in each table of a DuckDB file, read-only."""
+    with duckdb.connect(str(path), read_only=True) as conn:
+        tables = [
+            name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
+        ]
+        return {name: conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}

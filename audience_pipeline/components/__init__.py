@@ -1,0 +1,1 @@
+"""Dagster component types: the YAML surface users configure the pipeline with."""

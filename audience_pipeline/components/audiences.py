@@ -1,0 +1,213 @@
+"""Audiences: the YAML list of audiences and the snapshot asset partitioned by audience id.
+
+Other components get the same audiences with `find_audiences(context)`: its `partitions_def` is
+the one their per-audience assets must share, and `snapshot_state_key` says where a snapshot is.
+"""
+
+import re
+import time
+from typing import Annotated
+
+import dagster as dg
+import duckdb
+import polars as pl
+from pydantic import AfterValidator, Field, field_validator
+
+from audience_pipeline.identity import normalize_country
+from audience_pipeline.resources.duckdb_source import DuckDBSource
+from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.snapshot import MissingUserIdError, build_snapshot
+
+SNAPSHOT_ASSET_KEY = dg.AssetKey("audience_snapshot")
+
+# Ids become partition keys and file names, so they keep to characters that are safe in both.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+# These DuckDB errors describe the SQL text; any other kind may quote a source value.
+_SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
+
+
+def _country_setting(value: str | None) -> str | None:
+    """A configured country as alpha-2, so a typo fails at load time rather than in every run."""
+    return normalize_country(value, "country_code") if value is not None else None
+
+
+class Audience(dg.Model):
+    """One audience: its members are the rows `sql` returns over the source."""
+
+    id: int | str = Field(
+        description="Immutable id and partition key: a non-negative integer, or letters, digits, `_-.`."
+    )
+    name: str = Field(description="Internal name.")
+    external_name: str | None = Field(
+        default=None, description="Name sent to destinations in preference to `name`."
+    )
+    sql: str = Field(
+        description="DuckDB SQL over the source; one row per member: `user_id` plus identity columns."
+    )
+    country_code: str | None = Field(
+        default=None, description="Country for rows without a `country_code`; overrides the component's."
+    )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _check_id(cls, value: object) -> object:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | str)
+            or not _ID_PATTERN.fullmatch(str(value))
+        ):
+            raise ValueError(
+                f"audience id {value!r} is invalid: use a non-negative integer or up to 100 letters, "
+                "digits, `_`, `-` and `.`, starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("name", "sql")
+    @classmethod
+    def _check_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("country_code")
+    @classmethod
+    def _check_country(cls, value: str | None) -> str | None:
+        return _country_setting(value)
+
+    @property
+    def partition_key(self) -> str:
+        """The audience's partition key: its id as text."""
+        return str(self.id)
+
+    @property
+    def destination_name(self) -> str:
+        """The name destinations show: `external_name` when set, else `name`."""
+        return self.external_name or self.name
+
+
+def _check_unique_ids(audiences: list[Audience]) -> list[Audience]:
+    first_index: dict[str, int] = {}
+    for index, audience in enumerate(audiences):
+        earlier = first_index.setdefault(audience.partition_key, index)
+        if earlier != index:
+            raise ValueError(
+                f"audiences[{index}].id: duplicate audience id {audience.partition_key!r}, "
+                f"already used by audiences[{earlier}]; audience ids must be unique"
+            )
+    return audiences
+
+
+class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
+    """Declares the audiences and builds `audience_snapshot`, one partition per audience.
+
+    Each partition runs its audience's SQL through the `source` resource, normalizes and hashes
+    the identities, and stores the snapshot as Parquet in the `state_store` resource.
+    """
+
+    audiences: Annotated[list[Audience], AfterValidator(_check_unique_ids)] = Field(
+        min_length=1, description="The audiences; each id is a partition key."
+    )
+    country_code: str | None = Field(
+        default=None, description="Country for rows without a `country_code`, unless the audience sets one."
+    )
+
+    @field_validator("country_code")
+    @classmethod
+    def _check_country(cls, value: str | None) -> str | None:
+        return _country_setting(value)
+
+    @property
+    def partitions_def(self) -> dg.StaticPartitionsDefinition:
+        """One partition per audience, keyed by audience id, in declaration order."""
+        return dg.StaticPartitionsDefinition([a.partition_key for a in self.audiences])
+
+    def audience(self, partition_key: str) -> Audience:
+        """The audience whose partition key this is."""
+        for audience in self.audiences:
+            if audience.partition_key == partition_key:
+                return audience
+        raise KeyError(f"no audience with id {partition_key!r}")
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        """The snapshot asset, partitioned by audience id."""
+
+        @dg.asset(
+            key=SNAPSHOT_ASSET_KEY,
+            partitions_def=self.partitions_def,
+            group_name="ingest",
+            kinds={"duckdb", "polars", "parquet"},
+            owners=["team:audience-pipeline"],
+        )
+        def audience_snapshot(
+            context: dg.AssetExecutionContext, source: DuckDBSource, state_store: StateStore
+        ) -> dg.MaterializeResult:
+            """Current members of one audience, identities normalized and SHA-256 hashed.
+
+            Runs the audience's SQL on the source, keeps one row per `user_id` (null and repeated
+            ids are rejects), hashes the identities and replaces the audience's snapshot Parquet
+            in the state store. Metadata holds counts only.
+            """
+            audience = self.audience(context.partition_key)
+            started = time.perf_counter()
+            result = _run_audience_query(source, audience)
+            try:
+                snapshot = build_snapshot(result, default_country=audience.country_code or self.country_code)
+            except MissingUserIdError as e:
+                raise dg.Failure(f"{_describe(audience)}: {e}; its `sql` must select `user_id`") from None
+            path = state_store.write_parquet(snapshot_state_key(audience.partition_key), snapshot.frame)
+            rejects_total = sum(n for reasons in snapshot.rejects.values() for n in reasons.values())
+            context.log.info(
+                f"audience {audience.partition_key}: {snapshot.members} members from {snapshot.rows} rows, "
+                f"{rejects_total} rejects"
+            )
+            return dg.MaterializeResult(
+                metadata={
+                    "audience_name": audience.name,
+                    "rows": snapshot.rows,
+                    "members": snapshot.members,
+                    "dagster/row_count": snapshot.members,
+                    "values_hashed": snapshot.values_hashed,
+                    "values_by_field": dg.MetadataValue.json(snapshot.values_out),
+                    "rejects_total": rejects_total,
+                    "rejects": dg.MetadataValue.json(snapshot.rejects),
+                    "dropped_columns": dg.MetadataValue.json(list(snapshot.dropped_columns)),
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "path": dg.MetadataValue.path(str(path)),
+                }
+            )
+
+        return dg.Definitions(assets=[audience_snapshot])
+
+
+def _describe(audience: Audience) -> str:
+    return f"audience {audience.partition_key!r} ({audience.name})"
+
+
+def _run_audience_query(source: DuckDBSource, audience: Audience) -> pl.DataFrame:
+    """The audience query's result; errors name the audience but never quote source data."""
+    try:
+        return source.query(audience.sql)
+    except _SQL_ERRORS as e:
+        raise dg.Failure(f"{_describe(audience)}: its `sql` failed: {e}") from None
+    except duckdb.Error as e:
+        # Other DuckDB errors (conversion, constraint, ...) may quote a source value, i.e. PII.
+        raise dg.Failure(
+            f"{_describe(audience)}: its `sql` failed with {type(e).__name__} "
+            "(message withheld: it may quote source data)"
+        ) from None
+
+
+def snapshot_state_key(partition_key: str) -> str:
+    """Where in the state store the snapshot of an audience partition is kept."""
+    return f"snapshots/{partition_key}.parquet"
+
+
+def find_audiences(context: dg.ComponentLoadContext) -> AudiencesComponent:
+    """The project's audiences component, for components that deliver audiences."""
+    found = context.component_tree.get_all_components(AudiencesComponent)
+    if len(found) != 1:
+        raise dg.DagsterInvalidDefinitionError(
+            f"expected exactly one {AudiencesComponent.__name__} instance under defs/, found {len(found)}"
+        )
+    return found[0]

@@ -1,0 +1,1 @@
+"""Dagster definitions only: component instances (`*/defs.yaml`) and the resources wiring."""

@@ -1,0 +1,1 @@
+"""Dagster resources: the typed doors to the source data and the state store."""

@@ -1,0 +1,60 @@
+"""Read-only DuckDB access to the data audiences are selected from."""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+from pydantic import Field
+
+SOURCE_ENV_VAR = "AUDIENCE_PIPELINE_SOURCE"
+DEFAULT_SOURCE = "data/sample.duckdb"
+
+
+class SourceNotFoundError(FileNotFoundError):
+    """The configured source database file does not exist."""
+
+
+class DuckDBSource(dg.ConfigurableResource):
+    """The audience source: a DuckDB database attached read-only, plus optional setup statements.
+
+    Queries run on a fresh in-memory DuckDB connection per call. `database` is attached read-only
+    as catalog `source`, and name lookup searches the in-memory catalog first, then `source`, so
+    setup statements can add views (over Parquet, CSV, `s3://` paths, an ATTACHed postgres
+    database) next to the source's tables or in place of them, while the source itself cannot be
+    written.
+    """
+
+    database: str | None = Field(
+        default=None,
+        description=(
+            "DuckDB database file (local path or URL DuckDB can read) attached read-only as the "
+            "source; None when the setup statements alone define the source."
+        ),
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="SQL run on each new connection before queries, e.g. INSTALL/LOAD, ATTACH, CREATE VIEW.",
+    )
+
+    def query(self, sql: str) -> pl.DataFrame:
+        """Run one query against the source and return its result as a polars frame."""
+        with duckdb.connect(":memory:") as conn:
+            self._prepare(conn)
+            return conn.sql(sql).pl()
+
+    def _prepare(self, conn: duckdb.DuckDBPyConnection) -> None:
+        if self.database is not None:
+            if "://" not in self.database and not Path(self.database).exists():
+                raise SourceNotFoundError(
+                    f"Audience source database {self.database!r} does not exist "
+                    f"(resource `source`, setting `database`, env var {SOURCE_ENV_VAR}; "
+                    f"resolved from {Path.cwd()}). Create sample data with "
+                    "`audience-pipeline sample-data --profiles 100000 --out data`, or set "
+                    f"{SOURCE_ENV_VAR} to your DuckDB file."
+                )
+            escaped = self.database.replace("'", "''")
+            conn.execute(f"ATTACH '{escaped}' AS source (READ_ONLY)")
+            conn.execute("SET search_path = 'memory.main,source.main'")
+        for statement in self.setup:
+            conn.execute(statement)

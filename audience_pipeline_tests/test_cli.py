@@ -1,0 +1,56 @@
+import json
+
+import polars as pl
+from click.testing import CliRunner
+
+from audience_pipeline.cli import main
+
+EXAMPLE_AUDIENCE_IDS = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]
+
+
+def test_sample_data_prints_the_path_and_row_counts(tmp_path):
+    result = CliRunner().invoke(
+        main, ["sample-data", "--profiles", "40", "--out", str(tmp_path), "--seed", "3"]
+    )
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(tmp_path / "sample.duckdb")
+    assert "  profiles: 40 rows" in lines
+    assert {line.split(":")[0].strip() for line in lines[1:]} >= {"profiles", "events", "purchases"}
+
+
+def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path, monkeypatch):
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    # Endpoint overrides meant for the destinations must not disturb the run.
+    monkeypatch.setenv("AMAZON_ADS_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    workdir = tmp_path / "demo"
+
+    result = CliRunner().invoke(main, ["demo", "--json", "--profiles", "2000", "--workdir", str(workdir)])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["profiles"] == 2000
+    assert [a["id"] for a in report["audiences"]] == EXAMPLE_AUDIENCE_IDS
+    assert all(a["name"] and a["members"] > 0 for a in report["audiences"])
+    assert report["identity"]["values_hashed"] > 0
+    assert all(isinstance(n, int) for n in report["identity"]["rejects"].values())
+    assert report["seconds"] > 0
+    assert list(dagster_home.iterdir()) == []
+    for audience in report["audiences"]:
+        snapshot = pl.read_parquet(workdir / "state" / "snapshots" / f"{audience['id']}.parquet")
+        assert snapshot.height == audience["members"]
+        assert snapshot["email"].str.contains("@").not_().all()
+
+
+def test_demo_prints_a_summary_for_people(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--profiles", "300", "--workdir", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    assert "Profiles: 300" in result.stdout
+    assert "cart_abandoners_30d" in result.stdout
+    assert "values hashed" in result.stdout
+    assert "sample data: 300 profiles" in result.stderr

@@ -1,0 +1,90 @@
+import duckdb
+import polars as pl
+import pytest
+
+from audience_pipeline.resources.duckdb_source import DuckDBSource, SourceNotFoundError
+from audience_pipeline.resources.state_store import StateStore
+
+
+@pytest.fixture
+def source_file(tmp_path):
+    path = tmp_path / "source.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        conn.execute(
+            "CREATE TABLE profiles AS SELECT * FROM (VALUES ('u1', 'US'), ('u2', 'GB')) t(user_id, cc)"
+        )
+    return path
+
+
+def test_query_returns_a_polars_frame(source_file):
+    frame = DuckDBSource(database=str(source_file)).query("SELECT user_id FROM profiles ORDER BY user_id")
+
+    assert isinstance(frame, pl.DataFrame)
+    assert frame["user_id"].to_list() == ["u1", "u2"]
+
+
+def test_the_source_cannot_be_written(source_file):
+    source = DuckDBSource(database=str(source_file))
+
+    with pytest.raises(duckdb.Error, match="read-only"):
+        source.query("INSERT INTO profiles VALUES ('u3', 'FR')")
+    assert source.query("SELECT count(*) AS n FROM profiles")["n"].item() == 2
+
+
+def test_setup_statements_add_views_next_to_the_source_tables(source_file, tmp_path):
+    events = tmp_path / "events.parquet"
+    pl.DataFrame({"user_id": ["u1", "u1", "u2"], "event_type": ["a", "b", "a"]}).write_parquet(events)
+    source = DuckDBSource(
+        database=str(source_file),
+        setup=[f"CREATE VIEW events AS SELECT * FROM read_parquet('{events}')"],
+    )
+
+    frame = source.query(
+        "SELECT p.cc, count(*) AS n FROM profiles p JOIN events USING (user_id) GROUP BY 1 ORDER BY 1"
+    )
+
+    assert frame.rows() == [("GB", 1), ("US", 2)]
+
+
+def test_a_source_can_be_made_of_setup_statements_alone(tmp_path):
+    members = tmp_path / "members.csv"
+    members.write_text("user_id,email\nu1,a@x.com\n")
+    source = DuckDBSource(setup=[f"CREATE VIEW members AS SELECT * FROM read_csv('{members}')"])
+
+    assert source.query("SELECT user_id FROM members")["user_id"].to_list() == ["u1"]
+
+
+def test_a_missing_source_file_names_the_setting_and_how_to_make_sample_data(tmp_path):
+    source = DuckDBSource(database=str(tmp_path / "nowhere.duckdb"))
+
+    with pytest.raises(SourceNotFoundError) as raised:
+        source.query("SELECT 1")
+
+    message = str(raised.value)
+    assert "nowhere.duckdb" in message
+    assert "AUDIENCE_PIPELINE_SOURCE" in message
+    assert "audience-pipeline sample-data --profiles 100000 --out data" in message
+
+
+def test_state_store_round_trips_and_replaces(tmp_path):
+    store = StateStore(root=str(tmp_path / "state"))
+    assert store.read_parquet("snapshots/1.parquet") is None
+
+    store.write_parquet("snapshots/1.parquet", pl.DataFrame({"user_id": ["a", "b"]}))
+    path = store.write_parquet("snapshots/1.parquet", pl.DataFrame({"user_id": ["c"]}))
+
+    assert path == tmp_path / "state" / "snapshots" / "1.parquet"
+    assert store.read_parquet("snapshots/1.parquet")["user_id"].to_list() == ["c"]
+    assert [p.name for p in path.parent.iterdir()] == ["1.parquet"]
+
+
+def test_state_store_keeps_the_old_file_when_a_write_fails(tmp_path):
+    store = StateStore(root=str(tmp_path))
+    store.write_parquet("x.parquet", pl.DataFrame({"user_id": ["a"]}))
+    unwritable = pl.DataFrame({"user_id": [object()]})
+
+    with pytest.raises(pl.exceptions.PolarsError):
+        store.write_parquet("x.parquet", unwritable)
+
+    assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
