@@ -1,9 +1,8 @@
 """Amazon's address normalization, vectorized.
 
 Tokens are cut on the spec's delimiters, `12-A` and `#` are split, and every token is replaced
-through its country's maps. The replacement runs as one Aho-Corasick pass over all rows: each token
-is wrapped as ` <TAG>TOKEN ` where TAG names the row's map set, so a pattern can only ever match a
-whole token of a row of that map set.
+through its country's maps in one Aho-Corasick pass (`str.replace_many`) per map set. Each token
+stands between two spaces of its own, so a pattern ` KEY ` can only match a whole token.
 """
 
 import functools
@@ -11,8 +10,6 @@ import json
 from importlib import resources
 
 import polars as pl
-
-from audience_pipeline.identity.rules import Rule
 
 # Map order per country, from the spec: each map holding a token replaces it; the last one wins.
 _COMMON = ("NumberIndicators", "DirectionalWords")
@@ -24,50 +21,57 @@ _MAP_SETS = {
     "IT": (*_COMMON, "DefaultStreetSuffixes", "ITStreetPrefixes"),
     "DEFAULT": (*_COMMON, "DefaultStreetSuffixes"),
 }
-# Private-use code points cannot come from a real address, so tags never collide with text.
-_TAG_OPEN, _TAG_CLOSE = "\ue000", "\ue001"
-_DELIMITERS = r"(?:\bC/O\b|[,!\[\]{}()\s.])+"
-_DASH = r" (\p{N}+)-([^ -]*[^ \p{N}-][^ -]*) "
+EMPTY = "empty_after_normalization"
+# `C/O` has a literal of its own so each regex keeps a fast path (a `\b` in an alternation loses it).
+_CARE_OF = r"\bC/O\b"
+_DELIMITERS = r"[,!\[\]{}()\s.]+"
+# A numeric part, the last inner `-`, then a part that is not all digits: `12-A` -> `12 A`. A match
+# uses up the space after its token, so a neighbour that also matches waits for the second pass.
+_DASH = r"(^| )(\p{N}+)-([^ -]*[^ \p{N}-][^ -]*)( |$)"
 
 
 @functools.cache
-def _replacements() -> dict[str, str]:
+def _replacements(map_set: str) -> dict[str, str]:
     raw = json.loads(
         (resources.files(__package__) / "data" / "address_maps.json").read_text(encoding="utf-8")
     )
-    patterns: dict[str, str] = {}
-    for map_set, names in _MAP_SETS.items():
-        merged: dict[str, str] = {}
-        for name in names:
-            for entry in raw[name]:
-                merged.update(entry)
-        for token, replacement in merged.items():
-            patterns[f" {_TAG_OPEN}{map_set}{_TAG_CLOSE}{token} "] = f" {replacement} "
-    return patterns
+    merged: dict[str, str] = {}
+    for name in _MAP_SETS[map_set]:
+        for entry in raw[name]:
+            merged.update(entry)
+    return {f" {token} ": f" {replacement} " for token, replacement in merged.items()}
 
 
-def address(value: pl.Expr, country: pl.Expr) -> Rule:
-    """Street address -> Amazon's normalized form (`123 Main Street, Apt #5` -> `123mainstaptnumber5`)."""
-    tokens = value.str.to_uppercase().str.replace_all(_DELIMITERS, " ").str.strip_chars(" ")
-    # Every token gets spaces of its own on both sides so neighbouring tokens never share a match.
-    spaced = pl.concat_str(pl.lit(" "), tokens.str.replace_all(" ", "  ", literal=True), pl.lit(" "))
-    split = (
-        spaced.str.replace_all(_DASH, " $1  $2 ")
-        .str.replace_all("#", "  #  ", literal=True)
-        .str.replace_all(r" +", " ")
+def _normalize(addresses: pl.LazyFrame, map_set: str) -> pl.LazyFrame:
+    tokens = (
+        pl.col("value")
+        .str.to_uppercase()
+        .str.replace_all(_CARE_OF, " ")
+        .str.replace_all(_DELIMITERS, " ")
         .str.strip_chars(" ")
+        .str.replace_all(_DASH, "${1}${2} ${3}${4}")
+        .str.replace_all(_DASH, "${1}${2} ${3}${4}")
+        .str.replace_all("#", " # ", literal=True)
     )
-    map_set = pl.when(country.is_in(list(_MAP_SETS))).then(country).otherwise(pl.lit("DEFAULT"))
-    tag = pl.concat_str(pl.lit(_TAG_OPEN), map_set, pl.lit(_TAG_CLOSE))
-    tagged = pl.concat_str(
-        pl.lit(" "),
-        tag,
-        split.str.replace_all(" ", pl.concat_str(pl.lit("  "), tag), literal=True),
-        pl.lit(" "),
+    spaced = pl.concat_str(pl.lit(" "), tokens.str.replace_all(" ", "  ", literal=True), pl.lit(" "))
+    normalized = spaced.str.replace_many(_replacements(map_set)).str.replace_all(" ", "", literal=True)
+    return addresses.with_columns(normalized.str.to_lowercase().alias("value"))
+
+
+def normalize_addresses(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
+    """Normalized street addresses (`123 Main Street, Apt #5` -> `123mainstaptnumber5`) and reasons.
+
+    `values` are trimmed and non-empty, `countries` upper-case alpha-2 or null. Returns a frame of
+    the same length with `value` (null when rejected) and `reason` (null when accepted).
+    """
+    frame = pl.DataFrame({"value": values, "map_set": countries}).with_row_index("i")
+    frame = frame.with_columns(
+        pl.when(pl.col("map_set").is_in(list(_MAP_SETS))).then("map_set").otherwise(pl.lit("DEFAULT"))
     )
-    replaced = tagged.str.replace_many(_replacements())
-    normalized = replaced.str.replace_all(f" |{_TAG_OPEN}[A-Z]+{_TAG_CLOSE}", "").str.to_lowercase()
-    return Rule(
-        pl.when(normalized != "").then(normalized),
-        pl.when(normalized == "").then(pl.lit("empty_after_normalization")),
+    parts = [_normalize(group.lazy(), map_set) for (map_set,), group in frame.group_by("map_set")]
+    done = pl.concat(parts).collect().sort("i") if parts else frame
+    value = pl.col("value")
+    return done.select(
+        pl.when(value != "").then(value).alias("value"),
+        pl.when(value == "").then(pl.lit(EMPTY)).alias("reason"),
     )

@@ -5,23 +5,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 
-from audience_pipeline.identity import address, rules
+from audience_pipeline.identity import rules
+from audience_pipeline.identity.address import normalize_addresses
 from audience_pipeline.identity.countries import alpha2, normalize_country
 from audience_pipeline.identity.fields import HASHED_FIELDS, IDENTITY_FIELDS, MAID_FIELDS
-from audience_pipeline.identity.hashing import is_hashed, sha256_hex
+from audience_pipeline.identity.hashing import HEX64, is_hashed, sha256_hex
 from audience_pipeline.identity.phone import normalize_phones
 from audience_pipeline.identity.result import REJECT_SCHEMA, IdentityResult
 
-_RULES: dict[str, Callable[[pl.Expr, pl.Expr], rules.Rule]] = {
+_RULES: dict[str, rules.Rule] = {
     "email": rules.email,
     "first_name": rules.person_name,
     "last_name": rules.person_name,
-    "address": address.address,
     "city": rules.city,
     "state": rules.state,
     "zip": rules.zip_code,
     "country_code": rules.country_code,
     **{f: rules.mobile_ad_id for f in MAID_FIELDS},
+}
+# Fields whose rule partitions rows (by country or numbering plan) rather than being one expression:
+# (values, countries) -> frame of normalized `value`/`e164` and `reason`.
+_FRAME_RULES: dict[str, Callable[[pl.Series, pl.Series], pl.DataFrame]] = {
+    "phone": normalize_phones,
+    "address": normalize_addresses,
 }
 _COUNTRY = "__country"
 _ROW = "__row"
@@ -45,19 +51,19 @@ def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
     return pl.when(stripped != "").then(stripped)
 
 
-def _field_exprs(field: str, digest: Callable[[pl.Expr], pl.Expr]) -> tuple[pl.Expr, pl.Expr]:
-    """`<field>__out` and `<field>__reason` for one field of the work frame."""
-    value, country = pl.col(field), pl.col(_COUNTRY)
-    rule = _RULES.get(field, rules.passthrough)(value, country)
-    out, reason = rule.value, rule.reason
+def _finish(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.LazyFrame:
+    """Run the field's rule over `value`/`country` and give `<field>__out` and `<field>__reason`."""
+    value = pl.col("value")
+    plan = plan.with_columns(__already=is_hashed(value) if field in HASHED_FIELDS else pl.lit(False))
+    plan = _RULES.get(field, rules.passthrough)(plan)
+    out = pl.col("normalized")
     if field in HASHED_FIELDS:
-        already = is_hashed(value)
-        out = pl.when(already).then(value.str.to_lowercase()).otherwise(digest(rule.value))
-        reason = pl.when(~already).then(reason)
+        out = pl.when("__already").then(value.str.to_lowercase()).otherwise(digest(out))
     # An absent value is neither normalized nor rejected (the country rule reads the row's country).
     present = value.is_not_null()
-    return pl.when(present).then(out).alias(f"{field}__out"), pl.when(present).then(reason).alias(
-        f"{field}__reason"
+    return plan.with_columns(
+        pl.when(present).then(out).alias(f"{field}__out"),
+        pl.when(present & ~pl.col("__already")).then("reason").alias(f"{field}__reason"),
     )
 
 
@@ -83,7 +89,7 @@ def normalize_identities(
     row_offset: int = 0,
     hash_values: bool = True,
 ) -> IdentityResult:
-    """Normalize and hash the identity columns of `frame` by `shared/spec/normalization.md`.
+    """Normalize and hash the identity columns of `frame` by `docs/normalization.md`.
 
     `fields` names the columns to process (default: every identity column present except
     `country_code`); hashed fields become lowercase SHA-256 hex, mobile ad IDs canonical UUIDs and
@@ -116,28 +122,26 @@ def normalize_identities(
         )
         .collect()
     )
-    # Few distinct values repeat across many rows in these fields: normalize each distinct
-    # (value, country) once and join the answers back.
-    by_distinct = [f for f in chosen if f in _BY_DISTINCT]
-    direct = [f for f in chosen if f not in _BY_DISTINCT and f != "phone"]
-    plans = [work.lazy().select(pl.col(_ROW), *[e for f in direct for e in _field_exprs(f, digest)])]
-    for field in by_distinct:
-        keys = [field, _COUNTRY] if field in _COUNTRY_DEPENDENT else [field]
-        answers = work.lazy().select(keys).unique().with_columns(_field_exprs(field, digest))
-        plans.append(
-            work.lazy()
-            .select(keys)
-            .join(answers, on=keys, how="left", nulls_equal=True, maintain_order="left")
-            .select(pl.col(f"{field}__out").alias(field), f"{field}__reason")
-        )
-    # Phones take their own partitioned path; it runs beside the other fields (polars frees the GIL).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        phones = pool.submit(_phone_columns, work, digest) if "phone" in chosen else None
-        normalized = pl.concat(pl.collect_all(plans), how="horizontal").rename(
-            {f"{f}__out": f for f in direct}, strict=False
-        )
-        if phones is not None:
-            normalized = normalized.hstack(phones.result())
+    plans = [work.lazy().select(_ROW)]
+    for field in (f for f in chosen if f not in _FRAME_RULES):
+        columns = work.lazy().select(pl.col(field).alias("value"), pl.col(_COUNTRY).alias("country"))
+        if field in _BY_DISTINCT:
+            # Few distinct values repeat across many rows here: normalize each distinct value (with
+            # its country where the rule reads it) once and join the answers back.
+            keys = ["value", "country"] if field in _COUNTRY_DEPENDENT else ["value"]
+            answers = _finish(columns.select(keys).unique(), field, digest)
+            columns = columns.select(keys).join(
+                answers, on=keys, how="left", nulls_equal=True, maintain_order="left"
+            )
+        else:
+            columns = _finish(columns, field, digest)
+        plans.append(columns.select(f"{field}__out", f"{field}__reason"))
+    # Partitioned rules run beside the expressions (polars releases the GIL while it computes).
+    framed = [f for f in chosen if f in _FRAME_RULES]
+    with ThreadPoolExecutor(max_workers=max(len(framed), 1)) as pool:
+        pending = [pool.submit(_frame_rule_columns, work, f, digest) for f in framed]
+        normalized = pl.concat([*pl.collect_all(plans), *(p.result() for p in pending)], how="horizontal")
+    normalized = normalized.rename({f"{f}__out": f for f in chosen})
 
     rejects = [
         normalized.select(
@@ -162,25 +166,25 @@ def normalize_identities(
     return IdentityResult(frame=result, rejects=reject_frame, fields=chosen)
 
 
-def _phone_columns(work: pl.DataFrame, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
-    """Phone hashes and reasons; phones go through their own partitioned path, not one expression."""
-    values = work.get_column("phone")
-    already = values.str.contains(r"^[0-9a-fA-F]{64}$").fill_null(False)
+def _frame_rule_columns(work: pl.DataFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
+    """`<field>__out` and `<field>__reason` from a partitioned rule, over the values that need it."""
+    values = work.get_column(field)
+    already = values.str.contains(HEX64).fill_null(False)
     todo = values.is_not_null() & ~already
-    phones = normalize_phones(values.filter(todo), work.get_column(_COUNTRY).filter(todo))
+    answers = _FRAME_RULES[field](values.filter(todo), work.get_column(_COUNTRY).filter(todo))
     positions = todo.arg_true()
     blank = pl.repeat(None, work.height, dtype=pl.String, eager=True)
     return pl.DataFrame(
         {
             "already": already,
-            "value": values,
-            "e164": blank.scatter(positions, phones.get_column("e164")),
-            "reason": blank.clone().scatter(positions, phones.get_column("reason")),
+            "given": values,
+            "value": blank.scatter(positions, answers.get_column("value")),
+            "reason": blank.clone().scatter(positions, answers.get_column("reason")),
         }
     ).select(
         pl.when("already")
-        .then(pl.col("value").str.to_lowercase())
-        .otherwise(digest(pl.col("e164")))
-        .alias("phone"),
-        pl.col("reason").alias("phone__reason"),
+        .then(pl.col("given").str.to_lowercase())
+        .otherwise(digest(pl.col("value")))
+        .alias(f"{field}__out"),
+        pl.col("reason").alias(f"{field}__reason"),
     )

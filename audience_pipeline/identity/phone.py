@@ -23,6 +23,8 @@ NEEDS_COUNTRY = "phone_needs_country"
 
 _MIN_NSN, _MAX_NSN = 2, 17
 _FAST_SHAPE = r"^\+?[0-9 ().\-/]*$"
+# A trailing extension that phonenumbers' own extension pattern takes the same way: `... ext. 12`.
+_EXTENSION = r"(?i)^(\+?[0-9 ().\-/]*[0-9)])[ \t]*(?:ext\.?|x)[ \t]*[0-9]{1,6}$"
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,16 @@ def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
         __extract=extract_cc,
         # The prefix stripping above only matters, and only needs phonenumbers, when the code is there.
         slow=idd | (starts & pl.col("slow")),
-    ).collect()
-    kept = lazy.filter(~pl.col("__extract")).lazy().with_columns(nsn=pl.col("digits"))
-    extracted = lazy.filter("__extract").lazy().with_columns(nsn=pl.col("__after_cc"))
+    )
+    nsn = pl.when("__extract").then("__after_cc").otherwise("digits")
+    if main == plan:
+        return [_finish(lazy.with_columns(nsn=nsn), plan, plan.country_code)]
     # After extracting the code, phonenumbers goes on with the metadata of the code's main region.
-    return [_finish(kept, plan, plan.country_code), _finish(extracted, main, plan.country_code)]
+    lazy = lazy.collect()
+    return [
+        _finish(lazy.lazy().filter(~pl.col("__extract")).with_columns(nsn=nsn), plan, plan.country_code),
+        _finish(lazy.lazy().filter("__extract").with_columns(nsn=nsn), main, plan.country_code),
+    ]
 
 
 def _international(frame: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -209,13 +216,17 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     """E.164 digits and reject reasons for trimmed, non-empty phone values.
 
     `countries` holds each row's upper-case alpha-2 country or null. Returns a frame of the same
-    length with `e164` (null when rejected) and `reason` (null when accepted).
+    length with `value`, the E.164 digits (null when rejected), and `reason` (null when accepted).
     """
     frame = pl.DataFrame({"value": values, "country": countries}).with_row_index("i")
     v = pl.col("value")
     frame = frame.with_columns(
         # `00` is an international prefix wherever the number was dialled from.
         number=pl.when(v.str.starts_with("00")).then(pl.concat_str(pl.lit("+"), v.str.slice(2))).otherwise(v)
+    ).with_columns(__bare=pl.col("number").str.replace(_EXTENSION, "$1"))
+    # phonenumbers only takes an extension off a number that stays viable without it.
+    frame = frame.with_columns(
+        number=pl.when(pl.col("__bare").str.count_matches("[0-9]") >= 3).then("__bare").otherwise("number")
     ).with_columns(
         digits=pl.col("number").str.replace_all(r"[^0-9]", ""),
         e164=pl.lit(None, pl.String),
@@ -248,4 +259,4 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
             e164=pl.when("slow").then("slow_e164").otherwise("e164"),
             reason=pl.when("slow").then("slow_reason").otherwise("reason"),
         )
-    return done.sort("i").select("e164", "reason")
+    return done.sort("i").select(pl.col("e164").alias("value"), "reason")

@@ -1,54 +1,56 @@
-"""Field rules of the normalization spec as polars expressions.
+"""Field rules of the normalization spec, as staged polars plans.
 
-Each rule takes the trimmed, non-empty, not-already-hashed value and the row's country (upper-case
-alpha-2 or null) and returns a `Rule`: the normalized text to hash (null when rejected) and the
-reject reason (null when accepted). Nothing here runs Python per row.
+A rule takes a lazy frame with `value` (trimmed, non-empty text or null) and `country` (the row's
+upper-case alpha-2 or null) and adds `normalized` (the text to hash, null when rejected) and
+`reason` (null when accepted). Each intermediate is a column of its own: a nested expression would
+be copied into every branch that uses it and computed once per copy. No rule runs Python per row.
 """
 
 import functools
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib import resources
 
 import polars as pl
 
+Rule = Callable[[pl.LazyFrame], pl.LazyFrame]
+EMPTY = "empty_after_normalization"
 
-@dataclass(frozen=True)
-class Rule:
-    value: pl.Expr
-    reason: pl.Expr
+value, country, normalized = pl.col("value"), pl.col("country"), pl.col("normalized")
 
 
-def _reject_when_empty(value: pl.Expr, reason: str) -> Rule:
-    return Rule(
-        value=pl.when(value != "").then(value),
-        reason=pl.when(value == "").then(pl.lit(reason)),
+def _accept_when(frame: pl.LazyFrame, valid: pl.Expr, reason: str) -> pl.LazyFrame:
+    """Keep `normalized` where `valid`, otherwise null it and give `reason`."""
+    frame = frame.with_columns(__valid=valid)
+    return frame.with_columns(
+        normalized=pl.when("__valid").then(normalized),
+        reason=pl.when(~pl.col("__valid")).then(pl.lit(reason)),
     )
 
 
-def email(value: pl.Expr, country: pl.Expr) -> Rule:
+def email(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Lowercase; keep word characters, `.`, `@`, `-`; exactly one `@` with text on both sides."""
-    cleaned = value.str.to_lowercase().str.replace_all(r"[^\w.@-]", "")
-    valid = cleaned.str.contains(r"^[^@]+@[^@]+$")
-    return Rule(pl.when(valid).then(cleaned), pl.when(~valid).then(pl.lit("invalid_email")))
+    frame = frame.with_columns(normalized=value.str.to_lowercase().str.replace_all(r"[^\w.@-]", ""))
+    return _accept_when(frame, normalized.str.contains(r"^[^@]+@[^@]+$"), "invalid_email")
 
 
 _NAME_TRANSLITERATION = {"ß": "ss", "ä": "ae", "ö": "oe", "ü": "ue", "ø": "o", "æ": "ae"}
 
 
-def person_name(value: pl.Expr, country: pl.Expr) -> Rule:
+def person_name(frame: pl.LazyFrame) -> pl.LazyFrame:
     """first_name / last_name: lowercase, German/Nordic transliteration, then only `[a-z0-9]`."""
-    cleaned = (
-        value.str.to_lowercase().str.replace_many(_NAME_TRANSLITERATION).str.replace_all(r"[^a-z0-9]", "")
+    frame = frame.with_columns(
+        normalized=value.str.to_lowercase()
+        .str.replace_many(_NAME_TRANSLITERATION)
+        .str.replace_all(r"[^a-z0-9]", "")
     )
-    return _reject_when_empty(cleaned, "empty_after_normalization")
+    return _accept_when(frame, normalized != "", EMPTY)
 
 
-def city(value: pl.Expr, country: pl.Expr) -> Rule:
+def city(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Lowercase, then only `[a-z0-9]` (no transliteration: `München` -> `mnchen`)."""
-    return _reject_when_empty(
-        value.str.to_lowercase().str.replace_all(r"[^a-z0-9]", ""), "empty_after_normalization"
-    )
+    frame = frame.with_columns(normalized=value.str.to_lowercase().str.replace_all(r"[^a-z0-9]", ""))
+    return _accept_when(frame, normalized != "", EMPTY)
 
 
 # --- state -----------------------------------------------------------------------------------------
@@ -67,81 +69,91 @@ def state_maps() -> dict[str, dict[str, str]]:
     return merged
 
 
-def state_lookup_key(value: pl.Expr) -> pl.Expr:
+def state_lookup_key(text: pl.Expr) -> pl.Expr:
     """Upper-case, `Ä→AE Ö→OE Ü→UE ß→SS`, other accents folded, only `A-Z` kept."""
     return (
-        value.str.to_uppercase()
+        text.str.to_uppercase()
         .str.replace_many({"Ä": "AE", "Ö": "OE", "Ü": "UE", "ß": "SS", "ẞ": "SS"})
         .str.normalize("NFKD")
         .str.replace_all(r"[^A-Z]", "")
     )
 
 
-def state(value: pl.Expr, country: pl.Expr) -> Rule:
+def state(frame: pl.LazyFrame) -> pl.LazyFrame:
     """The country's map decides; countries without a map keep the first two letters."""
-    key = state_lookup_key(value)
     maps = state_maps()
     # One lookup over "CC:KEY" so every mapped country is served by a single hash-map pass.
     combined = {f"{cc}:{name}": code for cc, names in maps.items() for name, code in names.items()}
-    mapped = pl.concat_str(country, pl.lit(":"), key).replace_strict(
-        combined, default=None, return_dtype=pl.String
+    frame = frame.with_columns(__key=state_lookup_key(value), __has_map=country.is_in(list(maps)))
+    frame = frame.with_columns(
+        __mapped=pl.concat_str(country, pl.lit(":"), "__key").replace_strict(
+            combined, default=None, return_dtype=pl.String
+        )
     )
-    has_map = country.is_in(list(maps))
-    code = pl.when(has_map).then(mapped).otherwise(key.str.head(2)).str.to_lowercase()
-    reason = (
-        pl.when(has_map & mapped.is_null())
+    frame = frame.with_columns(
+        normalized=pl.when("__has_map")
+        .then("__mapped")
+        .otherwise(pl.col("__key").str.head(2))
+        .str.to_lowercase()
+    )
+    frame = frame.with_columns(
+        reason=pl.when(pl.col("__has_map") & pl.col("__mapped").is_null())
         .then(pl.lit("unknown_state"))
-        .when(code == "")
-        .then(pl.lit("empty_after_normalization"))
+        .when(normalized == "")
+        .then(pl.lit(EMPTY))
     )
-    return Rule(pl.when(reason.is_null()).then(code), reason)
+    return frame.with_columns(normalized=pl.when(pl.col("reason").is_null()).then(normalized))
 
 
 # --- zip -------------------------------------------------------------------------------------------
 
-_FIVE_DIGIT_ZIPS = ["US", "DE", "FR", "IT", "ES"]
-_GB_POSTCODE = r"^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
+# Countries whose postal codes are digits only, and how many digits count.
+_DIGIT_ZIPS = {"US": 5, "DE": 5, "FR": 5, "IT": 5, "ES": 5, "JP": 7, "IN": 6}
+# Countries whose postal codes keep letters, and how many characters count.
+_ALNUM_ZIPS = {"CA": 6, "GB": 7}
+_ZIP_PATTERNS = {"CA": r"^[A-Z][0-9][A-Z][0-9][A-Z][0-9]$", "GB": r"^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"}
 
 
-def zip_code(value: pl.Expr, country: pl.Expr) -> Rule:
+def zip_code(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Postal code per country: digit counts, Canadian and British formats, US leading zeros restored."""
-    digits = value.str.replace_all(r"[^0-9]", "")
-    alnum = value.str.to_uppercase().str.replace_all(r"[^A-Z0-9]", "")
-    us_padded = pl.when(digits.str.len_chars().is_between(3, 4)).then(digits.str.zfill(5)).otherwise(digits)
-    candidate = (
-        pl.when(country == "US")
-        .then(us_padded.str.head(5))
-        .when(country.is_in(_FIVE_DIGIT_ZIPS))
-        .then(digits.str.head(5))
-        .when(country == "CA")
-        .then(alnum.str.head(6))
-        .when(country == "GB")
-        .then(alnum.str.head(7))
-        .when(country == "JP")
-        .then(digits.str.head(7))
-        .when(country == "IN")
-        .then(digits.str.head(6))
-        .otherwise(alnum)
+    frame = frame.with_columns(
+        __digits=country.replace_strict(_DIGIT_ZIPS, default=None, return_dtype=pl.Int64),
+        __length=country.replace_strict({**_DIGIT_ZIPS, **_ALNUM_ZIPS}, default=None, return_dtype=pl.Int64),
+    )
+    frame = frame.with_columns(
+        normalized=pl.when(pl.col("__digits").is_not_null())
+        .then(value.str.replace_all(r"[^0-9]", ""))
+        .otherwise(value.str.to_uppercase().str.replace_all(r"[^A-Z0-9]", ""))
+    )
+    # Spreadsheets drop the leading zeros of New England ZIPs: 2134 is 02134.
+    frame = frame.with_columns(
+        normalized=pl.when((country == "US") & normalized.str.len_chars().is_between(3, 4))
+        .then(normalized.str.zfill(5))
+        .otherwise(normalized)
+    )
+    frame = frame.with_columns(
+        normalized=pl.when(pl.col("__length").is_not_null())
+        .then(normalized.str.head("__length"))
+        .otherwise(normalized)
     )
     valid = (
-        pl.when(country.is_in(_FIVE_DIGIT_ZIPS))
-        .then(candidate.str.len_chars() == 5)
-        .when(country == "CA")
-        .then(candidate.str.contains(r"^[A-Z][0-9][A-Z][0-9][A-Z][0-9]$"))
+        pl.when(country == "CA")
+        .then(normalized.str.contains(_ZIP_PATTERNS["CA"]))
         .when(country == "GB")
-        .then(candidate.str.contains(_GB_POSTCODE))
-        .when(country == "JP")
-        .then(candidate.str.len_chars() == 7)
-        .when(country == "IN")
-        .then(candidate.str.len_chars() == 6)
-        .otherwise(candidate != "")
+        .then(normalized.str.contains(_ZIP_PATTERNS["GB"]))
+        .when(pl.col("__digits").is_not_null())
+        .then(normalized.str.len_chars() == pl.col("__digits"))
+        .otherwise(normalized != "")
     )
-    return Rule(pl.when(valid).then(candidate), pl.when(~valid).then(pl.lit("invalid_zip")))
+    return _accept_when(frame, valid, "invalid_zip")
 
 
-def country_code(value: pl.Expr, country: pl.Expr) -> Rule:
+def country_code(frame: pl.LazyFrame) -> pl.LazyFrame:
     """The row's own country, lowercase alpha-2 (the engine resolves codes, alpha-3 and names)."""
-    return Rule(country.str.to_lowercase(), pl.when(country.is_null()).then(pl.lit("unknown_country")))
+    return frame.with_columns(
+        normalized=country.str.to_lowercase(),
+        reason=pl.when(country.is_null()).then(pl.lit("unknown_country")),
+    )
 
 
 # --- identifiers that are never hashed -------------------------------------------------------------
@@ -150,20 +162,23 @@ _UUID = r"^([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]
 ZEROED_MAID = "00000000-0000-0000-0000-000000000000"
 
 
-def mobile_ad_id(value: pl.Expr, country: pl.Expr) -> Rule:
+def mobile_ad_id(frame: pl.LazyFrame) -> pl.LazyFrame:
     """A UUID, canonical lowercase with dashes; the all-zero ID of limited ad tracking is rejected."""
-    lowered = value.str.to_lowercase()
-    valid = lowered.str.contains(_UUID)
-    canonical = lowered.str.replace(_UUID, "$1-$2-$3-$4-$5")
+    frame = frame.with_columns(__lowered=value.str.to_lowercase())
+    frame = frame.with_columns(
+        __valid=pl.col("__lowered").str.contains(_UUID),
+        normalized=pl.col("__lowered").str.replace(_UUID, "$1-$2-$3-$4-$5"),
+    )
     reason = (
-        pl.when(~valid)
+        pl.when(~pl.col("__valid"))
         .then(pl.lit("invalid_maid"))
-        .when(canonical == ZEROED_MAID)
+        .when(normalized == ZEROED_MAID)
         .then(pl.lit("zeroed_maid"))
     )
-    return Rule(pl.when(reason.is_null()).then(canonical), reason)
+    frame = frame.with_columns(reason=reason)
+    return frame.with_columns(normalized=pl.when(pl.col("reason").is_null()).then(normalized))
 
 
-def passthrough(value: pl.Expr, country: pl.Expr) -> Rule:
+def passthrough(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Partner, customer and social IDs go as given (already trimmed)."""
-    return Rule(value, pl.lit(None, dtype=pl.String))
+    return frame.with_columns(normalized=value, reason=pl.lit(None, dtype=pl.String))

@@ -54,6 +54,10 @@ def _corpus(seed: int, size: int) -> tuple[list[str], list[str | None]]:
         text = "".join(ch + (rng.choice(" -.") if rng.random() < 0.2 else "") for ch in digits)
         if rng.random() < 0.1:
             text = f"({text[:3]}) {text[3:]}"
+        if rng.random() < 0.1:
+            text += rng.choice(
+                [" ext. 12", " x 7", " EXT 123", "x5", " ext 1234567", "  X. 3", " ext.", " x"]
+            )
         values.append(text)
         regions.append(region if rng.random() < 0.95 else None)
     return values, regions
@@ -90,7 +94,7 @@ def test_real_example_numbers_of_every_region_match_phonenumbers():
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.text(alphabet="0123456789 +-().x/", max_size=24), st.sampled_from([*REGIONS, None])),
+        st.tuples(st.text(alphabet="0123456789 +-().x/etX", max_size=24), st.sampled_from([*REGIONS, None])),
         min_size=1,
         max_size=20,
     )
