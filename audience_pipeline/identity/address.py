@@ -61,15 +61,15 @@ def _normalize(addresses: pl.LazyFrame, map_set: str) -> pl.LazyFrame:
 def normalize_addresses(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     """Normalized street addresses (`123 Main Street, Apt #5` -> `123mainstaptnumber5`) and reasons.
 
-    `values` are trimmed and non-empty, `countries` upper-case alpha-2 or null. Returns a frame of
-    the same length with `value` (null when rejected) and `reason` (null when accepted).
+    `values` are trimmed text or null, `countries` upper-case alpha-2 or null. Returns a frame of
+    the same length with `value` (null when rejected or absent) and `reason` (null unless rejected).
     """
     frame = pl.DataFrame({"value": values, "map_set": countries}).with_row_index("i")
     frame = frame.with_columns(
         pl.when(pl.col("map_set").is_in(list(_MAP_SETS))).then("map_set").otherwise(pl.lit("DEFAULT"))
     )
     parts = [_normalize(group.lazy(), map_set) for (map_set,), group in frame.group_by("map_set")]
-    done = pl.concat(parts).collect().sort("i") if parts else frame
+    done = pl.concat(parts).collect(engine="in-memory").sort("i") if parts else frame
     value = pl.col("value")
     return done.select(
         pl.when(value != "").then(value).alias("value"),

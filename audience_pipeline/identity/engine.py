@@ -29,11 +29,15 @@ _FRAME_RULES: dict[str, Callable[[pl.Series, pl.Series], pl.DataFrame]] = {
     "phone": normalize_phones,
     "address": normalize_addresses,
 }
+# Plans here are short chains of whole-column string work; polars' in-memory engine runs them with
+# less overhead than the streaming engine that polars 2 picks by default.
+_ENGINE = "in-memory"
 _COUNTRY = "__country"
 _ROW = "__row"
 _BY_DISTINCT = frozenset({"first_name", "last_name", "city", "state", "zip", "country_code"})
 _COUNTRY_DEPENDENT = frozenset({"state", "zip", "country_code"})
 _UNKNOWN_COUNTRY = "__unknown_country"
+_GIVEN_COUNTRY = "__given_country"
 
 
 def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
@@ -105,22 +109,35 @@ def normalize_identities(
     default = normalize_country(default_country, "default country") if default_country else None
 
     schema = frame.schema
-    if "country_code" in schema:
-        given = _as_text("country_code", schema["country_code"])
-        resolved = alpha2(given)
-        country_expr = pl.when(given.is_null()).then(pl.lit(default, pl.String)).otherwise(resolved)
-        unknown_expr = given.is_not_null() & resolved.is_null()
-    else:
-        country_expr, unknown_expr = pl.lit(default, pl.String), pl.lit(False)
     work = (
         frame.lazy()
         .select(
             (pl.int_range(pl.len(), dtype=pl.Int64) + row_offset).alias(_ROW),
-            country_expr.alias(_COUNTRY),
-            unknown_expr.alias(_UNKNOWN_COUNTRY),
+            _as_text("country_code", schema["country_code"]).alias(_GIVEN_COUNTRY)
+            if "country_code" in schema
+            else pl.lit(None, pl.String).alias(_GIVEN_COUNTRY),
             *[_as_text(f, schema[f]).alias(f) for f in chosen],
         )
-        .collect()
+        .collect(engine=_ENGINE)
+    )
+    # A source holds few distinct country spellings: resolve each once.
+    countries = (
+        work.lazy()
+        .select(_GIVEN_COUNTRY)
+        .unique()
+        .with_columns(alpha2(pl.col(_GIVEN_COUNTRY)).alias(_COUNTRY))
+        .with_columns(
+            (pl.col(_GIVEN_COUNTRY).is_not_null() & pl.col(_COUNTRY).is_null()).alias(_UNKNOWN_COUNTRY),
+            pl.when(pl.col(_GIVEN_COUNTRY).is_null())
+            .then(pl.lit(default, pl.String))
+            .otherwise(_COUNTRY)
+            .alias(_COUNTRY),
+        )
+    )
+    work = (
+        work.lazy()
+        .join(countries, on=_GIVEN_COUNTRY, how="left", nulls_equal=True, maintain_order="left")
+        .collect(engine=_ENGINE)
     )
     plans = [work.lazy().select(_ROW)]
     for field in (f for f in chosen if f not in _FRAME_RULES):
@@ -140,7 +157,9 @@ def normalize_identities(
     framed = [f for f in chosen if f in _FRAME_RULES]
     with ThreadPoolExecutor(max_workers=max(len(framed), 1)) as pool:
         pending = [pool.submit(_frame_rule_columns, work, f, digest) for f in framed]
-        normalized = pl.concat([*pl.collect_all(plans), *(p.result() for p in pending)], how="horizontal")
+        normalized = pl.concat(
+            [*pl.collect_all(plans, engine=_ENGINE), *(p.result() for p in pending)], how="horizontal"
+        )
     normalized = normalized.rename({f"{f}__out": f for f in chosen})
 
     rejects = [
@@ -167,24 +186,14 @@ def normalize_identities(
 
 
 def _frame_rule_columns(work: pl.DataFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
-    """`<field>__out` and `<field>__reason` from a partitioned rule, over the values that need it."""
+    """`<field>__out` and `<field>__reason` from a partitioned rule."""
     values = work.get_column(field)
-    already = values.str.contains(HEX64).fill_null(False)
-    todo = values.is_not_null() & ~already
-    answers = _FRAME_RULES[field](values.filter(todo), work.get_column(_COUNTRY).filter(todo))
-    positions = todo.arg_true()
-    blank = pl.repeat(None, work.height, dtype=pl.String, eager=True)
-    return pl.DataFrame(
-        {
-            "already": already,
-            "given": values,
-            "value": blank.scatter(positions, answers.get_column("value")),
-            "reason": blank.clone().scatter(positions, answers.get_column("reason")),
-        }
-    ).select(
-        pl.when("already")
-        .then(pl.col("given").str.to_lowercase())
+    answers = _FRAME_RULES[field](values, work.get_column(_COUNTRY))
+    given, already = pl.col("given"), pl.col("given").str.contains(HEX64)
+    return answers.with_columns(given=values).select(
+        pl.when(already)
+        .then(given.str.to_lowercase())
         .otherwise(digest(pl.col("value")))
         .alias(f"{field}__out"),
-        pl.col("reason").alias(f"{field}__reason"),
+        pl.when(given.is_not_null() & ~already).then("reason").alias(f"{field}__reason"),
     )

@@ -18,6 +18,8 @@ import polars as pl
 from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
+from audience_pipeline.identity.hashing import HEX64
+
 INVALID = "invalid_phone"
 NEEDS_COUNTRY = "phone_needs_country"
 
@@ -72,6 +74,15 @@ def _plan(region: str) -> _Plan | None:
     )
     patterns = [p for p in (plan.general, plan.national_prefix, plan.international_prefix) if p]
     return plan if all(_rust_compatible(p) for p in patterns) else None
+
+
+@functools.cache
+def _codes_by_length() -> dict[int, dict[str, int]]:
+    """Country calling codes as text -> int, grouped by how many digits they have."""
+    grouped: dict[int, dict[str, int]] = {}
+    for code in COUNTRY_CODE_TO_REGION_CODE:
+        grouped.setdefault(len(str(code)), {})[str(code)] = code
+    return grouped
 
 
 @functools.cache
@@ -170,7 +181,7 @@ def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
     if main == plan:
         return [_finish(lazy.with_columns(nsn=nsn), plan, plan.country_code)]
     # After extracting the code, phonenumbers goes on with the metadata of the code's main region.
-    lazy = lazy.collect()
+    lazy = lazy.collect(engine="in-memory")
     return [
         _finish(lazy.lazy().filter(~pl.col("__extract")).with_columns(nsn=nsn), plan, plan.country_code),
         _finish(lazy.lazy().filter("__extract").with_columns(nsn=nsn), main, plan.country_code),
@@ -180,10 +191,13 @@ def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
 def _international(frame: pl.DataFrame) -> list[pl.LazyFrame]:
     """Numbers written with `+` (or `00`): the country code comes from the number."""
     d = pl.col("digits")
-    known = list(COUNTRY_CODE_TO_REGION_CODE)
-    heads = [d.str.head(n).cast(pl.Int32, strict=False) for n in (1, 2, 3)]
+    # Country calling codes are prefix-free: at most one of the first 1, 2 or 3 digits is a code.
     frame = frame.with_columns(
-        cc=pl.when(~d.str.starts_with("0")).then(pl.coalesce(pl.when(h.is_in(known)).then(h) for h in heads))
+        cc=pl.when(~d.str.starts_with("0")).then(
+            pl.coalesce(
+                d.str.head(n).replace_strict(codes, default=None) for n, codes in _codes_by_length().items()
+            )
+        )
     )
     long_enough = d.str.len_chars() > 2
     parts = [
@@ -213,10 +227,11 @@ def _with_library(number: str, region: str | None) -> tuple[str | None, str | No
 
 
 def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
-    """E.164 digits and reject reasons for trimmed, non-empty phone values.
+    """E.164 digits and reject reasons for trimmed phone values.
 
     `countries` holds each row's upper-case alpha-2 country or null. Returns a frame of the same
-    length with `value`, the E.164 digits (null when rejected), and `reason` (null when accepted).
+    length with `value`, the E.164 digits (null when rejected), and `reason` (null when accepted);
+    null and already-hashed values get neither.
     """
     frame = pl.DataFrame({"value": values, "country": countries}).with_row_index("i")
     v = pl.col("value")
@@ -224,19 +239,21 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
         # `00` is an international prefix wherever the number was dialled from.
         number=pl.when(v.str.starts_with("00")).then(pl.concat_str(pl.lit("+"), v.str.slice(2))).otherwise(v)
     ).with_columns(__bare=pl.col("number").str.replace(_EXTENSION, "$1"))
-    # phonenumbers only takes an extension off a number that stays viable without it.
+    frame = frame.with_columns(digits=pl.col("__bare").str.replace_all(r"[^0-9]", ""))
+    # phonenumbers only takes an extension off a number that stays viable without it. Where it
+    # stays on, letters keep the number off the vectorized path, so `digits` is never read.
     frame = frame.with_columns(
-        number=pl.when(pl.col("__bare").str.count_matches("[0-9]") >= 3).then("__bare").otherwise("number")
-    ).with_columns(
-        digits=pl.col("number").str.replace_all(r"[^0-9]", ""),
+        number=pl.when(pl.col("digits").str.len_chars() >= 3).then("__bare").otherwise("number"),
         e164=pl.lit(None, pl.String),
         reason=pl.lit(None, pl.String),
     )
-    fast = pl.col("number").str.contains(_FAST_SHAPE) & (pl.col("digits").str.len_chars() >= 3)
+    skip = pl.col("value").is_null() | pl.col("value").str.contains(HEX64)
+    fast = ~skip & pl.col("number").str.contains(_FAST_SHAPE) & (pl.col("digits").str.len_chars() >= 3)
     international = pl.col("number").str.starts_with("+")
 
     parts = [
-        frame.lazy().filter(~fast).with_columns(slow=pl.lit(True)),
+        frame.lazy().filter(skip).with_columns(slow=pl.lit(False)),
+        frame.lazy().filter(~skip & ~fast).with_columns(slow=pl.lit(True)),
         frame.lazy()
         .filter(fast & ~international & pl.col("country").is_null())
         .with_columns(reason=pl.lit(NEEDS_COUNTRY), slow=pl.lit(False)),
@@ -246,7 +263,7 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     for (region,), group in national.group_by("country"):
         parts.extend(_national(group, region))
     columns = ["i", "number", "country", "e164", "reason", "slow"]
-    done = pl.concat([p.select(columns) for p in parts]).collect()
+    done = pl.concat([p.select(columns) for p in parts]).collect(engine="in-memory")
 
     slow = done.filter("slow").select("number", "country").unique()
     if slow.height:
