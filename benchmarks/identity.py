@@ -44,7 +44,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--profiles", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=250_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -11,6 +11,8 @@ from importlib import resources
 
 import polars as pl
 
+from audience_pipeline.identity.rules import ENGINE
+
 # Map order per country, from the spec: each map holding a token replaces it; the last one wins.
 _COMMON = ("NumberIndicators", "DirectionalWords")
 _MAP_SETS = {
@@ -25,9 +27,8 @@ EMPTY = "empty_after_normalization"
 # `C/O` has a literal of its own so each regex keeps a fast path (a `\b` in an alternation loses it).
 _CARE_OF = r"\bC/O\b"
 _DELIMITERS = r"[,!\[\]{}()\s.]+"
-# A numeric part, the last inner `-`, then a part that is not all digits: `12-A` -> `12 A`. A match
-# uses up the space after its token, so a neighbour that also matches waits for the second pass.
-_DASH = r"(^| )(\p{N}+)-([^ -]*[^ \p{N}-][^ -]*)( |$)"
+# A numeric part, the last inner `-`, then a part that is not all digits: `12-A` -> `12 A`.
+_DASH = r" (\p{N}+)-([^ -]*[^ \p{N}-][^ -]*) "
 
 
 @functools.cache
@@ -49,11 +50,13 @@ def _normalize(addresses: pl.LazyFrame, map_set: str) -> pl.LazyFrame:
         .str.replace_all(_CARE_OF, " ")
         .str.replace_all(_DELIMITERS, " ")
         .str.strip_chars(" ")
-        .str.replace_all(_DASH, "${1}${2} ${3}${4}")
-        .str.replace_all(_DASH, "${1}${2} ${3}${4}")
-        .str.replace_all("#", " # ", literal=True)
     )
-    spaced = pl.concat_str(pl.lit(" "), tokens.str.replace_all(" ", "  ", literal=True), pl.lit(" "))
+    # Every token gets two spaces of its own, so neighbouring tokens never share a match.
+    spaced = (
+        pl.concat_str(pl.lit(" "), tokens.str.replace_all(" ", "  ", literal=True), pl.lit(" "))
+        .str.replace_all(_DASH, " ${1}  ${2} ")
+        .str.replace_all("#", "  #  ", literal=True)
+    )
     normalized = spaced.str.replace_many(_replacements(map_set)).str.replace_all(" ", "", literal=True)
     return addresses.with_columns(normalized.str.to_lowercase().alias("value"))
 
@@ -69,7 +72,7 @@ def normalize_addresses(values: pl.Series, countries: pl.Series) -> pl.DataFrame
         pl.when(pl.col("map_set").is_in(list(_MAP_SETS))).then("map_set").otherwise(pl.lit("DEFAULT"))
     )
     parts = [_normalize(group.lazy(), map_set) for (map_set,), group in frame.group_by("map_set")]
-    done = pl.concat(parts).collect(engine="in-memory").sort("i") if parts else frame
+    done = pl.concat(parts).collect(engine=ENGINE).sort("i") if parts else frame
     value = pl.col("value")
     return done.select(
         pl.when(value != "").then(value).alias("value"),

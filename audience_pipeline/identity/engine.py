@@ -12,6 +12,7 @@ from audience_pipeline.identity.fields import HASHED_FIELDS, IDENTITY_FIELDS, MA
 from audience_pipeline.identity.hashing import HEX64, is_hashed, sha256_hex
 from audience_pipeline.identity.phone import normalize_phones
 from audience_pipeline.identity.result import REJECT_SCHEMA, IdentityResult
+from audience_pipeline.identity.rules import ENGINE
 
 _RULES: dict[str, rules.Rule] = {
     "email": rules.email,
@@ -29,9 +30,6 @@ _FRAME_RULES: dict[str, Callable[[pl.Series, pl.Series], pl.DataFrame]] = {
     "phone": normalize_phones,
     "address": normalize_addresses,
 }
-# Plans here are short chains of whole-column string work; polars' in-memory engine runs them with
-# less overhead than the streaming engine that polars 2 picks by default.
-_ENGINE = "in-memory"
 _COUNTRY = "__country"
 _ROW = "__row"
 _BY_DISTINCT = frozenset({"first_name", "last_name", "city", "state", "zip", "country_code"})
@@ -109,21 +107,15 @@ def normalize_identities(
     default = normalize_country(default_country, "default country") if default_country else None
 
     schema = frame.schema
-    work = (
-        frame.lazy()
-        .select(
-            (pl.int_range(pl.len(), dtype=pl.Int64) + row_offset).alias(_ROW),
-            _as_text("country_code", schema["country_code"]).alias(_GIVEN_COUNTRY)
-            if "country_code" in schema
-            else pl.lit(None, pl.String).alias(_GIVEN_COUNTRY),
-            *[_as_text(f, schema[f]).alias(f) for f in chosen],
-        )
-        .collect(engine=_ENGINE)
+    given = (
+        _as_text("country_code", schema["country_code"])
+        if "country_code" in schema
+        else pl.lit(None, pl.String)
     )
     # A source holds few distinct country spellings: resolve each once.
     countries = (
-        work.lazy()
-        .select(_GIVEN_COUNTRY)
+        frame.lazy()
+        .select(given.alias(_GIVEN_COUNTRY))
         .unique()
         .with_columns(alpha2(pl.col(_GIVEN_COUNTRY)).alias(_COUNTRY))
         .with_columns(
@@ -135,13 +127,27 @@ def normalize_identities(
         )
     )
     work = (
-        work.lazy()
+        frame.lazy()
+        .select(
+            (pl.int_range(pl.len(), dtype=pl.Int64) + row_offset).alias(_ROW), given.alias(_GIVEN_COUNTRY)
+        )
         .join(countries, on=_GIVEN_COUNTRY, how="left", nulls_equal=True, maintain_order="left")
-        .collect(engine=_ENGINE)
+        .collect(engine=ENGINE)
     )
+
+    def inputs(field: str) -> pl.LazyFrame:
+        """The field's values as trimmed text beside each row's country."""
+        return pl.concat(
+            [
+                frame.lazy().select(_as_text(field, schema[field]).alias("value")),
+                work.lazy().select(country=_COUNTRY),
+            ],
+            how="horizontal",
+        )
+
     plans = [work.lazy().select(_ROW)]
     for field in (f for f in chosen if f not in _FRAME_RULES):
-        columns = work.lazy().select(pl.col(field).alias("value"), pl.col(_COUNTRY).alias("country"))
+        columns = inputs(field)
         if field in _BY_DISTINCT:
             # Few distinct values repeat across many rows here: normalize each distinct value (with
             # its country where the rule reads it) once and join the answers back.
@@ -156,9 +162,9 @@ def normalize_identities(
     # Partitioned rules run beside the expressions (polars releases the GIL while it computes).
     framed = [f for f in chosen if f in _FRAME_RULES]
     with ThreadPoolExecutor(max_workers=max(len(framed), 1)) as pool:
-        pending = [pool.submit(_frame_rule_columns, work, f, digest) for f in framed]
+        pending = [pool.submit(_frame_rule_columns, inputs(f), f, digest) for f in framed]
         normalized = pl.concat(
-            [*pl.collect_all(plans, engine=_ENGINE), *(p.result() for p in pending)], how="horizontal"
+            [*pl.collect_all(plans, engine=ENGINE), *(p.result() for p in pending)], how="horizontal"
         )
     normalized = normalized.rename({f"{f}__out": f for f in chosen})
 
@@ -185,10 +191,11 @@ def normalize_identities(
     return IdentityResult(frame=result, rejects=reject_frame, fields=chosen)
 
 
-def _frame_rule_columns(work: pl.DataFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
-    """`<field>__out` and `<field>__reason` from a partitioned rule."""
-    values = work.get_column(field)
-    answers = _FRAME_RULES[field](values, work.get_column(_COUNTRY))
+def _frame_rule_columns(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
+    """`<field>__out` and `<field>__reason` from a partitioned rule over `value` and `country`."""
+    columns = plan.collect(engine=ENGINE)
+    values = columns.get_column("value")
+    answers = _FRAME_RULES[field](values, columns.get_column("country"))
     given, already = pl.col("given"), pl.col("given").str.contains(HEX64)
     return answers.with_columns(given=values).select(
         pl.when(already)

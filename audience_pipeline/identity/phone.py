@@ -19,9 +19,12 @@ from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
 from audience_pipeline.identity.hashing import HEX64
+from audience_pipeline.identity.rules import ENGINE
 
 INVALID = "invalid_phone"
 NEEDS_COUNTRY = "phone_needs_country"
+# Routes that are not a region's numbering plan (regions are upper-case alpha-2).
+_SKIP, _LIBRARY, _INTERNATIONAL = "skip", "library", "international"
 
 _MIN_NSN, _MAX_NSN = 2, 17
 _FAST_SHAPE = r"^\+?[0-9 ().\-/]*$"
@@ -181,7 +184,7 @@ def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
     if main == plan:
         return [_finish(lazy.with_columns(nsn=nsn), plan, plan.country_code)]
     # After extracting the code, phonenumbers goes on with the metadata of the code's main region.
-    lazy = lazy.collect(engine="in-memory")
+    lazy = lazy.collect(engine=ENGINE)
     return [
         _finish(lazy.lazy().filter(~pl.col("__extract")).with_columns(nsn=nsn), plan, plan.country_code),
         _finish(lazy.lazy().filter("__extract").with_columns(nsn=nsn), main, plan.country_code),
@@ -233,47 +236,70 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     length with `value`, the E.164 digits (null when rejected), and `reason` (null when accepted);
     null and already-hashed values get neither.
     """
-    frame = pl.DataFrame({"value": values, "country": countries}).with_row_index("i")
+    if values.is_empty():
+        return pl.DataFrame(schema={"value": pl.String, "reason": pl.String})
     v = pl.col("value")
-    frame = frame.with_columns(
+    frame = (
+        pl.LazyFrame({"value": values, "country": countries})
+        .with_row_index("i")
         # `00` is an international prefix wherever the number was dialled from.
-        number=pl.when(v.str.starts_with("00")).then(pl.concat_str(pl.lit("+"), v.str.slice(2))).otherwise(v)
-    ).with_columns(__bare=pl.col("number").str.replace(_EXTENSION, "$1"))
-    frame = frame.with_columns(digits=pl.col("__bare").str.replace_all(r"[^0-9]", ""))
+        .with_columns(
+            number=pl.when(v.str.starts_with("00"))
+            .then(pl.concat_str(pl.lit("+"), v.str.slice(2)))
+            .otherwise(v)
+        )
+        .with_columns(__bare=pl.col("number").str.replace(_EXTENSION, "$1"))
+        .with_columns(digits=pl.col("__bare").str.replace_all(r"[^0-9]", ""))
+    )
     # phonenumbers only takes an extension off a number that stays viable without it. Where it
     # stays on, letters keep the number off the vectorized path, so `digits` is never read.
-    frame = frame.with_columns(
-        number=pl.when(pl.col("digits").str.len_chars() >= 3).then("__bare").otherwise("number"),
-        e164=pl.lit(None, pl.String),
-        reason=pl.lit(None, pl.String),
+    number = pl.when(pl.col("digits").str.len_chars() >= 3).then("__bare").otherwise("number")
+    route = (
+        pl.when(v.is_null() | v.str.contains(HEX64))
+        .then(pl.lit(_SKIP))
+        .when(~pl.col("number").str.contains(_FAST_SHAPE) | (pl.col("digits").str.len_chars() < 3))
+        .then(pl.lit(_LIBRARY))
+        .when(pl.col("number").str.starts_with("+"))
+        .then(pl.lit(_INTERNATIONAL))
+        .when(pl.col("country").is_null())
+        .then(pl.lit(NEEDS_COUNTRY))
+        .otherwise("country")
     )
-    skip = pl.col("value").is_null() | pl.col("value").str.contains(HEX64)
-    fast = ~skip & pl.col("number").str.contains(_FAST_SHAPE) & (pl.col("digits").str.len_chars() >= 3)
-    international = pl.col("number").str.starts_with("+")
-
-    parts = [
-        frame.lazy().filter(skip).with_columns(slow=pl.lit(False)),
-        frame.lazy().filter(~skip & ~fast).with_columns(slow=pl.lit(True)),
-        frame.lazy()
-        .filter(fast & ~international & pl.col("country").is_null())
-        .with_columns(reason=pl.lit(NEEDS_COUNTRY), slow=pl.lit(False)),
-        *_international(frame.filter(fast & international)),
-    ]
-    national = frame.filter(fast & ~international & pl.col("country").is_not_null())
-    for (region,), group in national.group_by("country"):
-        parts.extend(_national(group, region))
+    # Each row takes one route: a region's numbering plan, the `+` path, or phonenumbers itself.
+    frame = frame.select("i", "country", "digits", number.alias("number"), route.alias("route")).collect(
+        engine=ENGINE
+    )
+    parts = []
+    for (name,), group in frame.group_by("route"):
+        lazy = group.lazy().with_columns(e164=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
+        if name == _SKIP:
+            parts.append(lazy.with_columns(slow=pl.lit(False)))
+        elif name == _LIBRARY:
+            parts.append(lazy.with_columns(slow=pl.lit(True)))
+        elif name == NEEDS_COUNTRY:
+            parts.append(lazy.with_columns(reason=pl.lit(NEEDS_COUNTRY), slow=pl.lit(False)))
+        elif name == _INTERNATIONAL:
+            parts.extend(_international(lazy.collect(engine=ENGINE)))
+        else:
+            parts.extend(_national(lazy.collect(engine=ENGINE), name))
     columns = ["i", "number", "country", "e164", "reason", "slow"]
-    done = pl.concat([p.select(columns) for p in parts]).collect(engine="in-memory")
+    done = pl.concat([p.select(columns) for p in parts]).collect(engine=ENGINE)
 
-    slow = done.filter("slow").select("number", "country").unique()
-    if slow.height:
-        answers = [_with_library(number, region) for number, region in slow.iter_rows()]
-        slow = slow.with_columns(
-            slow_e164=pl.Series([a[0] for a in answers], dtype=pl.String),
-            slow_reason=pl.Series([a[1] for a in answers], dtype=pl.String),
-        )
-        done = done.join(slow, on=["number", "country"], how="left", nulls_equal=True).with_columns(
-            e164=pl.when("slow").then("slow_e164").otherwise("e164"),
-            reason=pl.when("slow").then("slow_reason").otherwise("reason"),
-        )
-    return done.sort("i").select(pl.col("e164").alias("value"), "reason")
+    # What the vectorized path could not settle goes to phonenumbers, once per distinct value.
+    library = done.filter("slow").select("number", "country").unique()
+    answers = [_with_library(number, region) for number, region in library.iter_rows()]
+    library = library.with_columns(
+        e164=pl.Series([a[0] for a in answers], dtype=pl.String),
+        reason=pl.Series([a[1] for a in answers], dtype=pl.String),
+    )
+    settled = done.filter(~pl.col("slow")).select("i", "e164", "reason")
+    looked_up = (
+        done.filter("slow")
+        .select("i", "number", "country")
+        .join(library, on=["number", "country"], how="left", nulls_equal=True)
+    )
+    return (
+        pl.concat([settled, looked_up.select("i", "e164", "reason")])
+        .sort("i")
+        .select(pl.col("e164").alias("value"), "reason")
+    )
