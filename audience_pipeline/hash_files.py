@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
+from audience_pipeline.batches import frames
 from audience_pipeline.identity import (
     HASHED_FIELDS,
     REJECT_SCHEMA,
@@ -32,7 +33,7 @@ READERS = {
     ".parquet": "read_parquet(?)",
 }
 WRITERS = (".parquet", ".csv")
-BATCH_ROWS = 200_000
+BATCH_ROWS = 250_000
 
 
 class HashFileError(Exception):
@@ -91,7 +92,7 @@ def hash_file(
     try:
         relation = conn.sql(f"SELECT * FROM {reader}", params=[str(source)])
         columns = relation.columns
-        batches = relation.to_arrow_reader(BATCH_ROWS)
+        batches = frames(relation.to_arrow_reader(BATCH_ROWS), BATCH_ROWS)
     except duckdb.Error as error:
         raise HashFileError(f"INPUT: cannot read {source.name}: {_first_line(error)}") from None
     if fields is None:
@@ -108,12 +109,11 @@ def hash_file(
     ):
         while True:
             try:
-                batch = batches.read_next_batch()
+                frame = next(batches)
             except StopIteration:
                 break
             except duckdb.Error as error:
                 raise HashFileError(f"INPUT: cannot read {source.name}: {_first_line(error)}") from None
-            frame = pl.from_arrow(batch)
             result = normalize_identities(frame, summary.fields, default_country, row_offset=summary.rows + 1)
             out = result.frame
             if "country_code" in out.columns and "country_code" not in summary.fields:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import duckdb
-import polars as pl
 
+from audience_pipeline.batches import frames
 from audience_pipeline.identity import normalize_identities
 
 FIELDS = ["email", "phone", "first_name", "last_name", "address", "city", "state", "zip"]
@@ -35,8 +35,7 @@ def batches(database: Path, profiles: int, batch_size: int):
         reader = conn.sql(
             f"SELECT {', '.join(FIELDS)}, country_code FROM profiles ORDER BY user_id LIMIT {profiles}"
         ).to_arrow_reader(batch_size)
-        for batch in reader:
-            yield pl.from_arrow(batch)
+        yield from frames(reader, batch_size)
 
 
 def main() -> None:

@@ -229,6 +229,24 @@ def _with_library(number: str, region: str | None) -> tuple[str | None, str | No
     return f"{parsed.country_code}{phonenumbers.national_significant_number(parsed)}", None
 
 
+def _route(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Each row's route: a region's numbering plan, the `+` path, or phonenumbers itself."""
+    number = pl.col("number")
+    frame = frame.with_columns(digits=number.str.replace_all(r"[^0-9]", ""))
+    route = (
+        pl.when(pl.col("value").is_null() | pl.col("value").str.contains(HEX64))
+        .then(pl.lit(_SKIP))
+        .when(~number.str.contains(_FAST_SHAPE) | (pl.col("digits").str.len_chars() < 3))
+        .then(pl.lit(_LIBRARY))
+        .when(number.str.starts_with("+"))
+        .then(pl.lit(_INTERNATIONAL))
+        .when(pl.col("country").is_null())
+        .then(pl.lit(NEEDS_COUNTRY))
+        .otherwise("country")
+    )
+    return frame.select("i", "value", "country", "digits", "number", route.alias("route"))
+
+
 def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     """E.164 digits and reject reasons for trimmed phone values.
 
@@ -238,37 +256,18 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     """
     if values.is_empty():
         return pl.DataFrame(schema={"value": pl.String, "reason": pl.String})
-    v = pl.col("value")
-    frame = (
-        pl.LazyFrame({"value": values, "country": countries})
-        .with_row_index("i")
-        # `00` is an international prefix wherever the number was dialled from.
-        .with_columns(
-            number=pl.when(v.str.starts_with("00"))
-            .then(pl.concat_str(pl.lit("+"), v.str.slice(2)))
-            .otherwise(v)
-        )
-        .with_columns(__bare=pl.col("number").str.replace(_EXTENSION, "$1"))
-        .with_columns(digits=pl.col("__bare").str.replace_all(r"[^0-9]", ""))
-    )
-    # phonenumbers only takes an extension off a number that stays viable without it. Where it
-    # stays on, letters keep the number off the vectorized path, so `digits` is never read.
-    number = pl.when(pl.col("digits").str.len_chars() >= 3).then("__bare").otherwise("number")
-    route = (
-        pl.when(v.is_null() | v.str.contains(HEX64))
-        .then(pl.lit(_SKIP))
-        .when(~pl.col("number").str.contains(_FAST_SHAPE) | (pl.col("digits").str.len_chars() < 3))
-        .then(pl.lit(_LIBRARY))
-        .when(pl.col("number").str.starts_with("+"))
-        .then(pl.lit(_INTERNATIONAL))
-        .when(pl.col("country").is_null())
-        .then(pl.lit(NEEDS_COUNTRY))
-        .otherwise("country")
-    )
-    # Each row takes one route: a region's numbering plan, the `+` path, or phonenumbers itself.
-    frame = frame.select("i", "country", "digits", number.alias("number"), route.alias("route")).collect(
+    # `00` is an international prefix wherever the number was dialled from.
+    frame = pl.LazyFrame({"value": values, "country": countries}).with_row_index("i")
+    frame = _route(frame.with_columns(number=pl.col("value").str.replace("^00", "+"))).collect(engine=ENGINE)
+    # A number that misses the vectorized shape may only carry an extension (`... ext. 12`); taking it
+    # off is only right where phonenumbers would, which needs the number to stay viable without it.
+    library = frame.filter(pl.col("route") == _LIBRARY)
+    bare = library.lazy().with_columns(number=pl.col("number").str.replace(_EXTENSION, "$1"))
+    bare = _route(bare.filter(pl.col("number").str.replace_all(r"[^0-9]", "").str.len_chars() >= 3))
+    retried = pl.concat([bare, library.lazy().join(bare.select("i"), on="i", how="anti")]).collect(
         engine=ENGINE
     )
+    frame = pl.concat([frame.filter(pl.col("route") != _LIBRARY), retried])
     parts = []
     for (name,), group in frame.group_by("route"):
         lazy = group.lazy().with_columns(e164=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
