@@ -6,7 +6,7 @@ Generates messy sample profiles (in a child process, so its memory is not counte
 them from DuckDB in batches through `normalize_identities` for 8 fields: email, phone, first and
 last name, address, city, state, zip. The baseline hashes the very values the engine normalized,
 one `hashlib.sha256` call each on one core: the engine must be at least as fast as hashing alone.
-Figures are printed, never asserted.
+Each side runs `--repeat` times and its fastest pass counts. Figures are printed, never asserted.
 """
 
 import argparse
@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=250_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="passes of each side; the fastest counts, as timeit does"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,25 +58,30 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", generate], check=True)
         database = Path(tmp) / "sample.duckdb"
 
-        engine_seconds, hashed_values, rows, rejects = 0.0, 0, 0, 0
-        for frame in batches(database, args.profiles, args.batch_size):
-            start = time.perf_counter()
-            result = normalize_identities(frame, fields=FIELDS, row_offset=rows)
-            engine_seconds += time.perf_counter() - start
-            hashed_values += sum(result.values_out().values())
-            rejects += result.rejects.height
-            rows += frame.height
+        engine_seconds = hashlib_seconds = float("inf")
+        for _ in range(args.repeat):
+            seconds, hashed_values, rows, rejects = 0.0, 0, 0, 0
+            for frame in batches(database, args.profiles, args.batch_size):
+                start = time.perf_counter()
+                result = normalize_identities(frame, fields=FIELDS, row_offset=rows)
+                seconds += time.perf_counter() - start
+                hashed_values += sum(result.values_out().values())
+                rejects += result.rejects.height
+                rows += frame.height
+            engine_seconds = min(engine_seconds, seconds)
         engine_rss = peak_rss_mib()
 
-        hashlib_seconds, baseline_values = 0.0, 0
-        for frame in batches(database, args.profiles, args.batch_size):
-            plain = normalize_identities(frame, fields=FIELDS, hash_values=False).frame
-            values = [v.encode() for f in FIELDS for v in plain[f].drop_nulls().to_list()]
-            start = time.perf_counter()
-            for value in values:
-                hashlib.sha256(value).hexdigest()
-            hashlib_seconds += time.perf_counter() - start
-            baseline_values += len(values)
+        for _ in range(args.repeat):
+            seconds, baseline_values = 0.0, 0
+            for frame in batches(database, args.profiles, args.batch_size):
+                plain = normalize_identities(frame, fields=FIELDS, hash_values=False).frame
+                values = [v.encode() for f in FIELDS for v in plain[f].drop_nulls().to_list()]
+                start = time.perf_counter()
+                for value in values:
+                    hashlib.sha256(value).hexdigest()
+                seconds += time.perf_counter() - start
+                baseline_values += len(values)
+            hashlib_seconds = min(hashlib_seconds, seconds)
 
     print(f"profiles                 {rows:,}")
     print(f"fields                   {len(FIELDS)} ({', '.join(FIELDS)})")

@@ -44,16 +44,16 @@ def _replacements(map_set: str) -> dict[str, str]:
 
 
 def _normalize(addresses: pl.LazyFrame, map_set: str) -> pl.LazyFrame:
+    # Every token gets two spaces of its own, so neighbouring tokens never share a match.
     tokens = (
         pl.col("value")
         .str.to_uppercase()
         .str.replace_all(_CARE_OF, " ")
-        .str.replace_all(_DELIMITERS, " ")
+        .str.replace_all(_DELIMITERS, "  ")
         .str.strip_chars(" ")
     )
-    # Every token gets two spaces of its own, so neighbouring tokens never share a match.
     spaced = (
-        pl.concat_str(pl.lit(" "), tokens.str.replace_all(" ", "  ", literal=True), pl.lit(" "))
+        pl.concat_str(pl.lit(" "), tokens, pl.lit(" "))
         .str.replace_all(_DASH, " ${1}  ${2} ")
         .str.replace_all("#", "  #  ", literal=True)
     )

@@ -159,13 +159,18 @@ def normalize_identities(
         else:
             columns = _finish(columns, field, digest)
         plans.append(columns.select(f"{field}__out", f"{field}__reason"))
-    # Partitioned rules run beside the expressions (polars releases the GIL while it computes).
-    framed = [f for f in chosen if f in _FRAME_RULES]
-    with ThreadPoolExecutor(max_workers=max(len(framed), 1)) as pool:
-        pending = [pool.submit(_frame_rule_columns, inputs(f), f, digest) for f in framed]
-        normalized = pl.concat(
-            [*pl.collect_all(plans, engine=ENGINE), *(p.result() for p in pending)], how="horizontal"
+    # Phones take the longest chain of steps, so they start first and run beside everything else
+    # (polars releases the GIL while it computes); more threads than cores would only slow them.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        phones = (
+            pool.submit(_frame_rule_columns, inputs("phone"), "phone", digest) if "phone" in chosen else None
         )
+        columns = pl.collect_all(plans, engine=ENGINE)
+        if "address" in chosen:
+            columns.append(_frame_rule_columns(inputs("address"), "address", digest))
+        if phones is not None:
+            columns.append(phones.result())
+    normalized = pl.concat(columns, how="horizontal")
     normalized = normalized.rename({f"{f}__out": f for f in chosen})
 
     rejects = [
@@ -197,10 +202,15 @@ def _frame_rule_columns(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Exp
     values = columns.get_column("value")
     answers = _FRAME_RULES[field](values, columns.get_column("country"))
     given, already = pl.col("given"), pl.col("given").str.contains(HEX64)
-    return answers.with_columns(given=values).select(
-        pl.when(already)
-        .then(given.str.to_lowercase())
-        .otherwise(digest(pl.col("value")))
-        .alias(f"{field}__out"),
-        pl.when(given.is_not_null() & ~already).then("reason").alias(f"{field}__reason"),
+    return (
+        answers.lazy()
+        .with_columns(given=values)
+        .select(
+            pl.when(already)
+            .then(given.str.to_lowercase())
+            .otherwise(digest(pl.col("value")))
+            .alias(f"{field}__out"),
+            pl.when(given.is_not_null() & ~already).then("reason").alias(f"{field}__reason"),
+        )
+        .collect(engine=ENGINE)
     )
