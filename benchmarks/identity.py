@@ -33,7 +33,7 @@ def peak_rss_mib() -> float:
 def batches(database: Path, profiles: int, batch_size: int):
     with duckdb.connect(str(database), read_only=True) as conn:
         reader = conn.sql(
-            f"SELECT {', '.join(FIELDS)}, country_code FROM profiles ORDER BY user_id LIMIT {profiles}"
+            f"SELECT {', '.join(FIELDS)}, country_code FROM profiles LIMIT {profiles}"
         ).to_arrow_reader(batch_size)
         yield from frames(reader, batch_size)
 
