@@ -456,15 +456,15 @@ _COUNTRIES = (
             "Le Goff|Bérenger|N'Diaye|Rousseau"
         ),
         cities=_rows(
-            "Paris/Paris/IDF/75|Marseille/Marseilles/PAC/13|Lyon/Lyons/ARA/69|Toulouse/Toulouse/OCC/31|"
-            "Nice/Nice/PAC/06|Nantes/Nantes/PDL/44|Strasbourg/Strasbourg/GES/67|Bordeaux/Bordeaux/NAQ/33|"
-            "Lille/Lille/HDF/59|Saint-Étienne/St-Etienne/ARA/42"
+            "Paris/Paris/IF/75|Marseille/Marseilles/PR/13|Lyon/Lyons/RA/69|Toulouse/Toulouse/MP/31|"
+            "Nice/Nice/PR/06|Nantes/Nantes/PL/44|Strasbourg/Strasbourg/AA/67|Bordeaux/Bordeaux/AQ/33|"
+            "Lille/Lille/NP/59|Saint-Étienne/St-Etienne/RA/42"
         ),
         states=_states(
-            "IDF/Île-de-France/Ile-de-France|PAC/Provence-Alpes-Côte d'Azur/PACA|"
-            "ARA/Auvergne-Rhône-Alpes/Auvergne-Rhone-Alpes|OCC/Occitanie/Occitania|"
-            "PDL/Pays de la Loire/Pays-de-la-Loire|GES/Grand Est/Grand-Est|"
-            "NAQ/Nouvelle-Aquitaine/Nouvelle Aquitaine|HDF/Hauts-de-France/Hauts de France"
+            "IF/Île-de-France/Ile-de-France|PR/Provence-Alpes-Côte d'Azur/Provence-Alpes-Cote d'Azur|"
+            "RA/Rhône-Alpes/Rhone-Alpes|MP/Midi-Pyrénées/Midi-Pyrenees|"
+            "PL/Pays de la Loire/Pays-de-la-Loire|AA/Alsace/ALSACE|"
+            "AQ/Aquitaine/AQUITAINE|NP/Nord-Pas-de-Calais/Nord Pas de Calais"
         ),
         state_mix=_CONTINENTAL_STATE_MIX,
         address_formats=_weighted(
@@ -506,9 +506,9 @@ _COUNTRIES = (
             "Genova/Genoa/GE/16|Bologna/Bologna/BO/40|Firenze/Florence/FI/50|Forlì/Forli/FC/47"
         ),
         states=_states(
-            "RM/Lazio/Roma|MI/Lombardia/Lombardy|NA/Campania/Napoli|TO/Piemonte/Piedmont|PA/Sicilia/Sicily|"
-            "GE/Liguria/Genova|BO/Emilia-Romagna/Emilia Romagna|FI/Toscana/Tuscany|"
-            "FC/Emilia-Romagna/Forlì-Cesena"
+            "RM/Roma/Rome|MI/Milano/Milan|NA/Napoli/Naples|TO/Torino/Turin|PA/Palermo/PALERMO|"
+            "GE/Genova/Genoa|BO/Bologna/BOLOGNA|FI/Firenze/Florence|"
+            "FC/Forlì-Cesena/Forli-Cesena"
         ),
         state_mix=_CONTINENTAL_STATE_MIX,
         address_formats=_weighted(
@@ -549,15 +549,14 @@ _COUNTRIES = (
             "Muñoz|Ibáñez|Gómez-Ruiz|de la Fuente"
         ),
         cities=_rows(
-            "Madrid/Madrid/MD/28|Barcelona/Barcelona/CT/08|Valencia/València/VC/46|Sevilla/Seville/AN/41|"
-            "Zaragoza/Saragossa/AR/50|Málaga/Malaga/AN/29|Bilbao/Bilbo/PV/48|A Coruña/La Coruña/GA/15|"
-            "Palma/Palma de Mallorca/IB/07"
+            "Madrid/Madrid/M/28|Barcelona/Barcelona/B/08|Valencia/València/V/46|Sevilla/Seville/SE/41|"
+            "Zaragoza/Saragossa/Z/50|Málaga/Malaga/MA/29|Bilbao/Bilbo/BI/48|A Coruña/La Coruña/C/15|"
+            "Palma/Palma de Mallorca/PM/07"
         ),
         states=_states(
-            "MD/Comunidad de Madrid/Madrid|CT/Cataluña/Catalunya|"
-            "VC/Comunitat Valenciana/Comunidad Valenciana|"
-            "AN/Andalucía/Andalusia|AR/Aragón/Aragon|PV/País Vasco/Euskadi|GA/Galicia/Galiza|"
-            "IB/Illes Balears/Islas Baleares"
+            "M/Madrid/MADRID|B/Barcelona/BARCELONA|V/Valencia/València|SE/Sevilla/SEVILLA|"
+            "Z/Zaragoza/ZARAGOZA|MA/Málaga/Malaga|BI/Vizcaya/Bizkaia|C/A Coruña/La Coruña|"
+            "PM/Baleares/Balears"
         ),
         state_mix=_CONTINENTAL_STATE_MIX,
         address_formats=_weighted(
