@@ -10,6 +10,14 @@ import duckdb
 
 from audience_pipeline.sample_data import write_sample_data
 
+_profiles = click.option(
+    "--profiles",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Synthetic profiles to generate.",
+)
+
 
 @click.group()
 def main() -> None:
@@ -17,7 +25,7 @@ def main() -> None:
 
 
 @main.command("sample-data")
-@click.option("--profiles", type=click.IntRange(min=1), default=100_000, show_default=True)
+@_profiles
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -35,7 +43,7 @@ def sample_data(profiles: int, out: Path, seed: int) -> None:
 
 
 @main.command()
-@click.option("--profiles", type=click.IntRange(min=1), default=100_000, show_default=True)
+@_profiles
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a summary.")
 @click.option(
     "--workdir",
