@@ -9,7 +9,7 @@ from audience_pipeline.identity import rules
 from audience_pipeline.identity.address import normalize_addresses
 from audience_pipeline.identity.countries import alpha2, normalize_country
 from audience_pipeline.identity.fields import HASHED_FIELDS, IDENTITY_FIELDS, MAID_FIELDS
-from audience_pipeline.identity.hashing import HEX64, is_hashed, sha256_hex
+from audience_pipeline.identity.hashing import is_hashed, sha256_hex
 from audience_pipeline.identity.phone import normalize_phones
 from audience_pipeline.identity.result import REJECT_SCHEMA, IdentityResult
 from audience_pipeline.identity.rules import ENGINE
@@ -24,8 +24,8 @@ _RULES: dict[str, rules.Rule] = {
     "country_code": rules.country_code,
     **{f: rules.mobile_ad_id for f in MAID_FIELDS},
 }
-# Fields whose rule partitions rows (by country or numbering plan) rather than being one expression:
-# (values, countries) -> frame of normalized `value`/`e164` and `reason`.
+# Fields whose rule partitions rows (by country or numbering plan) rather than being one plan:
+# (values, countries) -> a frame of the same length with the normalized `value` and a `reason`.
 _FRAME_RULES: dict[str, Callable[[pl.Series, pl.Series], pl.DataFrame]] = {
     "phone": normalize_phones,
     "address": normalize_addresses,
@@ -53,11 +53,9 @@ def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
     return pl.when(stripped != "").then(stripped)
 
 
-def _finish(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.LazyFrame:
-    """Run the field's rule over `value`/`country` and give `<field>__out` and `<field>__reason`."""
+def _outputs(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.LazyFrame:
+    """`<field>__out` and `<field>__reason` from a rule's `normalized` and `reason` columns."""
     value = pl.col("value")
-    plan = plan.with_columns(__already=is_hashed(value) if field in HASHED_FIELDS else pl.lit(False))
-    plan = _RULES.get(field, rules.passthrough)(plan)
     out = pl.col("normalized")
     if field in HASHED_FIELDS:
         out = pl.when("__already").then(value.str.to_lowercase()).otherwise(digest(out))
@@ -67,6 +65,14 @@ def _finish(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]
         pl.when(present).then(out).alias(f"{field}__out"),
         pl.when(present & ~pl.col("__already")).then("reason").alias(f"{field}__reason"),
     )
+
+
+def _finish(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.LazyFrame:
+    """Run the field's rule over `value`/`country` and give `<field>__out` and `<field>__reason`."""
+    plan = plan.with_columns(
+        __already=is_hashed(pl.col("value")) if field in HASHED_FIELDS else pl.lit(False)
+    )
+    return _outputs(_RULES.get(field, rules.passthrough)(plan), field, digest)
 
 
 def choose_fields(columns: Sequence[str], fields: Sequence[str] | None) -> tuple[str, ...]:
@@ -201,16 +207,7 @@ def _frame_rule_columns(plan: pl.LazyFrame, field: str, digest: Callable[[pl.Exp
     columns = plan.collect(engine=ENGINE)
     values = columns.get_column("value")
     answers = _FRAME_RULES[field](values, columns.get_column("country"))
-    given, already = pl.col("given"), pl.col("given").str.contains(HEX64)
-    return (
-        answers.lazy()
-        .with_columns(given=values)
-        .select(
-            pl.when(already)
-            .then(given.str.to_lowercase())
-            .otherwise(digest(pl.col("value")))
-            .alias(f"{field}__out"),
-            pl.when(given.is_not_null() & ~already).then("reason").alias(f"{field}__reason"),
-        )
-        .collect(engine=ENGINE)
-    )
+    ruled = pl.LazyFrame(
+        {"value": values, "normalized": answers.get_column("value"), "reason": answers.get_column("reason")}
+    ).with_columns(__already=is_hashed(pl.col("value")))
+    return _outputs(ruled, field, digest).select(f"{field}__out", f"{field}__reason").collect(engine=ENGINE)

@@ -1,11 +1,11 @@
 """Phone numbers to E.164 digits (no `+`), with `phonenumbers` semantics, mostly vectorized.
 
 Calling `phonenumbers.parse` costs tens of microseconds, far more than hashing, so the common shapes
-(digits with spaces, `-`, `.`, `(`, `)`, `/` and an optional leading `+`) follow the same steps as
-`phonenumbers.parse` + `is_possible_number` — country code extraction, national prefix stripping,
-length checks — as polars expressions driven by phonenumbers' own metadata. Everything else
-(letters, extensions, IDD prefixes, transformed national prefixes, unusual regions) goes to
-`phonenumbers` itself, once per distinct (value, country). A differential test holds the two paths
+(digits with spaces, `-`, `.`, `(`, `)`, `/`, an optional leading `+` and an optional `ext. 12`)
+follow the same steps as `phonenumbers.parse` + `is_possible_number` — country code extraction,
+national prefix stripping, length checks — as polars expressions driven by phonenumbers' own
+metadata. Everything else (other letters, IDD prefixes, transformed national prefixes, unusual
+regions) goes to `phonenumbers` itself, once per distinct (value, country). A differential test holds the two paths
 to the same answers.
 """
 
