@@ -5,8 +5,8 @@ Calling `phonenumbers.parse` costs tens of microseconds, far more than hashing, 
 follow the same steps as `phonenumbers.parse` + `is_possible_number` — country code extraction,
 national prefix stripping, length checks — as polars expressions driven by phonenumbers' own
 metadata. Everything else (other letters, IDD prefixes, transformed national prefixes, unusual
-regions) goes to `phonenumbers` itself, once per distinct (value, country). A differential test holds the two paths
-to the same answers.
+regions) goes to `phonenumbers` itself, once per distinct (value, country). A differential test
+holds the two paths to the same answers.
 """
 
 import functools

@@ -42,7 +42,7 @@ def test_hashed_values_pass_through_lowercased_including_uppercase_hex(one):
         ("city", "---"),
         ("address", " , . "),
         ("email", "@"),
-        ("last_name", "José"[0:0] + "中文"),
+        ("last_name", "中文"),
     ],
 )
 def test_values_that_normalize_to_nothing_are_rejected_never_hashed_empty(one, field, value):
@@ -59,7 +59,6 @@ def test_row_country_wins_over_default_country(one):
 
 @pytest.mark.parametrize("given", ["GB", "gb", "UK", "GBR", "United Kingdom", " united kingdom "])
 def test_country_codes_alpha3_and_english_names(one, given):
-    assert one("country_code", given, None, **{}) if False else True
     frame = pl.DataFrame({"country_code": [given], "zip": ["sw1a 1aa"]})
     result = normalize_identities(frame, fields=["zip", "country_code"])
     assert result.frame.row(0) == (sha("gb"), sha("SW1A1AA"))
