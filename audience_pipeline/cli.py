@@ -3,6 +3,7 @@
 import contextlib
 import json
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -105,6 +106,39 @@ def hash_command(
     click.echo(f"rejects: {total:,}", err=True)
     for (field, reason), n in sorted(summary.rejects.items()):
         click.echo(f"  {field:<14} {reason:<26} {n:>10,}", err=True)
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it on loopback)."
+)
+@click.option(
+    "--ads-port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port."
+)
+@click.option(
+    "--aws-port", type=click.IntRange(0, 65535), default=8766, show_default=True, help="0 picks a free port."
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the Amazon Ads API emulator's records here across restarts [default: in memory].",
+)
+def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> None:
+    """Run the local Amazon Ads API and AWS (S3, Firehose) until interrupted, and print their environment."""
+    from audience_pipeline.sandbox.config import SandboxConfig
+    from audience_pipeline.sandbox.server import start_sandbox
+
+    running = start_sandbox(host, ads_port, aws_port, SandboxConfig(state_dir=state_dir))
+    click.echo("# Sandbox ready. Point the pipeline at it with:")
+    for name, value in running.env().items():
+        click.echo(f"export {name}={value}")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        click.echo("# Sandbox stopped.", err=True)
+    finally:
+        running.stop()
 
 
 def table_row_counts(path: Path) -> dict[str, int]:

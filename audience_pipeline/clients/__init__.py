@@ -1,0 +1,1 @@
+"""Clients of Amazon's APIs and AWS, free of Dagster: the Amazon Ads API and Kinesis Data Firehose."""

@@ -1,0 +1,209 @@
+"""The Amazon Ads API client every destination uses: Login with Amazon, retries, typed errors.
+
+- Tokens are cached until shortly before they expire and refreshed once on a 401.
+- 429 and 5xx are retried with exponential backoff and full jitter, honouring `Retry-After`;
+  other 4xx never are. A request that may have created something (`idempotent=False`) is not
+  retried after a 5xx or a lost connection: the caller looks it up first (no API has an
+  idempotency key).
+- JSON is parsed whatever the Content-Type, with integers kept exact (DSP ids exceed 2^53).
+"""
+
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+
+API_HOSTS = {
+    "NA": "https://advertising-api.amazon.com",
+    "EU": "https://advertising-api-eu.amazon.com",
+    "FE": "https://advertising-api-fe.amazon.com",
+}
+TOKEN_URLS = {
+    "NA": "https://api.amazon.com/auth/o2/token",
+    "EU": "https://api.amazon.co.uk/auth/o2/token",
+    "FE": "https://api.amazon.co.jp/auth/o2/token",
+}
+_REFRESH_MARGIN_SECONDS = 60
+
+
+class AmazonAdsApiError(Exception):
+    """An error answer from Amazon, with its status and body (Amazon's own words, never our data)."""
+
+    def __init__(self, method: str, path: str, status: int, body: Any):
+        self.method, self.path, self.status, self.body = method, path, status, body
+        super().__init__(f"{method} {path} -> {status}: {self.message}")
+
+    @property
+    def message(self) -> str:
+        """Amazon's description, from whichever error body shape the API family uses."""
+        body = self.body
+        if isinstance(body, Mapping):
+            for key in ("details", "message", "error_description", "description"):
+                if isinstance(body.get(key), str):
+                    return body[key]
+            if isinstance(body.get("error"), Mapping):
+                return str(body["error"].get("description", body["error"]))
+            if isinstance(body.get("error"), str):
+                return body["error"]
+        return str(body)[:500]
+
+
+class AuthenticationError(AmazonAdsApiError):
+    """Login with Amazon refused the credentials (e.g. a revoked refresh token)."""
+
+
+class ThrottledError(AmazonAdsApiError):
+    """Still throttled (429) after every retry."""
+
+
+class ServerError(AmazonAdsApiError):
+    """Amazon failed (5xx) after every retry, or on a call that is not safe to repeat."""
+
+
+class AdsApiClient:
+    """A session with the Amazon Ads API for one set of Login with Amazon credentials."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        *,
+        region: str = "NA",
+        base_url: str | None = None,
+        token_url: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 30.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if region not in API_HOSTS:
+            raise ValueError(f"region: {region!r} is not one of {', '.join(API_HOSTS)}")
+        self.client_id, self._client_secret, self._refresh_token = client_id, client_secret, refresh_token
+        self.base_url = (base_url or API_HOSTS[region]).rstrip("/")
+        self.token_url = token_url or TOKEN_URLS[region]
+        self.timeout, self.max_retries = timeout, max_retries
+        self.backoff_seconds, self.max_backoff_seconds = backoff_seconds, max_backoff_seconds
+        self.session = session or requests.Session()
+        self._sleep = sleep
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = threading.Lock()
+        self.retries = 0  # requests repeated because of throttling or server errors, for metadata
+
+    # --- tokens ----------------------------------------------------------------------------------
+
+    def access_token(self, *, force: bool = False) -> str:
+        """A valid access token, fetched or refreshed as needed."""
+        with self._token_lock:
+            if force or self._token is None or time.monotonic() >= self._token_expires:
+                self._fetch_token()
+            return self._token
+
+    def _fetch_token(self) -> None:
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": self._refresh_token,
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+        }
+        for attempt in range(self.max_retries + 1):
+            response = self.session.post(self.token_url, data=form, timeout=self.timeout)
+            retryable = response.status_code == 429 or response.status_code >= 500
+            if retryable and attempt < self.max_retries:
+                self._back_off(attempt, response)
+                continue
+            body = _parse(response)
+            if response.status_code != 200:
+                error = AuthenticationError if response.status_code in (400, 401) else ServerError
+                raise error("POST", "/auth/o2/token", response.status_code, body)
+            self._token = body["access_token"]
+            self._token_expires = (
+                time.monotonic() + float(body.get("expires_in", 3600)) - _REFRESH_MARGIN_SECONDS
+            )
+            return
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Call the API and return the parsed body (None when empty); raise `AmazonAdsApiError`.
+
+        `idempotent` defaults to True for every method but POST.
+        """
+        safe = method.upper() != "POST" if idempotent is None else idempotent
+        refreshed = False
+        attempt = 0
+        while True:
+            try:
+                response = self.session.request(
+                    method,
+                    f"{self.base_url}{path}",
+                    json=json_body,
+                    params=params,
+                    headers={**self._headers(), **(headers or {})},
+                    timeout=self.timeout,
+                )
+            except (requests.ConnectionError, requests.Timeout):
+                if not safe or attempt >= self.max_retries:
+                    raise
+                self._back_off(attempt, None)
+                attempt += 1
+                continue
+            status = response.status_code
+            if status == 401 and not refreshed:
+                refreshed = True
+                self.access_token(force=True)
+                continue
+            retryable = status == 429 or (status >= 500 and safe)
+            if retryable and attempt < self.max_retries:
+                self._back_off(attempt, response)
+                attempt += 1
+                continue
+            body = _parse(response)
+            if status >= 400:
+                error = (
+                    ThrottledError if status == 429 else ServerError if status >= 500 else AmazonAdsApiError
+                )
+                raise error(method.upper(), path, status, body)
+            return body
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.access_token()}",
+            "Amazon-Advertising-API-ClientId": self.client_id,
+        }
+
+    def _back_off(self, attempt: int, response: requests.Response | None) -> None:
+        self.retries += 1
+        delay = random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt))
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):
+                delay = max(delay, float(retry_after))
+        self._sleep(delay)
+
+
+def _parse(response: requests.Response) -> Any:
+    # Amazon has answered JSON as application/octet-stream; trust the bytes, not the header.
+    if not response.content:
+        return None
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return response.text

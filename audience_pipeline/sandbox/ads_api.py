@@ -1,0 +1,88 @@
+"""The Amazon Ads API emulator: a Flask app with one blueprint per API family.
+
+Every call but the token endpoint needs a bearer token; errors come in the family's own body
+shape; the app sits behind `SandboxMiddleware` for faults, the journal and reset.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
+
+from audience_pipeline.sandbox import adm, amc, auth, dsp, profiles, rule_based
+from audience_pipeline.sandbox.config import SandboxConfig
+from audience_pipeline.sandbox.errors import STATUS_CODES, ApiError, error_response, family_of
+from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
+from audience_pipeline.sandbox.state import SandboxState
+
+
+@dataclass
+class AdsSandbox:
+    """What the emulator's handlers share: settings, records, faults and the journal."""
+
+    config: SandboxConfig
+    state: SandboxState = field(init=False)
+    faults: Faults = field(init=False)
+    journal: Journal = field(default_factory=Journal)
+
+    def __post_init__(self) -> None:
+        self.state = SandboxState(self.config.state_dir)
+        self.faults = Faults(seed=self.config.seed)
+
+
+def json_body() -> Any:
+    """The request's JSON body, or a 400 in the family's shape."""
+    try:
+        return json.loads(request.get_data() or b"null")
+    except ValueError:
+        raise ApiError(400, "BAD_REQUEST", "Request body is not valid JSON") from None
+
+
+def create_app(sandbox: AdsSandbox) -> SandboxMiddleware:
+    """The WSGI application of the Amazon Ads API emulator."""
+    app = Flask(__name__)
+    app.config["SANDBOX"] = sandbox
+    for family in (auth, profiles, amc, rule_based, adm, dsp):
+        app.register_blueprint(family.blueprint)
+
+    @app.before_request
+    def authenticate() -> None:
+        if not request.path.startswith("/auth/"):
+            auth.require_token()
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Response:
+        return error_response(
+            family_of(request.path), error.status, error.code, error.details, field=error.field
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        return error_response(
+            family_of(request.path), status, STATUS_CODES.get(status, "ERROR"), error.description
+        )
+
+    def respond_fault(req: Request, decision: Decision) -> Response:
+        status = decision.status or 500
+        details = "Too many requests" if status == 429 else "Injected sandbox fault"
+        with app.test_request_context(req.path):
+            return error_response(
+                family_of(req.path), status, STATUS_CODES[status], details, retry_after=decision.retry_after
+            )
+
+    def journal_body(req: Request) -> Any:
+        # Token requests carry secrets; every other API here takes hashed identities or IDs only.
+        if req.path.startswith("/auth/") or not req.get_data():
+            return None
+        try:
+            return json.loads(req.get_data())
+        except ValueError:
+            return None
+
+    return SandboxMiddleware(
+        app.wsgi_app, sandbox.faults, sandbox.journal, sandbox.state.reset, respond_fault, journal_body
+    )

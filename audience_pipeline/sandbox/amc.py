@@ -1,0 +1,5 @@
+"""Amazon Marketing Cloud advertiser data upload: datasets, uploads (real ingestion from S3), user deletion."""
+
+from flask import Blueprint
+
+blueprint = Blueprint("amc", __name__)

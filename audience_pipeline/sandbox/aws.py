@@ -1,0 +1,37 @@
+"""AWS on loopback: moto's S3 and Firehose behind the sandbox's fault, journal and reset layer."""
+
+import json
+from collections.abc import Callable
+
+from moto.moto_api._internal import moto_api_backend
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.wrappers import Request, Response
+
+from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
+
+
+def _reset_moto() -> None:
+    # moto keeps its backends process-wide; its own reset empties every one.
+    moto_api_backend.reset()
+
+
+def _respond_fault(request: Request, decision: Decision) -> Response:
+    # Firehose (JSON protocol) throttles with ServiceUnavailableException; S3 speaks XML.
+    status = decision.status or 500
+    headers = {"Retry-After": str(decision.retry_after)} if decision.retry_after is not None else {}
+    if request.headers.get("X-Amz-Target"):
+        kind = "ServiceUnavailableException" if status in (429, 503) else "InternalFailure"
+        body = json.dumps({"__type": kind, "message": "Injected sandbox fault"})
+        return Response(body, status=status, headers=headers, mimetype="application/x-amz-json-1.1")
+    code = "SlowDown" if status in (429, 503) else "InternalError"
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>Injected sandbox fault</Message></Error>"
+    )
+    return Response(body, status=status, headers=headers, mimetype="application/xml")
+
+
+def create_aws_app(faults: Faults | None = None, journal: Journal | None = None) -> Callable:
+    """The WSGI application serving S3 and Firehose the way AWS does, with sandbox faults."""
+    app = DomainDispatcherApplication(create_backend_app)
+    return SandboxMiddleware(app, faults or Faults(), journal or Journal(), _reset_moto, _respond_fault)

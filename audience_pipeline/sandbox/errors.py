@@ -1,0 +1,81 @@
+"""Amazon's error bodies, one shape per API family, as the contract in amazon_ads_api.md gives them."""
+
+import uuid
+from typing import Any
+
+from flask import Response, jsonify
+
+AMC, ADM, DSP, LWA = "amc", "adm", "dsp", "lwa"
+
+
+class ApiError(Exception):
+    """An error answer; the family's handler renders it in that family's body shape."""
+
+    def __init__(self, status: int, code: str, details: str, *, field: str | None = None):
+        super().__init__(details)
+        self.status, self.code, self.details, self.field = status, code, details, field
+
+
+def family_of(path: str) -> str:
+    """Which API family a path belongs to (decides the error body shape)."""
+    if path.startswith("/amc/"):
+        return AMC
+    if path.startswith("/adm/"):
+        return ADM
+    if path.startswith("/auth/"):
+        return LWA
+    return DSP
+
+
+def error_body(family: str, status: int, code: str, details: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON body Amazon sends for an error of this family."""
+    request_id = str(uuid.uuid4())
+    if family == AMC:
+        return {"code": code, "details": details, "errors": [details], "requestId": request_id}
+    if family == ADM:
+        return {
+            "code": code,
+            "details": details,
+            "errors": [{"errorCode": code, "errorMessage": details, "errorType": code}],
+            "message": details,
+        }
+    if family == LWA:
+        return {"error": code, "error_description": details}
+    return {
+        "requestId": request_id,
+        "error": {
+            "httpStatusCode": str(status),
+            "description": details,
+            "errors": [{"errorType": code, "message": details, "fieldName": field}],
+        },
+    }
+
+
+def error_response(
+    family: str,
+    status: int,
+    code: str,
+    details: str,
+    *,
+    field: str | None = None,
+    retry_after: int | None = None,
+) -> Response:
+    """A Flask response carrying `error_body`, with `Retry-After` when throttling."""
+    response = jsonify(error_body(family, status, code, details, field))
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+# The error code Amazon uses for each status the sandbox can answer with.
+STATUS_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "TOO_MANY_REQUESTS",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
