@@ -1,4 +1,4 @@
-"""Amazon Marketing Cloud advertiser data upload: datasets, uploads (real ingestion from S3), user deletion."""
+"""Amazon Marketing Cloud advertiser data upload: datasets, uploads (ingested from S3), user deletion."""
 
 from flask import Blueprint
 
