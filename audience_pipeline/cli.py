@@ -2,8 +2,9 @@
 
 import contextlib
 import json
+import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 import click
@@ -133,8 +134,13 @@ def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> 
     click.echo("# Sandbox ready. Point the pipeline at it with:")
     for name, value in running.env().items():
         click.echo(f"export {name}={value}")
+    # Ctrl-C and SIGTERM (a process manager) both end the sandbox, even where the shell that started
+    # us in the background left SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        threading.Event().wait()
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         click.echo("# Sandbox stopped.", err=True)
     finally:
@@ -148,3 +154,7 @@ def table_row_counts(path: Path) -> dict[str, int]:
             name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
         ]
         return {name: conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}
+
+
+if __name__ == "__main__":
+    main()
