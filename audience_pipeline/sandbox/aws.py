@@ -8,6 +8,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.wrappers import Request, Response
 
 from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
+from audience_pipeline.sandbox.firehose_records import FirehoseRecords
 
 
 def _reset_moto() -> None:
@@ -33,5 +34,6 @@ def _respond_fault(request: Request, decision: Decision) -> Response:
 
 def create_aws_app(faults: Faults | None = None, journal: Journal | None = None) -> Callable:
     """The WSGI application serving S3 and Firehose the way AWS does, with sandbox faults."""
-    app = DomainDispatcherApplication(create_backend_app)
+    # The Firehose layer sits inside the middleware so it sees the fault decision for each call.
+    app = FirehoseRecords(DomainDispatcherApplication(create_backend_app))
     return SandboxMiddleware(app, faults or Faults(), journal or Journal(), _reset_moto, _respond_fault)

@@ -1,0 +1,122 @@
+"""Firehose's record limits and per-record failures, as a WSGI layer between the sandbox middleware and moto.
+
+moto delivers whatever `PutRecord`/`PutRecordBatch` it is given and never fails a record. This layer
+refuses calls over AWS's limits the way AWS does, and, when the fault decision carries a
+`record_failure_rate`, fails that share of the records: they are taken out of the call before moto
+sees it (so they are not delivered) and put back into the answer as failed entries, so
+`RequestResponses` lines up with the caller's `Records` exactly as AWS's does.
+"""
+
+import base64
+import binascii
+import io
+import json
+import random
+import threading
+from collections.abc import Callable, Iterable
+
+from werkzeug.wrappers import Request, Response
+
+# AWS's limits, stated here rather than imported from the client so a wrong limit there fails its tests.
+MAX_RECORDS_PER_CALL = 500
+MAX_RECORD_BYTES = 1_000 * 1024
+MAX_CALL_BYTES = 4 * 1024 * 1024
+
+_PUT_RECORD = "Firehose_20150804.PutRecord"
+_PUT_RECORD_BATCH = "Firehose_20150804.PutRecordBatch"
+_DESCRIBE = "Firehose_20150804.DescribeDeliveryStream"
+_JSON = "application/x-amz-json-1.1"
+# AWS names both codes for a failed record; the sender must retry either.
+_RECORD_ERRORS = (
+    ("ServiceUnavailableException", "Slow down."),
+    ("InternalFailure", "An internal error occurred."),
+)
+
+
+class FirehoseRecords:
+    """Wraps moto's WSGI app; every request other than a Firehose put passes straight through."""
+
+    def __init__(self, app: Callable, seed: int = 0):
+        self.app = app
+        # Seeded so a test run fails the same records every time; the lock keeps one call's draws together.
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        if target not in (_PUT_RECORD, _PUT_RECORD_BATCH):
+            return self.app(environ, start_response)
+        request = Request(environ)
+        try:
+            body = json.loads(request.get_data())
+            records = [body["Record"]] if target == _PUT_RECORD else list(body["Records"])
+            sizes = [len(base64.b64decode(record["Data"], validate=True)) for record in records]
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            # Malformed calls get moto's own answer, as they would get AWS's.
+            return self._forward(environ, request.get_data())(environ, start_response)
+        refusal = _over_limits(sizes)
+        if refusal:
+            return _error("InvalidArgumentException", refusal, 400)(environ, start_response)
+        rate = getattr(environ.get("sandbox.decision"), "record_failure_rate", None) or 0.0
+        with self._lock:
+            failures = [
+                _RECORD_ERRORS[self._random.randrange(2)] if self._random.random() < rate else None
+                for _ in records
+            ]
+        if target == _PUT_RECORD:
+            response = self._put_record(environ, request.get_data(), failures[0])
+        else:
+            response = self._put_record_batch(environ, body, records, failures)
+        return response(environ, start_response)
+
+    def _put_record(self, environ: dict, data: bytes, failure: tuple[str, str] | None) -> Response:
+        # A single record that fails is a failed call: PutRecord has no per-record answer.
+        if failure is None:
+            return self._forward(environ, data)
+        return _error(failure[0], failure[1], 503 if failure[0] == "ServiceUnavailableException" else 500)
+
+    def _put_record_batch(
+        self, environ: dict, body: dict, records: list[dict], failures: list[tuple[str, str] | None]
+    ) -> Response:
+        kept = [record for record, failure in zip(records, failures, strict=True) if failure is None]
+        if kept:
+            answer = self._forward(environ, json.dumps({**body, "Records": kept}).encode())
+        else:
+            # moto would write an empty object for an empty batch; ask only whether the stream exists.
+            environ["HTTP_X_AMZ_TARGET"] = _DESCRIBE
+            name = {"DeliveryStreamName": body.get("DeliveryStreamName")}
+            answer = self._forward(environ, json.dumps(name).encode())
+        if answer.status_code != 200:
+            return answer
+        delivered = iter(json.loads(answer.get_data()).get("RequestResponses", []))
+        responses = [
+            next(delivered) if failure is None else {"ErrorCode": failure[0], "ErrorMessage": failure[1]}
+            for failure in failures
+        ]
+        result = {
+            "FailedPutCount": sum(failure is not None for failure in failures),
+            "Encrypted": False,
+            "RequestResponses": responses,
+        }
+        return Response(json.dumps(result), status=200, mimetype=_JSON)
+
+    def _forward(self, environ: dict, data: bytes) -> Response:
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        return Response.from_app(self.app, environ, buffered=True)
+
+
+def _over_limits(sizes: list[int]) -> str | None:
+    """AWS's wording of the first limit the call breaks, if any (sizes are before base64)."""
+    if not 1 <= len(sizes) <= MAX_RECORDS_PER_CALL:
+        return f"Records must hold 1 to {MAX_RECORDS_PER_CALL} records; got {len(sizes)}."
+    for index, size in enumerate(sizes):
+        if size > MAX_RECORD_BYTES:
+            return f"Record {index} is {size} bytes; a record may be at most {MAX_RECORD_BYTES} bytes."
+    if sum(sizes) > MAX_CALL_BYTES:
+        return f"The call carries {sum(sizes)} bytes of records; at most {MAX_CALL_BYTES} are allowed."
+    return None
+
+
+def _error(kind: str, message: str, status: int) -> Response:
+    return Response(json.dumps({"__type": kind, "message": message}), status=status, mimetype=_JSON)

@@ -1,0 +1,94 @@
+"""The Firehose sender against the sandbox over real HTTP: batching, limits, retries, exact delivery."""
+
+import collections
+
+import pytest
+
+from audience_pipeline.clients.firehose import (
+    MAX_RECORD_BYTES,
+    FirehoseSendError,
+    firehose_client,
+    send_records,
+)
+
+from .conftest import add_fault, journal
+from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages, message
+
+
+@pytest.fixture
+def s3(sandbox):
+    return aws_clients(sandbox)[1]
+
+
+@pytest.fixture
+def firehose(sandbox):
+    return firehose_client(endpoint_url=sandbox.aws_url, access_key_id="sandbox", secret_access_key="sandbox")
+
+
+def delivered_ids(s3) -> collections.Counter:
+    return collections.Counter(m["MessageId"] for m in delivered_messages(s3))
+
+
+def put_calls(sandbox) -> list[int]:
+    """Statuses of the Firehose calls the sandbox received (S3 calls have a bucket in their path)."""
+    return [e["status"] for e in journal(sandbox.aws_url) if e["method"] == "POST" and e["path"] == "/"]
+
+
+def test_records_are_sent_in_batches_of_at_most_500(sandbox, s3, firehose):
+    result = send_records(firehose, STREAM, (message(i) for i in range(1200)), sleep=lambda s: None)
+    assert (result.sent, result.batches, result.calls, result.retried) == (1200, 3, 3, 0)
+    assert not result.failed and not result.rejected
+    assert delivered_ids(s3) == collections.Counter(f"m-{i}" for i in range(1200))
+
+
+def test_batches_stay_within_4_mib(sandbox, s3, firehose):
+    records = [message(i).rstrip(b"\n").ljust(900 * 1024) + b"\n" for i in range(5)]
+    result = send_records(firehose, STREAM, records, sleep=lambda s: None)
+    assert (result.sent, result.batches, result.calls) == (5, 2, 2)
+    assert sum(delivered_ids(s3).values()) == 5
+
+
+def test_records_over_1000_kib_are_rejected_without_being_sent(sandbox, s3, firehose):
+    too_big = b"x" * (MAX_RECORD_BYTES + 1)
+    result = send_records(firehose, STREAM, [message(0), too_big, message(2)], sleep=lambda s: None)
+    assert result.sent == 2
+    assert [r.index for r in result.rejected] == [1]
+    assert str(MAX_RECORD_BYTES) in result.rejected[0].reason
+    assert delivered_ids(s3) == collections.Counter(["m-0", "m-2"])
+    assert put_calls(sandbox)[-1:] == [200] and len(put_calls(sandbox)) == 2  # create stream + one put
+
+
+def test_partial_failures_are_retried_until_every_record_is_delivered_once(sandbox, s3, firehose):
+    add_fault(sandbox.aws_url, route=PUT_RECORD_BATCH, record_failure_rate=0.2)
+    waits = []
+    result = send_records(firehose, STREAM, [message(i) for i in range(700)], sleep=waits.append)
+    assert result.sent == 700 and not result.failed
+    assert result.retried > 0 and result.calls > result.batches == 2
+    assert len(waits) == result.calls - result.batches
+    assert delivered_ids(s3) == collections.Counter(f"m-{i}" for i in range(700))
+
+
+def test_whole_call_throttling_is_retried(sandbox, s3, firehose):
+    add_fault(sandbox.aws_url, route=PUT_RECORD_BATCH, status=503, count=3)
+    waits = []
+    result = send_records(firehose, STREAM, [message(i) for i in range(10)], sleep=waits.append)
+    assert (result.sent, result.calls, result.retried, len(waits)) == (10, 4, 30, 3)
+    assert put_calls(sandbox)[1:] == [503, 503, 503, 200]
+    assert delivered_ids(s3) == collections.Counter(f"m-{i}" for i in range(10))
+
+
+def test_records_still_failing_past_the_retry_limit_are_reported_and_not_delivered(sandbox, s3, firehose):
+    add_fault(sandbox.aws_url, route=PUT_RECORD_BATCH, record_failure_rate=1.0)
+    waits = []
+    result = send_records(firehose, STREAM, [message(i) for i in range(4)], max_retries=3, sleep=waits.append)
+    assert result.sent == 0 and result.calls == 4 and result.retried == 12
+    assert [f.index for f in result.failed] == [0, 1, 2, 3]
+    assert {f.error_code for f in result.failed} <= {"ServiceUnavailableException", "InternalFailure"}
+    assert len(waits) == 3 and all(0 <= w <= 0.1 * 2**3 for w in waits)
+    assert delivered_ids(s3) == collections.Counter()
+
+
+def test_a_call_aws_refuses_for_good_raises_with_what_was_delivered(sandbox, s3, firehose):
+    with pytest.raises(FirehoseSendError, match="ResourceNotFoundException") as error:
+        send_records(firehose, "no-such-stream", [message(0)], sleep=lambda s: None)
+    assert (error.value.result.sent, error.value.result.calls) == (0, 1)
