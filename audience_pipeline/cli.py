@@ -130,15 +130,16 @@ def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> 
     from audience_pipeline.sandbox.config import SandboxConfig
     from audience_pipeline.sandbox.server import start_sandbox
 
-    running = start_sandbox(host, ads_port, aws_port, SandboxConfig(state_dir=state_dir))
-    click.echo("# Sandbox ready. Point the pipeline at it with:")
-    for name, value in running.env().items():
-        click.echo(f"export {name}={value}")
     # Ctrl-C and SIGTERM (a process manager) both end the sandbox, even where the shell that started
     # us in the background left SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    running = start_sandbox(host, ads_port, aws_port, SandboxConfig(state_dir=state_dir))
+    # From here an interrupt at any moment, even mid-print, stops both servers cleanly.
     try:
+        click.echo("# Sandbox ready. Point the pipeline at it with:")
+        for name, value in running.env().items():
+            click.echo(f"export {name}={value}")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

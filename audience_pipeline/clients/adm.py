@@ -1,0 +1,142 @@
+"""Amazon Ads Data Manager client: audience datasets, member uploads, metrics, identity deletion.
+
+Member uploads and identity deletions are safe to repeat (CREATE and DELETE are upserts by
+`externalUserId`), so they are retried on 429 and 5xx; creating an audience is not: on a failure
+that may hide a success the client looks the audience up by name before giving up.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from audience_pipeline.clients.ads_api import AdsApiClient, ServerError
+
+MANAGER_ACCOUNT_HEADER = "Amazon-Ads-Manager-Account-ID"
+MAX_MEMBERS_PER_REQUEST = 10_000
+MAX_DELETION_TARGETS = 1_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class AdmAudience(_Model):
+    """An audience dataset."""
+
+    data_set_id: str
+    name: str
+    country_code: str | None = None
+    data_set_type: str = "AUDIENCE"
+    description: str | None = None
+
+
+class MemberError(_Model):
+    """A member Amazon refused, by its index in the request, with Amazon's reasons."""
+
+    index: int
+    code: str
+    details: str
+    errors: list[dict[str, Any]] = []
+
+
+class MembersResult(_Model):
+    """The answer to one member upload: its ingress id and the refused members."""
+
+    ingress_id: str
+    errors: list[MemberError] = []
+
+
+class DatasetMetrics(_Model):
+    """What Amazon reports about a dataset: counts and the share of records it resolved."""
+
+    accepted_count: int
+    invalid_record_count: int
+    match_record_percentage: float
+    records_resolved: int
+    records_with_identity: int
+    upload_count: int
+
+
+class AdmClient:
+    """The Ads Data Manager calls of one manager account."""
+
+    def __init__(self, api: AdsApiClient, manager_account_id: str):
+        self.api, self.manager_account_id = api, manager_account_id
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.api.request(
+            method, path, headers={MANAGER_ACCOUNT_HEADER: self.manager_account_id}, **kwargs
+        )
+
+    def create_audience(
+        self,
+        name: str,
+        country_code: str,
+        *,
+        description: str | None = None,
+        id_retention: bool | None = None,
+    ) -> AdmAudience:
+        """`POST /adm/audiences` once: not retried after a 5xx (it may have been created)."""
+        body: dict[str, Any] = {"name": name, "countryCode": country_code}
+        if description is not None:
+            body["description"] = description
+        if id_retention is not None:
+            body["idRetention"] = id_retention
+        return AdmAudience.model_validate(
+            self._call("POST", "/adm/audiences", json_body=body, idempotent=False)
+        )
+
+    def audiences(self, *, page_size: int = 100) -> Iterator[AdmAudience]:
+        """Every audience dataset of the manager account, following `nextToken`."""
+        token = None
+        while True:
+            params = {"limit": page_size, **({"nextToken": token} if token else {})}
+            page = self._call("GET", "/adm/audiences", params=params)
+            yield from (AdmAudience.model_validate(dataset) for dataset in page.get("dataSets") or [])
+            token = page.get("nextToken")
+            if not token:
+                return
+
+    def find_audience(self, name: str) -> AdmAudience | None:
+        """The audience dataset with this name, if the manager account has one."""
+        return next((audience for audience in self.audiences() if audience.name == name), None)
+
+    def ensure_audience(self, name: str, country_code: str, *, description: str | None = None) -> AdmAudience:
+        """The audience named `name`, created if missing; a failed create is checked by a lookup."""
+        existing = self.find_audience(name)
+        if existing is not None:
+            return existing
+        try:
+            return self.create_audience(name, country_code, description=description)
+        except (ServerError, requests.ConnectionError, requests.Timeout):
+            created = self.find_audience(name)
+            if created is None:
+                raise
+            return created
+
+    def upload_members(self, data_set_id: str, members: Sequence[dict[str, Any]]) -> MembersResult:
+        """CREATE/DELETE up to 10,000 members; refused members come back by index."""
+        if not 1 <= len(members) <= MAX_MEMBERS_PER_REQUEST:
+            raise ValueError(f"members: {len(members)} given, 1..{MAX_MEMBERS_PER_REQUEST} per request")
+        body = self._call(
+            "POST",
+            f"/adm/audiences/{data_set_id}/members",
+            json_body={"members": list(members)},
+            idempotent=True,
+        )
+        return MembersResult.model_validate(body)
+
+    def metrics(self, data_set_id: str) -> DatasetMetrics:
+        """The dataset's upload and match metrics."""
+        return DatasetMetrics.model_validate(self._call("GET", f"/adm/datasets/{data_set_id}/metrics"))
+
+    def delete_identities(self, targets: Sequence[dict[str, Any]]) -> None:
+        """Delete up to 1,000 users (`{"externalUserId"}` or `{"identity": {...}}`) from every dataset."""
+        if not 1 <= len(targets) <= MAX_DELETION_TARGETS:
+            raise ValueError(f"targets: {len(targets)} given, 1..{MAX_DELETION_TARGETS} per request")
+        self._call(
+            "POST", "/adm/identities/delete", json_body={"targetIdentities": list(targets)}, idempotent=True
+        )

@@ -1,0 +1,122 @@
+"""Amazon DSP Data Provider client: audience metadata and MAID membership patches.
+
+Every call runs in a profile's scope. Audience ids exceed 2^53 and stay Python ints. Patches are
+idempotent (add/remove of a MAID), so they are retried on 429 and 5xx; creating an audience is not
+retried after a 5xx, and its id is what the caller remembers to find it again.
+"""
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
+
+SCOPE_HEADER = "Amazon-Advertising-API-Scope"
+MAX_PATCHES_PER_REQUEST = 2_000
+MAX_PATCH_BODY_BYTES = 1_000_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class AudienceSize(_Model):
+    """How many MAIDs Amazon received for an audience and how many it matched."""
+
+    received_record_size: int
+    matched_record_size: int
+    match_rate: float
+
+
+class DspAudienceMetadata(_Model):
+    """A data provider audience's metadata."""
+
+    type: str = "DATA_PROVIDER"
+    external_audience_id: str
+    ttl: int | None = None
+    data_source_country: list[str] = []
+    audience_size: AudienceSize | None = None
+
+
+class DspAudience(_Model):
+    """A data provider audience; `id` is exact (above 2^53)."""
+
+    id: int
+    name: str
+    description: str | None = None
+    advertiser_id: int | None = None
+    metadata: DspAudienceMetadata
+
+
+def maid_patch(op: Literal["add", "remove"], maid: str, audience_id: int) -> dict[str, Any]:
+    """One patch adding a mobile ad id to, or removing it from, an audience."""
+    return {"op": op, "path": f"/MAID-{maid}/audiences", "value": [audience_id]}
+
+
+def patch_batches(patches: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Split patches into requests within Amazon's limits: ≤2,000 patches and ≤1 MB each."""
+    # Sized as requests serializes JSON (", " between items), erring a separator on the safe side.
+    envelope = len(json.dumps({"patches": []}))
+    batch: list[dict[str, Any]] = []
+    size = envelope
+    for patch in patches:
+        patch_size = len(json.dumps(patch).encode()) + 2
+        if batch and (len(batch) == MAX_PATCHES_PER_REQUEST or size + patch_size > MAX_PATCH_BODY_BYTES):
+            yield batch
+            batch, size = [], envelope
+        batch.append(patch)
+        size += patch_size
+    if batch:
+        yield batch
+
+
+class DspClient:
+    """The Data Provider calls in one profile's scope."""
+
+    def __init__(self, api: AdsApiClient, profile_id: int):
+        self.api, self.profile_id = api, profile_id
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.api.request(method, path, headers={SCOPE_HEADER: str(self.profile_id)}, **kwargs)
+
+    def create_audience(
+        self,
+        name: str,
+        description: str,
+        advertiser_id: int,
+        external_audience_id: str,
+        data_source_country: Sequence[str],
+        *,
+        ttl: int | None = None,
+    ) -> DspAudience:
+        """`POST /v2/dp/audiencemetadata/` once: not retried after a 5xx (it may have been created)."""
+        metadata: dict[str, Any] = {
+            "type": "DATA_PROVIDER",
+            "externalAudienceId": external_audience_id,
+            "dataSourceCountry": list(data_source_country),
+        }
+        if ttl is not None:
+            metadata["ttl"] = ttl
+        body = {"name": name, "description": description, "advertiserId": advertiser_id, "metadata": metadata}
+        answer = self._call("POST", "/v2/dp/audiencemetadata/", json_body=body, idempotent=False)
+        return DspAudience.model_validate(answer["audience"])
+
+    def get_audience(self, audience_id: int) -> DspAudience | None:
+        """The audience with this id (with its size), or None if Amazon has none."""
+        try:
+            answer = self._call("GET", f"/v2/dp/audiencemetadata/{audience_id}")
+        except AmazonAdsApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        # Tolerate the audience wrapped as `create` answers it, as well as bare.
+        return DspAudience.model_validate(answer.get("audience", answer))
+
+    def patch_audiences(self, patches: Sequence[dict[str, Any]]) -> str:
+        """Apply one request of add/remove patches (see `patch_batches`); returns the job id."""
+        if not 1 <= len(patches) <= MAX_PATCHES_PER_REQUEST:
+            raise ValueError(f"patches: {len(patches)} given, 1..{MAX_PATCHES_PER_REQUEST} per request")
+        return self._call("PATCH", "/v2/dp/audience", json_body={"patches": list(patches)})["jobId"]

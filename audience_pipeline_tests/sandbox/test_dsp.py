@@ -1,0 +1,175 @@
+"""Amazon DSP Data Provider API: the client against the sandbox over real HTTP."""
+
+import json
+import random
+import uuid
+
+import pytest
+
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.clients.dsp import (
+    MAX_PATCH_BODY_BYTES,
+    DspClient,
+    maid_patch,
+    patch_batches,
+)
+from audience_pipeline.sandbox.identity_graph import is_known
+from audience_pipeline.sandbox.profiles import PROFILES
+
+from ..conftest import add_fault, journal
+
+PROFILE_ID = PROFILES[0]["profileId"]
+SCOPE = {"Amazon-Advertising-API-Scope": str(PROFILE_ID)}
+
+
+def maids(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+
+
+@pytest.fixture
+def dsp(ads_client) -> DspClient:
+    return DspClient(ads_client, PROFILE_ID)
+
+
+def create(dsp: DspClient, external_id: str = "aud-1"):
+    return dsp.create_audience("Sandbox MAID audience", "IDFA and GAID", 123456789012, external_id, ["US"])
+
+
+def error_field(error: AmazonAdsApiError) -> str:
+    return error.body["error"]["errors"][0]["fieldName"]
+
+
+def test_audience_ids_exceed_2_to_the_53_and_stay_exact(sandbox, dsp):
+    audience = create(dsp)
+    assert isinstance(audience.id, int) and audience.id > 2**53
+    assert audience.metadata.external_audience_id == "aud-1"
+    fetched = dsp.get_audience(audience.id)
+    assert fetched.id == audience.id
+    assert fetched.metadata.audience_size.received_record_size == 0
+    assert str(audience.id) in sandbox.ads.state.family("dsp")["audiences"]
+    assert dsp.get_audience(2**60 + 1) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": "too short"}, "name"),
+        ({"advertiserId": "123"}, "advertiserId"),
+        (
+            {"metadata": {"type": "ADVERTISER", "externalAudienceId": "a", "dataSourceCountry": ["US"]}},
+            "metadata.type",
+        ),
+        (
+            {
+                "metadata": {
+                    "type": "DATA_PROVIDER",
+                    "externalAudienceId": "a",
+                    "dataSourceCountry": ["US"],
+                    "ttl": 34300801,
+                }
+            },
+            "metadata.ttl",
+        ),
+        (
+            {"metadata": {"type": "DATA_PROVIDER", "externalAudienceId": "a", "dataSourceCountry": []}},
+            "metadata.dataSourceCountry",
+        ),
+    ],
+)
+def test_invalid_audiences_are_refused_naming_the_field(ads_client, change, field):
+    body = {
+        "name": "Valid audience name",
+        "description": "d",
+        "advertiserId": 1,
+        "metadata": {"type": "DATA_PROVIDER", "externalAudienceId": "a", "dataSourceCountry": ["US"]},
+        **change,
+    }
+    with pytest.raises(AmazonAdsApiError) as error:
+        ads_client.request("POST", "/v2/dp/audiencemetadata/", json_body=body, headers=SCOPE)
+    assert error.value.status == 400
+    assert error_field(error.value) == field
+
+
+def test_the_profile_scope_is_required_and_must_be_known(ads_client):
+    with pytest.raises(AmazonAdsApiError) as error:
+        ads_client.request("GET", "/v2/dp/audiencemetadata/1")
+    assert (error.value.status, error_field(error.value)) == (400, "Amazon-Advertising-API-Scope")
+    with pytest.raises(AmazonAdsApiError) as error:
+        ads_client.request("GET", "/v2/dp/audiencemetadata/1", headers={"Amazon-Advertising-API-Scope": "42"})
+    assert error.value.status == 403
+
+
+def test_patches_add_and_remove_maids(sandbox, dsp):
+    audience, other = create(dsp), create(dsp, "aud-2")
+    ids = maids(10)
+    assert dsp.patch_audiences([maid_patch("add", maid, audience.id) for maid in ids])
+    dsp.patch_audiences([maid_patch("remove", maid.upper(), audience.id) for maid in ids[:3]])
+    dsp.patch_audiences([maid_patch("add", ids[0], other.id), maid_patch("add", ids[0], other.id)])
+    held = sandbox.ads.state.family("dsp")["maids"]
+    assert held[str(audience.id)] == sorted(ids[3:])
+    assert held[str(other.id)] == [ids[0]]
+    assert dsp.get_audience(audience.id).metadata.audience_size.received_record_size == 7
+
+
+def test_more_than_2000_patches_or_1_mb_is_413(ads_client, dsp):
+    audience = create(dsp)
+    patches = [maid_patch("add", maid, audience.id) for maid in maids(2_001)]
+    with pytest.raises(ValueError):
+        dsp.patch_audiences(patches)
+    for body in (
+        {"patches": patches},
+        {"patches": [{**p, "consent": {"padding": "x" * 1_000}} for p in patches[:1_500]]},
+    ):
+        with pytest.raises(AmazonAdsApiError) as error:
+            ads_client.request("PATCH", "/v2/dp/audience", json_body=body, headers=SCOPE)
+        assert error.value.status == 413
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"path": "/MAID-not-a-uuid/audiences"}, "patches[1].path"),
+        ({"path": "/IDFA-123e4567-e89b-12d3-a456-426614174000/audiences"}, "patches[1].path"),
+        ({"path": "/MAID-123e4567-e89b-12d3-a456-426614174000/audiences\n"}, "patches[1].path"),
+        ({"op": "replace"}, "patches[1].op"),
+        ({"value": [12345]}, "patches[1].value"),
+    ],
+)
+def test_a_bad_patch_refuses_the_request_naming_the_field(sandbox, dsp, bad, field):
+    audience = create(dsp)
+    first, second = (maid_patch("add", maid, audience.id) for maid in maids(2))
+    with pytest.raises(AmazonAdsApiError) as error:
+        dsp.patch_audiences([first, {**second, **bad}])
+    assert (error.value.status, error_field(error.value)) == (400, field)
+    assert sandbox.ads.state.family("dsp")["maids"][str(audience.id)] == []
+
+
+def test_match_rate_follows_the_identity_graph(sandbox, dsp):
+    audience = create(dsp)
+    ids = maids(1_500, seed=7)
+    for batch in patch_batches([maid_patch("add", maid, audience.id) for maid in ids]):
+        dsp.patch_audiences(batch)
+    size = dsp.get_audience(audience.id).metadata.audience_size
+    config = sandbox.ads.config
+    expected = sum(is_known(maid, seed=config.seed, known_share=config.known_share) for maid in ids)
+    assert (size.received_record_size, size.matched_record_size) == (1_500, expected)
+    assert size.match_rate == pytest.approx(config.known_share, abs=0.05)
+
+
+def test_patches_ride_out_throttling_and_server_errors(sandbox, dsp):
+    audience = create(dsp)
+    add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=429, count=1, retry_after=0)
+    add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=500, count=1)
+    dsp.patch_audiences([maid_patch("add", maid, audience.id) for maid in maids(4)])
+    assert [e["status"] for e in journal(sandbox.ads_url) if e["method"] == "PATCH"] == [429, 500, 200]
+    assert dsp.get_audience(audience.id).metadata.audience_size.received_record_size == 4
+
+
+def test_batches_stay_within_the_count_and_size_limits():
+    small = [maid_patch("add", maid, 2**60) for maid in maids(4_500)]
+    assert [len(batch) for batch in patch_batches(small)] == [2_000, 2_000, 500]
+    large = [{**patch, "consent": {"padding": "x" * 2_000}} for patch in small[:1_200]]
+    batches = list(patch_batches(large))
+    assert sum(len(batch) for batch in batches) == 1_200 and len(batches) == 3
+    assert all(len(json.dumps({"patches": batch}).encode()) <= MAX_PATCH_BODY_BYTES for batch in batches)
