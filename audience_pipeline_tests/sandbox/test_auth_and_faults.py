@@ -5,7 +5,13 @@ import time
 import pytest
 import requests
 
-from audience_pipeline.clients.ads_api import AdsApiClient, AuthenticationError, ThrottledError
+from audience_pipeline.clients.ads_api import (
+    AdsApiClient,
+    AuthenticationError,
+    ServerError,
+    ThrottledError,
+    _parse,
+)
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.server import start_sandbox
 
@@ -114,3 +120,42 @@ def _no_retries():
     from botocore.config import Config
 
     return Config(retries={"max_attempts": 1, "mode": "standard"})
+
+
+def test_server_errors_are_retried_for_reads_but_never_for_creating_posts(sandbox, ads_client):
+    add_fault(sandbox.ads_url, route="GET /v2/profiles", status=500, count=1)
+    assert ads_client.request("GET", "/v2/profiles")
+    add_fault(sandbox.ads_url, route="POST /adm/audiences", status=500, count=1)
+    with pytest.raises(ServerError):
+        ads_client.request(
+            "POST",
+            "/adm/audiences",
+            json_body={"name": "never_twice", "countryCode": "US"},
+            headers={"Amazon-Ads-Manager-Account-ID": "amzn1.sandbox"},
+        )
+    creates = [e for e in journal(sandbox.ads_url) if e["path"] == "/adm/audiences"]
+    assert [e["status"] for e in creates] == [500]
+
+
+def test_slow_answers_time_out_and_reads_are_retried(sandbox):
+    client = AdsApiClient(
+        "c",
+        "s",
+        "r",
+        base_url=sandbox.ads_url,
+        token_url=sandbox.token_url,
+        timeout=0.5,
+        sleep=lambda s: None,
+    )
+    add_fault(sandbox.ads_url, route="GET /v2/profiles", latency_ms=1500, rate=1.0)
+    with pytest.raises(requests.Timeout):
+        client.request("GET", "/v2/profiles")
+    assert client.retries == client.max_retries
+
+
+def test_json_is_parsed_whatever_the_content_type_and_big_ids_stay_exact():
+    response = requests.Response()
+    response.status_code = 200
+    response.headers["Content-Type"] = "application/octet-stream"
+    response._content = b'{"audienceId": 9007199254740993123}'
+    assert _parse(response) == {"audienceId": 9007199254740993123}
