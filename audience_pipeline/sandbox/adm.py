@@ -13,9 +13,8 @@ from typing import Any
 import polars as pl
 from flask import Blueprint, current_app, request
 
-# The module, not its names: ads_api imports this blueprint while it is being initialized.
-from audience_pipeline.sandbox import ads_api, identity_graph
-from audience_pipeline.sandbox.errors import ApiError
+from audience_pipeline.sandbox import identity_graph
+from audience_pipeline.sandbox.errors import ApiError, json_body
 
 blueprint = Blueprint("adm", __name__)
 
@@ -62,7 +61,7 @@ def _dataset(records: dict[str, Any], data_set_id: str, account: str) -> dict[st
 def create_audience():
     """Create an audience dataset; names are unique per manager account."""
     account = _manager_account()
-    body = ads_api.json_body()
+    body = json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "BAD_REQUEST", "Request body must be a JSON object")
     unknown = set(body) - {"name", "countryCode", "description", "idRetention"}
@@ -214,7 +213,7 @@ def upload_members(data_set_id: str):
     account = _manager_account()
     if len(request.get_data()) > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Request body exceeds {MAX_BODY_BYTES} bytes")
-    body = ads_api.json_body()
+    body = json_body()
     members = body.get("members") if isinstance(body, dict) else None
     if not isinstance(members, list) or not members:
         raise ApiError(400, "BAD_REQUEST", "members must be a non-empty list")
@@ -284,7 +283,7 @@ def dataset_metrics(data_set_id: str):
 def delete_identities():
     """Remove the targeted users from every dataset of the manager account."""
     account = _manager_account()
-    body = ads_api.json_body()
+    body = json_body()
     targets = body.get("targetIdentities") if isinstance(body, dict) else None
     if not isinstance(targets, list) or not 1 <= len(targets) <= MAX_DELETION_TARGETS:
         raise ApiError(400, "BAD_REQUEST", f"targetIdentities must hold 1..{MAX_DELETION_TARGETS} entries")

@@ -33,14 +33,6 @@ class AdsSandbox:
         self.faults = Faults(seed=self.config.seed)
 
 
-def json_body() -> Any:
-    """The request's JSON body, or a 400 in the family's shape."""
-    try:
-        return json.loads(request.get_data() or b"null")
-    except ValueError:
-        raise ApiError(400, "BAD_REQUEST", "Request body is not valid JSON") from None
-
-
 def create_app(sandbox: AdsSandbox) -> SandboxMiddleware:
     """The WSGI application of the Amazon Ads API emulator."""
     app = Flask(__name__)

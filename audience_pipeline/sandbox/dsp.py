@@ -12,9 +12,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-# The module, not its names: ads_api imports this blueprint while it is being initialized.
-from audience_pipeline.sandbox import ads_api, identity_graph
-from audience_pipeline.sandbox.errors import ApiError
+from audience_pipeline.sandbox import identity_graph
+from audience_pipeline.sandbox.errors import ApiError, json_body
 from audience_pipeline.sandbox.profiles import PROFILES
 
 blueprint = Blueprint("dsp", __name__)
@@ -77,7 +76,7 @@ def _checked_metadata(metadata: Any) -> dict[str, Any]:
 @blueprint.post("/v2/dp/audiencemetadata/")
 def create_audience():
     """Create a data provider audience; its id is above 2^53."""
-    body = ads_api.json_body()
+    body = json_body()
     if not isinstance(body, dict):
         raise _invalid("body", "Request body must be a JSON object")
     name = body.get("name")
@@ -153,7 +152,7 @@ def patch_audience():
     """Associate or dissociate MAIDs with audiences; the whole request is refused on any bad patch."""
     if len(request.get_data()) > MAX_PATCH_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Request body exceeds {MAX_PATCH_BYTES} bytes")
-    body = ads_api.json_body()
+    body = json_body()
     patches = body.get("patches") if isinstance(body, dict) else None
     if not isinstance(patches, list) or not patches:
         raise _invalid("patches", "patches must be a non-empty list")

@@ -1,9 +1,10 @@
 """Amazon's error bodies, one shape per API family, as the contract in amazon_ads_api.md gives them."""
 
+import json
 import uuid
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 
 AMC, ADM, DSP, LWA = "amc", "adm", "dsp", "lwa"
 
@@ -14,6 +15,14 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, details: str, *, field: str | None = None):
         super().__init__(details)
         self.status, self.code, self.details, self.field = status, code, details, field
+
+
+def json_body() -> Any:
+    """The request's JSON body, or a 400 in the family's shape."""
+    try:
+        return json.loads(request.get_data() or b"null")
+    except ValueError:
+        raise ApiError(400, "BAD_REQUEST", "Request body is not valid JSON") from None
 
 
 def family_of(path: str) -> str:

@@ -1,0 +1,125 @@
+"""AMC rule-based audiences against the sandbox over real HTTP: SQL over uploads and synthetic tables."""
+
+import polars as pl
+import pytest
+
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.clients.amc import csv_format, failed, succeeded
+
+from .conftest import BUCKET, dimension_dataset, sha, upload_and_wait, wait
+
+WINDOW = {"time_window_start": "2025-01-01T00:00:00Z", "time_window_end": "2025-03-31T00:00:00Z"}
+
+
+def run(amc, query: str, name: str = "buyers") -> dict:
+    execution_id = amc.create_audience(name, advertiser_id=2**60 + 1, query=query, **WINDOW)
+    return wait(lambda: amc.get_audience(execution_id))
+
+
+def test_an_audience_of_2500_users_succeeds(amc):
+    audience = run(amc, "SELECT user_id FROM amazon_attributed_events_for_audiences;")
+    assert succeeded(audience["status"]), audience
+    assert audience["audienceCount"] == 2500
+    assert int(audience["dspAudienceId"]) > 2**53
+    assert audience["advertiserId"] == 2**60 + 1
+    assert audience["lastRefreshedTime"].endswith("Z") and audience["refreshRateDays"] == 21
+
+
+def test_uploaded_datasets_join_the_synthetic_tables_by_user_id(amc, s3):
+    amc.create_dataset(dimension_dataset())
+    emails = [sha(f"user{i}@example.com") for i in range(2500)] + [sha("stranger@example.com")]
+    s3.put_object(Bucket=BUCKET, Key="c.csv", Body=pl.DataFrame({"email": emails}).write_csv().encode())
+    assert (
+        upload_and_wait(amc, "customers", file_key="c.csv", file_format=csv_format())["status"] == "SUCCESS"
+    )
+    audience = run(
+        amc,
+        "SELECT DISTINCT c.user_id FROM customers c JOIN dsp_impressions_for_audiences i USING (user_id)",
+    )
+    assert audience["status"] == "SUCCEEDED", audience
+    assert audience["audienceCount"] == 2500
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("SELECT user_id FROM conversions_for_audiences", "below the 2,000-user minimum"),
+        ("SELECT user_id, impressions FROM dsp_impressions_for_audiences", "user_id only"),
+        ("SELECT user_id FROM no_such_table", "no_such_table"),
+        ("DROP TABLE dsp_impressions_for_audiences", "single SELECT"),
+    ],
+)
+def test_failing_audiences_say_why(amc, query, reason):
+    audience = run(amc, query)
+    assert failed(audience["status"])
+    assert reason in audience["statusReason"]
+    assert "audienceCount" not in audience
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"refreshRateDays": 22},
+        {"refreshRateDays": -1},
+        {"timeWindowStart": "2025-01-01 00:00:00"},
+        {"timeWindowStart": "2025-04-01T00:00:00Z"},
+        {"timeWindowRelative": "maybe"},
+        {"audienceName": ""},
+        {"query": None},
+    ],
+)
+def test_invalid_audiences_are_400(amc, change):
+    body = {
+        "audienceName": "buyers",
+        "advertiserId": "123",
+        "query": "SELECT user_id FROM dsp_impressions_for_audiences",
+        "timeWindowStart": "2025-01-01T00:00:00Z",
+        "timeWindowEnd": "2025-03-31T00:00:00Z",
+        **change,
+    }
+    with pytest.raises(AmazonAdsApiError) as error:
+        amc.api.request("POST", "/amc/audiences/query", json_body=body, headers=amc._audience_headers)
+    assert error.value.status == 400
+    assert set(error.value.body) >= {"code", "details", "requestId"}
+
+
+def test_time_window_relative_is_taken_as_a_string_too(amc):
+    body = {
+        "audienceName": "buyers",
+        "advertiserId": "123",
+        "query": "SELECT user_id FROM dsp_impressions_for_audiences",
+        "timeWindowStart": "2025-01-01T00:00:00Z",
+        "timeWindowEnd": "2025-03-31T00:00:00Z",
+        "timeWindowRelative": "TRUE",
+    }
+    created = amc.api.request("POST", "/amc/audiences/query", json_body=body, headers=amc._audience_headers)
+    assert created["status"] == "PENDING" and created["audienceExecutionDescription"]
+    assert amc.get_audience(created["audienceExecutionId"])["timeWindowRelative"] is True
+
+
+def test_audiences_are_listed_found_by_name_and_deleted_once_finished(amc):
+    ids = [
+        amc.create_audience(f"audience-{i}", advertiser_id="1", query="SELECT user_id FROM x", **WINDOW)
+        for i in range(3)
+    ]
+    page = amc.api.request(
+        "GET", "/amc/audiences/query", params={"maxResults": 2}, headers=amc._audience_headers
+    )
+    assert len(page["executionMetadata"]) == 2 and page["nextToken"]
+    assert amc.find_audience("audience-2")["audienceExecutionId"] == ids[2]
+    assert amc.find_audience("nobody") is None
+    with pytest.raises(AmazonAdsApiError) as error:
+        amc.delete_audience(ids[0])  # still PENDING
+    assert error.value.status == 400
+    wait(lambda: amc.get_audience(ids[0]))
+    amc.delete_audience(ids[0])
+    with pytest.raises(AmazonAdsApiError) as error:
+        amc.get_audience(ids[0])
+    assert error.value.status == 404
+    assert len(amc.list_audiences()) == 2
+
+
+def test_the_instance_header_is_required(amc):
+    with pytest.raises(AmazonAdsApiError, match="InstanceId") as error:
+        amc.api.request("GET", "/amc/audiences/query")
+    assert error.value.status == 400
