@@ -3,12 +3,13 @@
 import re
 import secrets
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 from flask import Blueprint, Response, current_app, request
 
+from audience_pipeline.sandbox.amc_datasets import event_time_column
 from audience_pipeline.sandbox.amc_jobs import new_job, now_iso, page, poll, public, require_headers
 from audience_pipeline.sandbox.amc_synthetic import create_synthetic_views
 from audience_pipeline.sandbox.errors import ApiError, json_body
@@ -146,13 +147,19 @@ def delete_audience(execution_id: str):
 def _step(instance_id: str, audience: dict[str, Any]) -> str | None:
     if audience["status"] == "PENDING":
         return "RUNNING"
+    if audience["status"] == "SUCCEEDED" and audience["refreshRateDays"] == 0:
+        # An audience that is never refreshed is deactivated 30 days after it was created.
+        created = _time(audience, "createTime")
+        return (
+            "DEACTIVATED" if datetime.now(UTC).replace(tzinfo=None) - created >= timedelta(days=30) else None
+        )
     if audience["status"] != "RUNNING":
         return None
     state = _sandbox().state
     datasets = state.family("amc").get("instances", {}).get(instance_id, {}).get("dataSets", {})
     cursor = state.cursor()
     try:
-        count = _count_users(cursor, {name: d["_table"] for name, d in datasets.items()}, audience["query"])
+        count = _count_users(cursor, datasets, audience)
     except (duckdb.Error, ValueError) as error:
         audience["statusReason"] = str(error)
         return "FAILED"
@@ -167,19 +174,28 @@ def _step(instance_id: str, audience: dict[str, Any]) -> str | None:
     return "SUCCEEDED"
 
 
-def _count_users(cursor: duckdb.DuckDBPyConnection, tables: dict[str, str], query: str) -> int:
-    """Distinct users the query selects, over the datasets (by dataSetId) and the synthetic tables.
+def _count_users(
+    cursor: duckdb.DuckDBPyConnection, datasets: dict[str, dict[str, Any]], audience: dict
+) -> int:
+    """Distinct users the audience's query selects, over its time window of the datasets (by
+    dataSetId; a FACT dataset shows only rows whose main event time falls in the window) and the
+    synthetic tables.
 
     Raises ValueError when the query is not one SELECT of `user_id` alone.
     """
-    statements = cursor.extract_statements(query)
+    statements = cursor.extract_statements(audience["query"])
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         raise ValueError("The query must be a single SELECT statement")
     sql = statements[0].query.strip().rstrip(";")
     cursor.execute("SET TimeZone = 'UTC'")
     create_synthetic_views(cursor)
-    for name, table in tables.items():
-        cursor.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM {table}')
+    window = [_time(audience, "timeWindowStart"), _time(audience, "timeWindowEnd")]
+    for name, dataset in datasets.items():
+        event_time = event_time_column(dataset)
+        # Views take no parameters; the bounds are timestamps this module parsed itself.
+        start, end = (f"TIMESTAMP '{bound:%Y-%m-%d %H:%M:%S}'" for bound in window)
+        where = f'WHERE "{event_time}" >= {start} AND "{event_time}" < {end}' if event_time else ""
+        cursor.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM {dataset["_table"]} {where}')
     columns = cursor.sql(sql).columns
     if columns != ["user_id"]:
         raise ValueError(f"The final SELECT must return user_id only; it returns {', '.join(columns)}")

@@ -1,12 +1,14 @@
 """AMC rule-based audiences against the sandbox over real HTTP: SQL over uploads and synthetic tables."""
 
+import time
+
 import polars as pl
 import pytest
 
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.clients.amc import csv_format, failed, succeeded
 
-from .conftest import BUCKET, dimension_dataset, sha, upload_and_wait, wait
+from .conftest import BUCKET, dimension_dataset, fact_dataset, purchases, sha, upload_and_wait, wait
 
 WINDOW = {"time_window_start": "2025-01-01T00:00:00Z", "time_window_end": "2025-03-31T00:00:00Z"}
 
@@ -123,3 +125,34 @@ def test_the_instance_header_is_required(amc):
     with pytest.raises(AmazonAdsApiError, match="InstanceId") as error:
         amc.api.request("GET", "/amc/audiences/query")
     assert error.value.status == 400
+
+
+def test_the_time_window_limits_a_fact_dataset_to_its_events(amc, s3):
+    amc.create_dataset(fact_dataset())
+    inside = purchases(2500, day="2025-03-01")
+    outside = purchases(2500, day="2024-06-01", start=2500)
+    s3.put_object(Bucket=BUCKET, Key="p.csv", Body=pl.concat([inside, outside]).write_csv().encode())
+    assert (
+        upload_and_wait(amc, "purchases", file_key="p.csv", file_format=csv_format())["status"] == "SUCCESS"
+    )
+    audience = run(amc, "SELECT DISTINCT user_id FROM purchases")
+    assert audience["status"] == "SUCCEEDED", audience
+    assert audience["audienceCount"] == 2500
+
+
+def test_an_audience_never_refreshed_is_deactivated_after_30_days(sandbox, amc):
+    execution_id = amc.create_audience(
+        "one_off",
+        advertiser_id=1,
+        query="SELECT user_id FROM dsp_impressions_for_audiences",
+        refresh_rate_days=0,
+        **WINDOW,
+    )
+    assert wait(lambda: amc.get_audience(execution_id))["status"] == "SUCCEEDED"
+    # Age the record as 30 days of wall clock would.
+    with sandbox.ads.state.lock:
+        for audiences in sandbox.ads.state.family("amc")["audiences"].values():
+            if execution_id in audiences:
+                audiences[execution_id]["createTime"] = "2020-01-01T00:00:00Z"
+    time.sleep(0.1)  # a state lasts at least the sandbox's job step
+    assert amc.get_audience(execution_id)["status"] == "DEACTIVATED"
