@@ -9,21 +9,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import requests
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
 
-from audience_pipeline.clients.ads_api import AdsApiClient, ServerError
+from audience_pipeline.clients.ads_api import AdsApiClient, ApiModel, ServerError
 
 MANAGER_ACCOUNT_HEADER = "Amazon-Ads-Manager-Account-ID"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_DELETION_TARGETS = 1_000
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class AdmAudience(_Model):
+class AdmAudience(ApiModel):
     """An audience dataset."""
 
     data_set_id: str
@@ -33,7 +27,7 @@ class AdmAudience(_Model):
     description: str | None = None
 
 
-class MemberError(_Model):
+class MemberError(ApiModel):
     """A member Amazon refused, by its index in the request, with Amazon's reasons."""
 
     index: int
@@ -42,14 +36,14 @@ class MemberError(_Model):
     errors: list[dict[str, Any]] = []
 
 
-class MembersResult(_Model):
+class MembersResult(ApiModel):
     """The answer to one member upload: its ingress id and the refused members."""
 
     ingress_id: str
     errors: list[MemberError] = []
 
 
-class DatasetMetrics(_Model):
+class DatasetMetrics(ApiModel):
     """What Amazon reports about a dataset: counts and the share of records it resolved."""
 
     accepted_count: int

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 API_HOSTS = {
     "NA": "https://advertising-api.amazon.com",
@@ -29,6 +31,12 @@ TOKEN_URLS = {
     "FE": "https://api.amazon.co.jp/auth/o2/token",
 }
 _REFRESH_MARGIN_SECONDS = 60
+
+
+class ApiModel(BaseModel):
+    """A payload of the Amazon Ads API: camelCase on the wire, snake_case here, unknown keys ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
 class AmazonAdsApiError(Exception):

@@ -9,21 +9,14 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
-
-from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
+from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError, ApiModel
 
 SCOPE_HEADER = "Amazon-Advertising-API-Scope"
 MAX_PATCHES_PER_REQUEST = 2_000
 MAX_PATCH_BODY_BYTES = 1_000_000
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class AudienceSize(_Model):
+class AudienceSize(ApiModel):
     """How many MAIDs Amazon received for an audience and how many it matched."""
 
     received_record_size: int
@@ -31,7 +24,7 @@ class AudienceSize(_Model):
     match_rate: float
 
 
-class DspAudienceMetadata(_Model):
+class DspAudienceMetadata(ApiModel):
     """A data provider audience's metadata."""
 
     type: str = "DATA_PROVIDER"
@@ -41,7 +34,7 @@ class DspAudienceMetadata(_Model):
     audience_size: AudienceSize | None = None
 
 
-class DspAudience(_Model):
+class DspAudience(ApiModel):
     """A data provider audience; `id` is exact (above 2^53)."""
 
     id: int

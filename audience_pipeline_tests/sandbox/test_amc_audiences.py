@@ -10,6 +10,13 @@ from audience_pipeline.clients.amc import csv_format, failed, succeeded
 
 from .conftest import BUCKET, dimension_dataset, fact_dataset, purchases, sha, upload_and_wait, wait
 
+AUDIENCE_BODY = {
+    "audienceName": "buyers",
+    "advertiserId": "123",
+    "query": "SELECT user_id FROM dsp_impressions_for_audiences",
+    "timeWindowStart": "2025-01-01T00:00:00Z",
+    "timeWindowEnd": "2025-03-31T00:00:00Z",
+}
 WINDOW = {"time_window_start": "2025-01-01T00:00:00Z", "time_window_end": "2025-03-31T00:00:00Z"}
 
 
@@ -71,14 +78,7 @@ def test_failing_audiences_say_why(amc, query, reason):
     ],
 )
 def test_invalid_audiences_are_400(amc, change):
-    body = {
-        "audienceName": "buyers",
-        "advertiserId": "123",
-        "query": "SELECT user_id FROM dsp_impressions_for_audiences",
-        "timeWindowStart": "2025-01-01T00:00:00Z",
-        "timeWindowEnd": "2025-03-31T00:00:00Z",
-        **change,
-    }
+    body = {**AUDIENCE_BODY, **change}
     with pytest.raises(AmazonAdsApiError) as error:
         amc.api.request("POST", "/amc/audiences/query", json_body=body, headers=amc._audience_headers)
     assert error.value.status == 400
@@ -86,14 +86,7 @@ def test_invalid_audiences_are_400(amc, change):
 
 
 def test_time_window_relative_is_taken_as_a_string_too(amc):
-    body = {
-        "audienceName": "buyers",
-        "advertiserId": "123",
-        "query": "SELECT user_id FROM dsp_impressions_for_audiences",
-        "timeWindowStart": "2025-01-01T00:00:00Z",
-        "timeWindowEnd": "2025-03-31T00:00:00Z",
-        "timeWindowRelative": "TRUE",
-    }
+    body = {**AUDIENCE_BODY, "timeWindowRelative": "TRUE"}
     created = amc.api.request("POST", "/amc/audiences/query", json_body=body, headers=amc._audience_headers)
     assert created["status"] == "PENDING" and created["audienceExecutionDescription"]
     assert amc.get_audience(created["audienceExecutionId"])["timeWindowRelative"] is True
