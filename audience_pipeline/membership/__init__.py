@@ -1,0 +1,1 @@
+"""Membership: what each destination holds per audience (the ledger), its diffs and its messages."""
