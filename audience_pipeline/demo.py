@@ -1,10 +1,14 @@
 """The demo: sample data, every audience run through the project's Dagster definitions, a report.
 
 Everything happens in-process, in a working folder, with a throwaway Dagster instance: the user's
-DAGSTER_HOME is never touched. The report is one dict with a section per stage; a destination
-adds its section by reading its assets' materialization metadata the way `_audience_report` does.
+DAGSTER_HOME is never touched. AWS is the endpoint `AWS_ENDPOINT_URL` names, else a sandbox the
+demo starts. The pipeline runs twice: once on the sample data, once after
+`apply_round_two` changed it, so the destinations show adds, removes and identity changes. The
+report is one dict with a section per stage; a destination adds its section by reading its
+assets' materialization metadata the way `_audience_report` does.
 """
 
+import logging
 import os
 import shutil
 import tempfile
@@ -15,16 +19,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
+from botocore.exceptions import ClientError
+from cryptography.fernet import Fernet
 
+import audience_pipeline
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
+from audience_pipeline.components.firehose import FirehoseComponent
 from audience_pipeline.definitions import defs as load_definitions
+from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
-from audience_pipeline.sample_data import write_sample_data
-
-# Materialized together, in one run per audience partition; destinations add their assets here.
-PER_AUDIENCE_ASSETS: tuple[dg.AssetKey, ...] = (SNAPSHOT_ASSET_KEY,)
+from audience_pipeline.sample_data import apply_round_two, write_sample_data
+from audience_pipeline.sandbox.server import start_sandbox
 
 # Dagster's per-event debug lines would bury the summary; warnings and errors still show.
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -49,34 +57,113 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
         "source": DuckDBSource(database=str(source_path)),
         "state_store": StateStore(root=str(state_root)),
     }
-    materializations = _materialize_audiences(definitions, resources, progress)
+    streams = _firehose_components()
+    # Materialized together, in one run per audience partition.
+    per_audience = (SNAPSHOT_ASSET_KEY, *(stream.asset_key for stream in streams))
+    with _aws(streams), _temporary_instance() as instance:
+        first = _materialize_audiences(definitions, per_audience, resources, instance, progress)
+        changes = apply_round_two(source_path)
+        progress(f"round two: source changed ({', '.join(f'{k} {n:,}' for k, n in changes.items())})")
+        second = _materialize_audiences(definitions, per_audience, resources, instance, progress)
+    firehose = [{k: m for k, m in found.items() if k != SNAPSHOT_ASSET_KEY} for found in (first, second)]
     return {
         "profiles": profiles,
-        **_audience_report(materializations[SNAPSHOT_ASSET_KEY]),
+        **_audience_report(second[SNAPSHOT_ASSET_KEY]),
+        "firehose": _firehose_report(firehose),
         "state": str(state_root),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
+def _firehose_components() -> list[FirehoseComponent]:
+    """The project's Firehose destinations, as declared under `defs/`."""
+    tree = dg.ComponentTree.for_project(Path(audience_pipeline.__file__))
+    return list(tree.load_context.component_tree.get_all_components(FirehoseComponent))
+
+
+@contextmanager
+def _aws(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
+    """AWS for the run: the endpoint `AWS_ENDPOINT_URL` names (a sandbox or AWS someone runs), else a
+    sandbox started here; each stream and its S3 bucket made there; a throwaway ledger key unless one is
+    set. The environment is restored afterwards."""
+    # One access-log line per Firehose call would bury the progress lines.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    external = os.environ.get("AWS_ENDPOINT_URL")
+    sandbox = None if external else start_sandbox()
+    names = {} if sandbox is None else sandbox.env()
+    if not os.environ.get(LEDGER_KEY_ENV_VAR):
+        names[LEDGER_KEY_ENV_VAR] = Fernet.generate_key().decode()
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        for stream in streams:
+            _create_stream(stream.delivery_stream_name, os.environ["AWS_ENDPOINT_URL"])
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if sandbox is not None:
+            sandbox.stop()
+
+
+def _create_stream(name: str, endpoint_url: str) -> None:
+    """A Direct PUT delivery stream writing to a bucket of its own, unless it exists already."""
+    s3, firehose = (boto3.client(kind, endpoint_url=endpoint_url) for kind in ("s3", "firehose"))
+    bucket = f"{name}-bucket".lower()
+    s3.create_bucket(Bucket=bucket)
+    try:
+        firehose.create_delivery_stream(
+            DeliveryStreamName=name,
+            DeliveryStreamType="DirectPut",
+            ExtendedS3DestinationConfiguration={
+                "RoleARN": "arn:aws:iam::123456789012:role/firehose",
+                "BucketARN": f"arn:aws:s3:::{bucket}",
+            },
+        )
+    except ClientError as error:
+        # A stream made by an earlier demo run (moto's state is process-wide) is the one to use.
+        if error.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+
+
 def _materialize_audiences(
-    definitions: dg.Definitions, resources: Mapping[str, Any], progress: Callable[[str], None]
+    definitions: dg.Definitions,
+    keys: Iterable[dg.AssetKey],
+    resources: Mapping[str, Any],
+    instance: dg.DagsterInstance,
+    progress: Callable[[str], None],
 ) -> dict[dg.AssetKey, list[dg.AssetMaterialization]]:
     """Run the per-audience assets once per audience partition; their materializations by key."""
-    assets = [definitions.get_assets_def(key) for key in PER_AUDIENCE_ASSETS]
+    assets = [definitions.get_assets_def(key) for key in keys]
     partition_keys = assets[0].partitions_def.get_partition_keys()
     found: dict[dg.AssetKey, list[dg.AssetMaterialization]] = defaultdict(list)
-    with _temporary_instance() as instance:
-        for key in partition_keys:
-            result = dg.materialize(
-                assets, resources=resources, partition_key=key, instance=instance, run_config=_QUIET_LOGS
-            )
-            for event in result.get_asset_materialization_events():
-                materialization = event.materialization
-                found[materialization.asset_key].append(materialization)
-            progress(
-                f"audience {key}: materialized {', '.join(k.to_user_string() for k in PER_AUDIENCE_ASSETS)}"
-            )
+    for key in partition_keys:
+        result = dg.materialize(
+            assets, resources=resources, partition_key=key, instance=instance, run_config=_QUIET_LOGS
+        )
+        for event in result.get_asset_materialization_events():
+            materialization = event.materialization
+            found[materialization.asset_key].append(materialization)
+        progress(f"audience {key}: materialized {', '.join(a.key.to_user_string() for a in assets)}")
     return found
+
+
+_FIREHOSE_COUNTS = ("messages_sent", "added", "removed", "identity_changed")
+
+
+def _firehose_report(rounds: Iterable[Mapping[dg.AssetKey, list[dg.AssetMaterialization]]]) -> dict[str, Any]:
+    """Messages delivered and changes found by every Firehose delivery, per round and in total."""
+    per_round = []
+    for found in rounds:
+        sums = dict.fromkeys(_FIREHOSE_COUNTS, 0)
+        for materialization in (m for ms in found.values() for m in ms):
+            for name in _FIREHOSE_COUNTS:
+                sums[name] += materialization.metadata[name].value
+        per_round.append({"messages_delivered": sums.pop("messages_sent"), **sums})
+    return {name: sum(r[name] for r in per_round) for name in per_round[0]} | {"rounds": per_round}
 
 
 @contextmanager
@@ -134,8 +221,12 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines += [f"  {a['id']:<{width}}  {a['members']:>9,}  {a['name']}" for a in report["audiences"]]
     identity = report["identity"]
     rejects = ", ".join(f"{reason} {n:,}" for reason, n in identity["rejects"].items()) or "none"
+    firehose = report["firehose"]
     lines += [
         f"Identity: {identity['values_hashed']:,} values hashed; rejects: {rejects}",
+        f"Firehose (two rounds): {firehose['messages_delivered']:,} messages delivered; "
+        f"{firehose['added']:,} added, {firehose['removed']:,} removed, "
+        f"{firehose['identity_changed']:,} identity changed",
         f"Snapshots (hashed, Parquet): {report['state']}",
         f"Done in {report['seconds']:.1f} s",
     ]

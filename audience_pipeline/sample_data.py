@@ -1128,3 +1128,42 @@ def write_sample_data(out_dir: str | Path, profiles: int, seed: int = 0) -> Path
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return target
+
+
+def apply_round_two(path: str | Path, seed: int = 0) -> dict[str, int]:
+    """Change the sample source at ``path`` the way a day of activity would, always the same way.
+
+    Chosen by user number (never by DuckDB's hash, which may change between releases), about: one
+    user in 40 signs up for the newsletter and opens the app (joins audiences), one in 40 has their
+    newsletter sign-ups and app opens removed (leaves), and one in 50 changes e-mail and phone
+    (identity change). Returns how many rows each change touched.
+    """
+    number = "CAST(substr(user_id, 2) AS BIGINT)"
+    latest = f"TIMESTAMP '{REFERENCE_TIME:%Y-%m-%d %H:%M:%S}' - INTERVAL 1 HOUR"
+    with duckdb.connect(str(path)) as conn:
+        joined = conn.execute(
+            f"""
+            INSERT INTO events
+            SELECT (SELECT max(event_id) FROM events) + row_number() OVER (ORDER BY user_id, t.event_type),
+                   user_id, t.event_type, {latest}, NULL, NULL
+            FROM profiles, (VALUES ('newsletter_signup'), ('app_open')) t(event_type)
+            WHERE ({number} + $seed) % 40 = 0
+            """,
+            {"seed": seed},
+        ).fetchone()[0]
+        left = conn.execute(
+            f"""
+            DELETE FROM events
+            WHERE event_type IN ('newsletter_signup', 'app_open') AND ({number} + $seed) % 40 = 1
+            """,
+            {"seed": seed},
+        ).fetchone()[0]
+        changed = conn.execute(
+            f"""
+            UPDATE profiles
+            SET email = 'moved.' || user_id || '@example.org', phone = '+1 206 555 ' || right(user_id, 4)
+            WHERE ({number} + $seed) % 50 = 2
+            """,
+            {"seed": seed},
+        ).fetchone()[0]
+    return {"events_added": joined, "events_removed": left, "profiles_changed": changed}

@@ -1,11 +1,14 @@
 import json
 
+import boto3
 import polars as pl
 from click.testing import CliRunner
 
 from audience_pipeline.cli import main
 
 EXAMPLE_AUDIENCE_IDS = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]
+# The example Firehose destination (defs/firehose) streams into this bucket in the demo.
+FIREHOSE_BUCKET = "audience-changes-bucket"
 
 
 def test_sample_data_prints_the_path_and_row_counts(tmp_path):
@@ -20,13 +23,13 @@ def test_sample_data_prints_the_path_and_row_counts(tmp_path):
     assert {line.split(":")[0].strip() for line in lines[1:]} >= {"profiles", "events", "purchases"}
 
 
-def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path, monkeypatch):
+def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path, monkeypatch, sandbox):
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    # Endpoint overrides meant for the destinations must not disturb the run.
-    monkeypatch.setenv("AMAZON_ADS_API_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    # The environment points the demo at endpoints someone else runs: the demo must use them.
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
     workdir = tmp_path / "demo"
 
     result = CliRunner().invoke(main, ["demo", "--json", "--profiles", "2000", "--workdir", str(workdir)])
@@ -40,6 +43,8 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path
     assert all(isinstance(n, int) for n in report["identity"]["rejects"].values())
     assert report["seconds"] > 0
     assert list(dagster_home.iterdir()) == []
+    delivered = boto3.client("s3", endpoint_url=sandbox.aws_url).list_objects_v2(Bucket=FIREHOSE_BUCKET)
+    assert delivered["KeyCount"] > 0 and report["firehose"]["messages_delivered"] > 0
     for audience in report["audiences"]:
         snapshot = pl.read_parquet(workdir / "state" / "snapshots" / f"{audience['id']}.parquet")
         assert snapshot.height == audience["members"]

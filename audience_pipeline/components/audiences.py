@@ -150,7 +150,7 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
             """
             audience = self.audience(context.partition_key)
             started = time.perf_counter()
-            result = _run_audience_query(source, audience)
+            result = run_audience_query(source, audience)
             try:
                 snapshot = build_snapshot(result, default_country=audience.country_code or self.country_code)
             except MissingUserIdError as e:
@@ -184,7 +184,7 @@ def _describe(audience: Audience) -> str:
     return f"audience {audience.partition_key!r} ({audience.name})"
 
 
-def _run_audience_query(source: DuckDBSource, audience: Audience) -> pl.DataFrame:
+def run_audience_query(source: DuckDBSource, audience: Audience) -> pl.DataFrame:
     """The audience query's result; errors name the audience but never quote source data."""
     try:
         return source.query(audience.sql)

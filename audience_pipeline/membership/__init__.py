@@ -1,1 +1,29 @@
-"""Membership: what each destination holds per audience (the ledger), its diffs and its messages."""
+"""Membership ledgers: what each destination holds per audience, and what changed since (no Dagster)."""
+
+from audience_pipeline.membership.diff import MembershipDiff, diff
+from audience_pipeline.membership.fingerprints import fingerprint, message_id, message_id_of
+from audience_pipeline.membership.ledger import (
+    LEDGER_SCHEMA,
+    Ledger,
+    LedgerConflict,
+    LedgerState,
+    ledger_key,
+)
+from audience_pipeline.membership.store import ParquetStore, RevisionConflict, StoredFrame, StoreError
+
+__all__ = [
+    "LEDGER_SCHEMA",
+    "Ledger",
+    "LedgerConflict",
+    "LedgerState",
+    "MembershipDiff",
+    "ParquetStore",
+    "RevisionConflict",
+    "StoreError",
+    "StoredFrame",
+    "diff",
+    "fingerprint",
+    "ledger_key",
+    "message_id",
+    "message_id_of",
+]

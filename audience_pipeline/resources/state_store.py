@@ -1,45 +1,51 @@
 """Where the pipeline keeps what it computed and delivered: Parquet files under one root."""
 
-import os
-import tempfile
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
+from pydantic import Field, PrivateAttr
+
+from audience_pipeline.membership.store import ParquetStore
 
 STATE_ENV_VAR = "AUDIENCE_PIPELINE_STATE"
 DEFAULT_STATE = ".audience_state"
 
 
 class StateStore(dg.ConfigurableResource):
-    """A folder of Parquet files addressed by relative keys such as `snapshots/42.parquet`.
-
-    Every write goes to a temporary file in the target's folder and is moved into place with
-    `os.replace`, so a reader sees the old file or the new one, never a partial one.
+    """Parquet files addressed by relative keys such as `snapshots/42.parquet`, under a local folder or
+    `s3://bucket/prefix` (see `ParquetStore`); a reader sees the old file or the new one, never a partial
+    one. For S3, boto3's default chain and `AWS_ENDPOINT_URL` apply, so the sandbox can stand in.
     """
 
-    root: str = Field(description="Folder that holds the state files; created on first write.")
+    root: str = Field(
+        description="Folder (created on first write) or `s3://bucket/prefix` that holds the state files."
+    )
+    _store: ParquetStore | None = PrivateAttr(default=None)
 
-    def path(self, key: str) -> Path:
-        """The file a key is stored in."""
-        return Path(self.root) / key
+    @property
+    def store(self) -> ParquetStore:
+        """The Parquet store under `root`, for components that keep more than snapshots (ledgers)."""
+        if self._store is None:
+            self._store = ParquetStore(self.root)
+        return self._store
 
-    def write_parquet(self, key: str, frame: pl.DataFrame) -> Path:
-        """Replace the file at `key` with `frame`, atomically; return its path."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            frame.write_parquet(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+    def path(self, key: str) -> Path | str:
+        """Where a key is stored: a local path, or an `s3://` URI."""
+        uri = self.store.uri(key)
+        return uri if uri.startswith("s3://") else Path(uri)
+
+    def write_parquet(self, key: str, frame: pl.DataFrame) -> Path | str:
+        """Replace the file at `key` with `frame`, atomically; return where it is stored."""
+        objects = [name for name, dtype in frame.schema.items() if dtype == pl.Object]
+        if objects:
+            # Caught before any I/O: a Python-object column is a caller's mistake, not a store failure.
+            raise pl.exceptions.InvalidOperationError(
+                f"cannot store {key}: columns {', '.join(objects)} hold Python objects, which Parquet cannot"
+            )
+        self.store.write(key, frame)
+        return self.path(key)
 
     def read_parquet(self, key: str) -> pl.DataFrame | None:
         """The frame stored at `key`, or None when nothing was stored there yet."""
-        target = self.path(key)
-        return pl.read_parquet(target) if target.exists() else None
+        return self.store.read(key)

@@ -1,0 +1,1 @@
+"""Tests of the membership ledger: fingerprints, diffs, ledgers and the Parquet state store."""
