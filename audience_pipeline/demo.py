@@ -21,7 +21,6 @@ from typing import Any
 
 import boto3
 import dagster as dg
-from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet
 
 import audience_pipeline
@@ -32,6 +31,7 @@ from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sample_data import apply_round_two, write_sample_data
+from audience_pipeline.sandbox.aws import create_firehose_stream
 from audience_pipeline.sandbox.server import start_sandbox
 
 # Dagster's per-event debug lines would bury the summary; warnings and errors still show.
@@ -96,8 +96,11 @@ def _aws(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
     previous = {name: os.environ.get(name) for name in names}
     os.environ.update(names)
     try:
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        firehose, s3 = (boto3.client(kind, endpoint_url=endpoint) for kind in ("firehose", "s3"))
         for stream in streams:
-            _create_stream(stream.delivery_stream_name, os.environ["AWS_ENDPOINT_URL"])
+            name = stream.delivery_stream_name
+            create_firehose_stream(firehose, s3, name, f"{name}-bucket".lower())
         yield
     finally:
         for name, value in previous.items():
@@ -107,26 +110,6 @@ def _aws(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
                 os.environ[name] = value
         if sandbox is not None:
             sandbox.stop()
-
-
-def _create_stream(name: str, endpoint_url: str) -> None:
-    """A Direct PUT delivery stream writing to a bucket of its own, unless it exists already."""
-    s3, firehose = (boto3.client(kind, endpoint_url=endpoint_url) for kind in ("s3", "firehose"))
-    bucket = f"{name}-bucket".lower()
-    s3.create_bucket(Bucket=bucket)
-    try:
-        firehose.create_delivery_stream(
-            DeliveryStreamName=name,
-            DeliveryStreamType="DirectPut",
-            ExtendedS3DestinationConfiguration={
-                "RoleARN": "arn:aws:iam::123456789012:role/firehose",
-                "BucketARN": f"arn:aws:s3:::{bucket}",
-            },
-        )
-    except ClientError as error:
-        # A stream made by an earlier demo run (moto's state is process-wide) is the one to use.
-        if error.response["Error"]["Code"] != "ResourceInUseException":
-            raise
 
 
 def _materialize_audiences(

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Callable
 
+from botocore.exceptions import ClientError
 from moto.moto_api._internal import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.wrappers import Request, Response
@@ -37,3 +38,24 @@ def create_aws_app(faults: Faults | None = None, journal: Journal | None = None)
     # The Firehose layer sits inside the middleware so it sees the fault decision for each call.
     app = FirehoseRecords(DomainDispatcherApplication(create_backend_app))
     return SandboxMiddleware(app, faults or Faults(), journal or Journal(), _reset_moto, _respond_fault)
+
+
+def create_firehose_stream(firehose, s3, name: str, bucket: str) -> None:
+    """A Direct PUT delivery stream writing to `bucket` (made too), unless the stream exists already.
+
+    Takes boto3 Firehose and S3 clients. moto keeps its state process-wide, so a stream an earlier
+    sandbox in this process made is the one to use.
+    """
+    s3.create_bucket(Bucket=bucket)
+    try:
+        firehose.create_delivery_stream(
+            DeliveryStreamName=name,
+            DeliveryStreamType="DirectPut",
+            ExtendedS3DestinationConfiguration={
+                "RoleARN": "arn:aws:iam::123456789012:role/firehose",
+                "BucketARN": f"arn:aws:s3:::{bucket}",
+            },
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ResourceInUseException":
+            raise

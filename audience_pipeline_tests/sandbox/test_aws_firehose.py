@@ -8,6 +8,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from audience_pipeline.sandbox.aws import create_firehose_stream
+
 from ..conftest import add_fault, journal
 
 STREAM = "audience-changes"
@@ -21,15 +23,7 @@ def aws_clients(sandbox) -> tuple:
     config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
     firehose = boto3.client("firehose", endpoint_url=sandbox.aws_url, config=config, **keys)
     s3 = boto3.client("s3", endpoint_url=sandbox.aws_url, **keys)
-    s3.create_bucket(Bucket=BUCKET)
-    firehose.create_delivery_stream(
-        DeliveryStreamName=STREAM,
-        DeliveryStreamType="DirectPut",
-        ExtendedS3DestinationConfiguration={
-            "RoleARN": "arn:aws:iam::123456789012:role/firehose",
-            "BucketARN": f"arn:aws:s3:::{BUCKET}",
-        },
-    )
+    create_firehose_stream(firehose, s3, STREAM, BUCKET)
     return firehose, s3
 
 
