@@ -4,16 +4,34 @@ import os
 
 import dagster as dg
 
+from audience_pipeline.resources.amazon_ads import (
+    API_URL_ENV_VAR,
+    CLIENT_ID_ENV_VAR,
+    CLIENT_SECRET_ENV_VAR,
+    REFRESH_TOKEN_ENV_VAR,
+    TOKEN_URL_ENV_VAR,
+    AmazonAdsApi,
+)
 from audience_pipeline.resources.duckdb_source import DEFAULT_SOURCE, SOURCE_ENV_VAR, DuckDBSource
 from audience_pipeline.resources.state_store import DEFAULT_STATE, STATE_ENV_VAR, StateStore
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    """`source` (read-only DuckDB) and `state_store` (Parquet state), located by env vars."""
+    """`source` (read-only DuckDB), `state_store` (Parquet state) and `amazon_ads` (API credentials).
+
+    Locations come from env vars; secrets only through `dg.EnvVar`.
+    """
     return dg.Definitions(
         resources={
             "source": DuckDBSource(database=os.environ.get(SOURCE_ENV_VAR, DEFAULT_SOURCE)),
             "state_store": StateStore(root=os.environ.get(STATE_ENV_VAR, DEFAULT_STATE)),
+            "amazon_ads": AmazonAdsApi(
+                client_id=dg.EnvVar(CLIENT_ID_ENV_VAR),
+                client_secret=dg.EnvVar(CLIENT_SECRET_ENV_VAR),
+                refresh_token=dg.EnvVar(REFRESH_TOKEN_ENV_VAR),
+                base_url=os.environ.get(API_URL_ENV_VAR),
+                token_url=os.environ.get(TOKEN_URL_ENV_VAR),
+            ),
         }
     )
