@@ -2,6 +2,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from audience_pipeline.membership.store import StoreError
 from audience_pipeline.resources.duckdb_source import DuckDBSource, SourceNotFoundError
 from audience_pipeline.resources.state_store import StateStore
 
@@ -83,7 +84,7 @@ def test_state_store_keeps_the_old_file_when_a_write_fails(tmp_path):
     store.write_parquet("x.parquet", pl.DataFrame({"user_id": ["a"]}))
     unwritable = pl.DataFrame({"user_id": [object()]})
 
-    with pytest.raises(pl.exceptions.PolarsError):
+    with pytest.raises(StoreError, match="x.parquet"):
         store.write_parquet("x.parquet", unwritable)
 
     assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
