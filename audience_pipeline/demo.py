@@ -1,8 +1,8 @@
 """The demo: sample data, every audience run through the project's Dagster definitions, a report.
 
 Everything happens in-process, in a working folder, with a throwaway Dagster instance: the user's
-DAGSTER_HOME is never touched. AWS is the endpoint `AWS_ENDPOINT_URL` names, else a sandbox the
-demo starts. The pipeline runs twice: once on the sample data, once after
+DAGSTER_HOME is never touched. AWS and the Amazon Ads API are the endpoints the environment names,
+else a sandbox the demo starts. The pipeline runs twice: once on the sample data, once after
 `apply_round_two` changed it, so the destinations show adds, removes and identity changes. The
 report is one dict with a section per stage; a destination adds its section by reading its
 assets' materialization metadata the way `_audience_report` does.
@@ -28,6 +28,13 @@ from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
 from audience_pipeline.components.firehose import FirehoseComponent
 from audience_pipeline.definitions import defs as load_definitions
 from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
+from audience_pipeline.resources.amazon_ads import (
+    API_URL_ENV_VAR,
+    CLIENT_ID_ENV_VAR,
+    CLIENT_SECRET_ENV_VAR,
+    REFRESH_TOKEN_ENV_VAR,
+    TOKEN_URL_ENV_VAR,
+)
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sample_data import apply_round_two, write_sample_data
@@ -51,16 +58,17 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
     # A fresh state folder each time, so every run of the demo starts from no deliveries.
     shutil.rmtree(state_root, ignore_errors=True)
 
-    definitions = load_definitions()
-    resources = {
-        **definitions.resources,
-        "source": DuckDBSource(database=str(source_path)),
-        "state_store": StateStore(root=str(state_root)),
-    }
     streams = _firehose_components()
     # Materialized together, in one run per audience partition.
     per_audience = (SNAPSHOT_ASSET_KEY, *(stream.asset_key for stream in streams))
-    with _aws(streams), _temporary_instance() as instance:
+    with _endpoints(streams), _temporary_instance() as instance:
+        # Loaded once the environment names the endpoints: the resources read it.
+        definitions = load_definitions()
+        resources = {
+            **definitions.resources,
+            "source": DuckDBSource(database=str(source_path)),
+            "state_store": StateStore(root=str(state_root)),
+        }
         first = _materialize_audiences(definitions, per_audience, resources, instance, progress)
         changes = apply_round_two(source_path)
         progress(f"round two: source changed ({', '.join(f'{k} {n:,}' for k, n in changes.items())})")
@@ -82,15 +90,21 @@ def _firehose_components() -> list[FirehoseComponent]:
 
 
 @contextmanager
-def _aws(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
-    """AWS for the run: the endpoint `AWS_ENDPOINT_URL` names (a sandbox or AWS someone runs), else a
-    sandbox started here; each stream and its S3 bucket made there; a throwaway ledger key unless one is
-    set. The environment is restored afterwards."""
-    # One access-log line per Firehose call would bury the progress lines.
+def _endpoints(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
+    """Where the destinations send: the endpoints `AWS_ENDPOINT_URL` and `AMAZON_ADS_API_URL` name (a
+    sandbox or the real services someone runs), else a sandbox started here for whichever is unset,
+    with throwaway Login with Amazon credentials; each Firehose stream and its bucket made; a throwaway
+    ledger key unless one is set. The environment is restored afterwards."""
+    # One access-log line per API call would bury the progress lines.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    external = os.environ.get("AWS_ENDPOINT_URL")
-    sandbox = None if external else start_sandbox()
-    names = {} if sandbox is None else sandbox.env()
+    own_aws, own_ads = not os.environ.get("AWS_ENDPOINT_URL"), not os.environ.get(API_URL_ENV_VAR)
+    sandbox = start_sandbox() if own_aws or own_ads else None
+    names: dict[str, str] = {}
+    if own_aws:
+        names.update({k: v for k, v in sandbox.env().items() if k.startswith("AWS_")})
+    if own_ads:
+        names.update({API_URL_ENV_VAR: sandbox.ads_url, TOKEN_URL_ENV_VAR: sandbox.token_url})
+        names.update(dict.fromkeys((CLIENT_ID_ENV_VAR, CLIENT_SECRET_ENV_VAR, REFRESH_TOKEN_ENV_VAR), "demo"))
     if not os.environ.get(LEDGER_KEY_ENV_VAR):
         names[LEDGER_KEY_ENV_VAR] = Fernet.generate_key().decode()
     previous = {name: os.environ.get(name) for name in names}
