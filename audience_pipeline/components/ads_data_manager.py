@@ -1,0 +1,274 @@
+"""Amazon Ads Data Manager destination (Adobe's "Amazon Ads v2", seed 001): audiences as ADM datasets.
+
+One instance is one manager account; each routed audience is one ADM audience dataset, created on
+first use and found again by name afterwards. Its asset `ads_data_manager/<account>` is partitioned
+like `audience_snapshot` and runs (eager automation) whenever an audience's snapshot changes: the
+seed's streaming export.
+"""
+
+import re
+import time
+from typing import Literal
+
+import dagster as dg
+import requests
+from pydantic import Field, field_validator
+
+from audience_pipeline.clients.adm import AdmClient
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.components.audiences import (
+    SNAPSHOT_ASSET_KEY,
+    Audience,
+    AudiencesComponent,
+    find_audiences,
+    snapshot_state_key,
+)
+from audience_pipeline.identity import normalize_country
+from audience_pipeline.membership.adm_delivery import (
+    TARGET_IDENTITIES,
+    DeliveryInterrupted,
+    MemberRules,
+    adm_members,
+    deliver,
+    plan_delivery,
+)
+from audience_pipeline.membership.ledger import Ledger, LedgerConflict
+from audience_pipeline.resources.amazon_ads import AmazonAdsApi
+from audience_pipeline.resources.state_store import StateStore
+
+_DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,99}")
+
+
+class AdsDataManagerDeliveryConfig(dg.Config):
+    """Run configuration of an Ads Data Manager delivery."""
+
+    dry_run: bool = Field(
+        default=False,
+        description="Compute and report the changes and requests without calling Amazon or committing.",
+    )
+
+
+def dataset_name(audience: Audience) -> str:
+    """The ADM audience dataset name of an audience: its destination name made valid for
+    `^[A-Za-z][A-Za-z0-9_-]{4,99}$` (other characters become `_`; too short or not starting with a
+    letter gets an `audience_` prefix)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", audience.destination_name).strip("_")
+    if not _DATASET_NAME.fullmatch(name[:100]):
+        name = f"audience_{name}"
+    return name[:100]
+
+
+class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
+    """Sends the chosen audiences' members to Amazon Ads Data Manager as CREATE/DELETE.
+
+    The settings are Adobe's Amazon Ads v2 settings (seed 001). Login with Amazon secrets come from
+    the `amazon_ads` resource (`AMAZON_ADS_CLIENT_ID`, `_CLIENT_SECRET`, `_REFRESH_TOKEN`).
+    """
+
+    manager_account_id: str = Field(description="The target manager account (Amazon-Ads-Manager-Account-ID).")
+    consent: Literal["GRANTED", "DENIED"] = Field(
+        description=(
+            "All audience members sent to Amazon are consented for use for advertising: GRANTED or "
+            "DENIED. A member's own `amzn_ad_storage` / `amzn_user_data` columns override it."
+        )
+    )
+    country_code: str = Field(
+        default="US",
+        description="Country of the audience datasets (ISO alpha-2), and of members without one.",
+    )
+    audiences: list[int | str] = Field(
+        min_length=1,
+        description="Ids of the audiences (of the audiences component) sent to Ads Data Manager.",
+    )
+    identities: list[str] = Field(
+        default_factory=lambda: list(TARGET_IDENTITIES),
+        description=f"The seed's target identities to map (default: all): {', '.join(TARGET_IDENTITIES)}.",
+    )
+
+    @field_validator("manager_account_id")
+    @classmethod
+    def _check_account(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError("must be a manager account id such as amzn1.ads-account.g.xxxx, without spaces")
+        return value
+
+    @field_validator("country_code")
+    @classmethod
+    def _check_country(cls, value: str) -> str:
+        return normalize_country(value, "country_code")
+
+    @field_validator("audiences")
+    @classmethod
+    def _check_unique(cls, value: list[int | str]) -> list[int | str]:
+        keys = [str(v) for v in value]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"audience ids listed more than once: {', '.join(repeated)}")
+        return value
+
+    @field_validator("identities")
+    @classmethod
+    def _check_identities(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in TARGET_IDENTITIES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} not target identities (known: {', '.join(TARGET_IDENTITIES)})"
+            )
+        if not value:
+            raise ValueError("choose at least one target identity")
+        return value
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        """`ads_data_manager/<manager account>`, the account id made a valid asset key part."""
+        return dg.AssetKey(["ads_data_manager", re.sub(r"[^A-Za-z0-9_]", "_", self.manager_account_id)])
+
+    @property
+    def destination(self) -> str:
+        """The ledger's destination name: datasets belong to a manager account."""
+        return f"ads_data_manager/{self.manager_account_id}"
+
+    @property
+    def rules(self) -> MemberRules:
+        """What each member carries: the chosen identities and the consent asserted for all."""
+        return MemberRules(tuple(self.identities), self.consent, self.country_code)
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        """The delivery asset over the project's audiences."""
+        return dg.Definitions(assets=[self.build_asset(find_audiences(context))])
+
+    def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
+        """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids and
+        audiences whose dataset names collide fail here."""
+        known = {a.partition_key: a for a in audiences.audiences}
+        unknown = [str(a) for a in self.audiences if str(a) not in known]
+        if unknown:
+            raise dg.DagsterInvalidDefinitionError(
+                f"Ads Data Manager {self.manager_account_id}: `audiences` lists {', '.join(unknown)}, which "
+                f"the audiences component does not declare (it has {', '.join(sorted(known))})"
+            )
+        delivered = {str(a) for a in self.audiences}
+        names: dict[str, str] = {}
+        for key in sorted(delivered):
+            other = names.setdefault(dataset_name(known[key]), key)
+            if other != key:
+                raise dg.DagsterInvalidDefinitionError(
+                    f"Ads Data Manager {self.manager_account_id}: `audiences` {other} and {key} would share "
+                    f"the dataset name {dataset_name(known[key])}; give one a different external_name"
+                )
+
+        # Partitions are shared with the snapshot (one run materializes both); an audience not
+        # routed here is a partition that produces nothing.
+        @dg.asset(
+            key=self.asset_key,
+            partitions_def=audiences.partitions_def,
+            deps=[SNAPSHOT_ASSET_KEY],
+            automation_condition=dg.AutomationCondition.eager(),
+            group_name="deliver",
+            kinds={"amazon", "adm"},
+            owners=["team:audience-pipeline"],
+            pool="amazon_ads_api",
+            output_required=False,
+        )
+        def ads_data_manager_delivery(
+            context: dg.AssetExecutionContext,
+            config: AdsDataManagerDeliveryConfig,
+            state_store: StateStore,
+            amazon_ads: AmazonAdsApi,
+        ):
+            """Members of one audience in its Ads Data Manager audience dataset.
+
+            Builds each snapshot member's `userIdentity` (hashed PII, partner IDs) and `userConsent`;
+            diffs them against this account's ledger; finds or creates the dataset; sends removals
+            as DELETE and additions and identity changes as CREATE, ≤10,000 per request; commits the
+            members Amazon accepted (refused ones are rejects by Amazon's reason and stay pending);
+            records the dataset's match metrics. Metadata holds counts only.
+            """
+            if context.partition_key not in delivered:
+                context.log.info(f"audience {context.partition_key} is not delivered to Ads Data Manager")
+                return
+            yield self._deliver(context, config, state_store, amazon_ads, audiences)
+
+        return ads_data_manager_delivery
+
+    def _deliver(
+        self,
+        context: dg.AssetExecutionContext,
+        config: AdsDataManagerDeliveryConfig,
+        state_store: StateStore,
+        amazon_ads: AmazonAdsApi,
+        audiences: AudiencesComponent,
+    ) -> dg.MaterializeResult:
+        started = time.perf_counter()
+        audience = audiences.audience(context.partition_key)
+        snapshot = state_store.read_parquet(snapshot_state_key(audience.partition_key))
+        if snapshot is None:
+            raise dg.Failure(
+                f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
+            )
+        ledger = Ledger(state_store.store, self.destination, audience.partition_key)
+        state = ledger.load()
+        plan = plan_delivery(adm_members(snapshot, self.rules), state)
+        counts = plan.counts()
+        name = dataset_name(audience)
+        if config.dry_run:
+            context.log.info(f"dry run, nothing sent or committed: {counts} to dataset {name}")
+            return dg.MaterializeResult(
+                metadata={
+                    "dry_run": True,
+                    "dataset_name": name,
+                    **counts,
+                    "ledger_version": state.version,
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
+
+        api = amazon_ads.client()
+        adm = AdmClient(api, self.manager_account_id)
+        try:
+            # The description names the audience by its immutable id, never by its internal name.
+            description = f"audience_pipeline audience {audience.partition_key}"
+            dataset = adm.ensure_audience(name, self.country_code, description=description)
+            try:
+                outcome = deliver(
+                    plan, ledger, lambda members: adm.upload_members(dataset.data_set_id, members)
+                )
+            except DeliveryInterrupted as interrupted:
+                raise dg.Failure(
+                    f"Ads Data Manager refused a request for audience {audience.partition_key} "
+                    f"({interrupted.__cause__}); the {interrupted.outcome.members_sent} members sent before "
+                    "were committed, the rest are sent again on the next run"
+                ) from None
+            metrics = adm.metrics(dataset.data_set_id)
+        except (AmazonAdsApiError, requests.RequestException) as error:
+            raise dg.Failure(
+                f"Ads Data Manager call failed for audience {audience.partition_key}: {error}"
+            ) from None
+        except LedgerConflict as error:
+            raise dg.Failure(str(error)) from None
+        metadata = {
+            "dry_run": False,
+            "dataset_name": name,
+            "data_set_id": dataset.data_set_id,
+            **outcome.counts,
+            "members_sent": outcome.members_sent,
+            "rejected": outcome.rejected,
+            "rejects": dg.MetadataValue.json(outcome.rejects),
+            "requests": outcome.requests,
+            "retries": api.retries,
+            "match_rate": metrics.match_record_percentage,
+            "accepted_count": metrics.accepted_count,
+            "invalid_record_count": metrics.invalid_record_count,
+            "ledger_version": outcome.ledger_version,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        context.log.info(
+            f"audience {audience.partition_key} to ADM dataset {name}: "
+            f"{ {k: v for k, v in metadata.items() if k != 'rejects'} }"
+        )
+        if outcome.rejected:
+            context.log.warning(
+                f"Amazon refused {outcome.rejected} members ({outcome.rejects}); their changes stay pending "
+                "and are sent again on the next run"
+            )
+        return dg.MaterializeResult(metadata=metadata)
