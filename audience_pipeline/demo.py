@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import dagster as dg
 from cryptography.fernet import Fernet
 
 import audience_pipeline
+from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
 from audience_pipeline.components.firehose import FirehoseComponent
 from audience_pipeline.definitions import defs as load_definitions
@@ -58,9 +59,10 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
     # A fresh state folder each time, so every run of the demo starts from no deliveries.
     shutil.rmtree(state_root, ignore_errors=True)
 
-    streams = _firehose_components()
+    streams = _components(FirehoseComponent)
+    managers = _components(AdsDataManagerComponent)
     # Materialized together, in one run per audience partition.
-    per_audience = (SNAPSHOT_ASSET_KEY, *(stream.asset_key for stream in streams))
+    per_audience = (SNAPSHOT_ASSET_KEY, *(destination.asset_key for destination in (*streams, *managers)))
     with _endpoints(streams), _temporary_instance() as instance:
         # Loaded once the environment names the endpoints: the resources read it.
         definitions = load_definitions()
@@ -73,20 +75,28 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
         changes = apply_round_two(source_path)
         progress(f"round two: source changed ({', '.join(f'{k} {n:,}' for k, n in changes.items())})")
         second = _materialize_audiences(definitions, per_audience, resources, instance, progress)
-    firehose = [{k: m for k, m in found.items() if k != SNAPSHOT_ASSET_KEY} for found in (first, second)]
+    rounds = (first, second)
     return {
         "profiles": profiles,
         **_audience_report(second[SNAPSHOT_ASSET_KEY]),
-        "firehose": _firehose_report(firehose),
+        "firehose": _firehose_report([_of(found, streams) for found in rounds]),
+        "adm": _adm_report([_of(found, managers) for found in rounds]),
         "state": str(state_root),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
-def _firehose_components() -> list[FirehoseComponent]:
-    """The project's Firehose destinations, as declared under `defs/`."""
+def _components(kind: type[dg.Component]) -> list[Any]:
+    """The project's destinations of one kind, as declared under `defs/`."""
     tree = dg.ComponentTree.for_project(Path(audience_pipeline.__file__))
-    return list(tree.load_context.component_tree.get_all_components(FirehoseComponent))
+    return list(tree.load_context.component_tree.get_all_components(kind))
+
+
+def _of(
+    found: Mapping[dg.AssetKey, list[dg.AssetMaterialization]], destinations: Iterable[Any]
+) -> dict[dg.AssetKey, list[dg.AssetMaterialization]]:
+    """The materializations of these destinations' assets."""
+    return {d.asset_key: found.get(d.asset_key, []) for d in destinations}
 
 
 @contextmanager
@@ -161,6 +171,20 @@ def _firehose_report(rounds: Iterable[Mapping[dg.AssetKey, list[dg.AssetMaterial
                 sums[name] += materialization.metadata[name].value
         per_round.append({"messages_delivered": sums.pop("messages_sent"), **sums})
     return {name: sum(r[name] for r in per_round) for name in per_round[0]} | {"rounds": per_round}
+
+
+def _adm_report(rounds: Sequence[Mapping[dg.AssetKey, list[dg.AssetMaterialization]]]) -> dict[str, Any]:
+    """Members sent and refused over every round, and Amazon's match rate after the last (mean over
+    audiences, percent)."""
+    sent = [m for found in rounds for ms in found.values() for m in ms if not m.metadata["dry_run"].value]
+    last = [
+        m.metadata["match_rate"].value for ms in rounds[-1].values() for m in ms if "match_rate" in m.metadata
+    ]
+    return {
+        "members_sent": sum(m.metadata["members_sent"].value for m in sent),
+        "rejected": sum(m.metadata["rejected"].value for m in sent),
+        "match_rate": round(sum(last) / len(last), 2) if last else None,
+    }
 
 
 @contextmanager

@@ -30,6 +30,8 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path
     # The environment points the demo at endpoints someone else runs: the demo must use them.
     for name, value in sandbox.env().items():
         monkeypatch.setenv(name, value)
+    for name in ("AMAZON_ADS_CLIENT_ID", "AMAZON_ADS_CLIENT_SECRET", "AMAZON_ADS_REFRESH_TOKEN"):
+        monkeypatch.setenv(name, "external-sandbox")
     workdir = tmp_path / "demo"
 
     result = CliRunner().invoke(main, ["demo", "--json", "--profiles", "2000", "--workdir", str(workdir)])
@@ -45,6 +47,9 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path
     assert list(dagster_home.iterdir()) == []
     delivered = boto3.client("s3", endpoint_url=sandbox.aws_url).list_objects_v2(Bucket=FIREHOSE_BUCKET)
     assert delivered["KeyCount"] > 0 and report["firehose"]["messages_delivered"] > 0
+    assert report["adm"]["members_sent"] > 0 and report["adm"]["rejected"] == 0
+    assert 0 < report["adm"]["match_rate"] <= 100
+    assert sandbox.ads.state.family("adm"), "the members went to the sandbox the environment named"
     for audience in report["audiences"]:
         snapshot = pl.read_parquet(workdir / "state" / "snapshots" / f"{audience['id']}.parquet")
         assert snapshot.height == audience["members"]
