@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet
 import audience_pipeline
 from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
+from audience_pipeline.components.dsp import DspMobileAdIdsComponent
 from audience_pipeline.components.firehose import FirehoseComponent
 from audience_pipeline.definitions import defs as load_definitions
 from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
@@ -61,8 +62,15 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
 
     streams = _components(FirehoseComponent)
     managers = _components(AdsDataManagerComponent)
-    # Materialized together, in one run per audience partition.
-    per_audience = (SNAPSHOT_ASSET_KEY, *(destination.asset_key for destination in (*streams, *managers)))
+    advertisers = _components(DspMobileAdIdsComponent)
+    # Materialized together, in one run per audience partition. DSP changes go to a queue that a
+    # sensor flushes every two hours; the demo flushes it straight after, as a separate run.
+    per_audience = (
+        SNAPSHOT_ASSET_KEY,
+        *(destination.asset_key for destination in (*streams, *managers)),
+        *(advertiser.queue_key for advertiser in advertisers),
+    )
+    flushes = tuple(advertiser.flush_key for advertiser in advertisers)
     with _endpoints(streams), _temporary_instance() as instance:
         # Loaded once the environment names the endpoints: the resources read it.
         definitions = load_definitions()
@@ -71,16 +79,17 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
             "source": DuckDBSource(database=str(source_path)),
             "state_store": StateStore(root=str(state_root)),
         }
-        first = _materialize_audiences(definitions, per_audience, resources, instance, progress)
+        first = _materialize_audiences(definitions, (per_audience, flushes), resources, instance, progress)
         changes = apply_round_two(source_path)
         progress(f"round two: source changed ({', '.join(f'{k} {n:,}' for k, n in changes.items())})")
-        second = _materialize_audiences(definitions, per_audience, resources, instance, progress)
+        second = _materialize_audiences(definitions, (per_audience, flushes), resources, instance, progress)
     rounds = (first, second)
     return {
         "profiles": profiles,
         **_audience_report(second[SNAPSHOT_ASSET_KEY]),
         "firehose": _firehose_report([_of(found, streams) for found in rounds]),
         "adm": _adm_report([_of(found, managers) for found in rounds]),
+        "dsp": _dsp_report([{key: found.get(key, []) for key in flushes} for found in rounds]),
         "state": str(state_root),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -138,23 +147,27 @@ def _endpoints(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
 
 def _materialize_audiences(
     definitions: dg.Definitions,
-    keys: Iterable[dg.AssetKey],
+    steps: Iterable[Iterable[dg.AssetKey]],
     resources: Mapping[str, Any],
     instance: dg.DagsterInstance,
     progress: Callable[[str], None],
 ) -> dict[dg.AssetKey, list[dg.AssetMaterialization]]:
-    """Run the per-audience assets once per audience partition; their materializations by key."""
-    assets = [definitions.get_assets_def(key) for key in keys]
-    partition_keys = assets[0].partitions_def.get_partition_keys()
+    """For each audience partition, one run per step (a group of assets materialized together), in
+    order; their materializations by key."""
+    steps = [[definitions.get_assets_def(key) for key in step] for step in steps]
+    partition_keys = steps[0][0].partitions_def.get_partition_keys()
     found: dict[dg.AssetKey, list[dg.AssetMaterialization]] = defaultdict(list)
     for key in partition_keys:
-        result = dg.materialize(
-            assets, resources=resources, partition_key=key, instance=instance, run_config=_QUIET_LOGS
+        for assets in (step for step in steps if step):
+            result = dg.materialize(
+                assets, resources=resources, partition_key=key, instance=instance, run_config=_QUIET_LOGS
+            )
+            for event in result.get_asset_materialization_events():
+                materialization = event.materialization
+                found[materialization.asset_key].append(materialization)
+        progress(
+            f"audience {key}: materialized {', '.join(a.key.to_user_string() for s in steps for a in s)}"
         )
-        for event in result.get_asset_materialization_events():
-            materialization = event.materialization
-            found[materialization.asset_key].append(materialization)
-        progress(f"audience {key}: materialized {', '.join(a.key.to_user_string() for a in assets)}")
     return found
 
 
@@ -184,6 +197,18 @@ def _adm_report(rounds: Sequence[Mapping[dg.AssetKey, list[dg.AssetMaterializati
         "members_sent": sum(m.metadata["members_sent"].value for m in sent),
         "rejected": sum(m.metadata["rejected"].value for m in sent),
         "match_rate": round(sum(last) / len(last), 2) if last else None,
+    }
+
+
+def _dsp_report(rounds: Sequence[Mapping[dg.AssetKey, list[dg.AssetMaterialization]]]) -> dict[str, Any]:
+    """Patches sent and flushes made over every round, and DSP's match rate after the last flush of
+    each audience (mean over audiences, 0..1)."""
+    sent = [m for found in rounds for ms in found.values() for m in ms if not m.metadata["dry_run"].value]
+    last = {m.partition: m.metadata["match_rate"].value for m in sent if "match_rate" in m.metadata}
+    return {
+        "patches_sent": sum(m.metadata["patches_sent"].value for m in sent),
+        "flushes": len(sent),
+        "match_rate": round(sum(last.values()) / len(last), 4) if last else None,
     }
 
 

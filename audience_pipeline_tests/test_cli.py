@@ -49,6 +49,8 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path
     assert delivered["KeyCount"] > 0 and report["firehose"]["messages_delivered"] > 0
     assert report["adm"]["members_sent"] > 0 and report["adm"]["rejected"] == 0
     assert 0 < report["adm"]["match_rate"] <= 100
+    assert report["dsp"]["patches_sent"] > 0 and report["dsp"]["flushes"] >= 2
+    assert 0 < report["dsp"]["match_rate"] <= 1
     assert sandbox.ads.state.family("adm"), "the members went to the sandbox the environment named"
     for audience in report["audiences"]:
         snapshot = pl.read_parquet(workdir / "state" / "snapshots" / f"{audience['id']}.parquet")

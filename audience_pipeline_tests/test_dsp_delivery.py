@@ -1,0 +1,314 @@
+"""The Amazon DSP destination end to end against the sandbox: the MAIDs the DSP audience holds."""
+
+import os
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from audience_pipeline.clients import ads_api
+from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
+from audience_pipeline.components.dsp import DspMobileAdIdsComponent
+from audience_pipeline.membership.dsp_queue import DspQueue, audience_maids, enqueue
+from audience_pipeline.resources.amazon_ads import AmazonAdsApi
+from audience_pipeline.resources.duckdb_source import DuckDBSource
+from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.sandbox.profiles import PROFILES
+
+from .conftest import add_fault, journal
+
+US = PROFILES[0]
+IDFA_1 = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
+GAID_2 = "38400000-8cf0-11bd-b23e-10b96e40000d"
+IDFA_3 = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+IDFA_3_NEW = "aaaaaaaa-bbbb-4ccc-8ddd-ffffffffffff"
+ZEROED = "00000000-0000-0000-0000-000000000000"
+ROWS = [
+    # user_id, idfa, gaid, member
+    ("u1", IDFA_1.upper(), None, True),
+    ("u2", None, GAID_2, True),
+    ("u3", IDFA_3, None, True),
+    ("u4", ZEROED, None, True),  # limited ad tracking: nothing to send
+    ("u5", "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb", None, False),
+]
+HOUR = 3600.0
+
+
+def write_source(path, rows) -> None:
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("DROP TABLE IF EXISTS profiles")
+        conn.execute("CREATE TABLE profiles (user_id VARCHAR, idfa VARCHAR, gaid VARCHAR, member BOOLEAN)")
+        conn.executemany("INSERT INTO profiles VALUES (?, ?, ?, ?)", rows)
+
+
+class Clock:
+    """A frozen clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Pipeline:
+    """Snapshot, DSP queue and flush of one audience (id 7) over a tiny source, on the sandbox."""
+
+    def __init__(self, tmp_path, **settings):
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.source_path = tmp_path / "source.duckdb"
+        write_source(self.source_path, ROWS)
+        audiences = AudiencesComponent(
+            audiences=[
+                Audience(
+                    id=7,
+                    name="seven",
+                    external_name="Lucky Seven App",
+                    sql="SELECT * FROM profiles WHERE member",
+                )
+            ],
+            country_code="US",
+        )
+        defaults = {
+            "advertiser_id": 123456789,
+            "marketplace_profile_name": "US",
+            "profile_name": US["accountInfo"]["name"],
+            "audiences": [7],
+        }
+        self.component = DspMobileAdIdsComponent(**{**defaults, **settings})
+        self.clock = Clock()
+        self.snapshot = dg.build_defs_for_component(audiences).get_assets_def(SNAPSHOT_ASSET_KEY)
+        self.queue_asset = self.component.build_queue_asset(audiences, clock=self.clock)
+        self.flush_asset = self.component.build_flush_asset(audiences, clock=self.clock)
+        self.sensor = self.component.build_sensor(clock=self.clock)
+        self.state = StateStore(root=str(tmp_path / "state"))
+        self.resources = {
+            "source": DuckDBSource(database=str(self.source_path)),
+            "state_store": self.state,
+            "amazon_ads": AmazonAdsApi(
+                client_id=dg.EnvVar("AMAZON_ADS_CLIENT_ID"),
+                client_secret=dg.EnvVar("AMAZON_ADS_CLIENT_SECRET"),
+                refresh_token=dg.EnvVar("AMAZON_ADS_REFRESH_TOKEN"),
+                base_url=os.environ["AMAZON_ADS_API_URL"],
+                token_url=os.environ["AMAZON_ADS_TOKEN_URL"],
+            ),
+        }
+
+    def _run(self, assets, selection, dry_run=False, raise_on_error=True):
+        ops = {key.to_python_identifier(): {"config": {"dry_run": dry_run}} for key in selection}
+        return dg.materialize(
+            assets,
+            selection=selection,
+            partition_key="7",
+            resources=self.resources,
+            run_config={"ops": ops},
+            raise_on_error=raise_on_error,
+        )
+
+    def enqueue(self, dry_run=False) -> dict:
+        """Snapshot, then the queue asset."""
+        assets = [self.snapshot, self.queue_asset]
+        self._run(assets, [SNAPSHOT_ASSET_KEY])
+        return metadata(self._run(assets, [self.component.queue_key], dry_run), self.component.queue_key)
+
+    def flush(self, dry_run=False, raise_on_error=True):
+        return self._run(
+            [self.queue_asset, self.flush_asset], [self.component.flush_key], dry_run, raise_on_error
+        )
+
+    def queue(self):
+        return DspQueue(self.state.store, self.component.destination, "7").load()
+
+
+def metadata(result, key: dg.AssetKey) -> dict:
+    [materialization] = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
+    return {k: v.value for k, v in materialization.materialization.metadata.items()}
+
+
+def dsp_records(sandbox) -> dict:
+    return sandbox.ads.state.family("dsp")
+
+
+def held(sandbox) -> set[str]:
+    """The MAIDs of the sandbox's only DSP audience."""
+    [maids] = dsp_records(sandbox)["maids"].values()
+    return set(maids)
+
+
+@pytest.fixture
+def env(monkeypatch, sandbox):
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AMAZON_ADS_CLIENT_ID", "AMAZON_ADS_CLIENT_SECRET", "AMAZON_ADS_REFRESH_TOKEN"):
+        monkeypatch.setenv(name, "dummy")
+    # Backoff without real waits, so fault tests stay fast.
+    monkeypatch.setattr(ads_api.random, "uniform", lambda low, high: 0.0)
+
+
+@pytest.fixture
+def pipeline(tmp_path, env) -> Pipeline:
+    return Pipeline(tmp_path)
+
+
+def test_a_flush_leaves_dsp_holding_the_audiences_maids_and_round_two_sends_the_changes(pipeline, sandbox):
+    queued = pipeline.enqueue()
+    # The snapshot already rejected u4's zeroed IDFA; the DSP queue only counts what slips through.
+    assert (queued["added"], queued["removed"], queued["rejects_total"]) == (3, 0, 0)
+
+    first = metadata(pipeline.flush(), pipeline.component.flush_key)
+    assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
+    assert (first["patches_sent"], first["adds"], first["removes"], first["requests"]) == (3, 3, 0, 1)
+    assert 0.0 <= first["match_rate"] <= 1.0 and first["received"] == 3
+    assert pipeline.queue().frame.is_empty() and pipeline.queue().last_upload_at == int(pipeline.clock.now)
+    [audience] = dsp_records(sandbox)["audiences"].values()
+    assert (audience["advertiserId"], audience["metadata"]["externalAudienceId"]) == (123456789, "7")
+
+    # u2 leaves, u3's IDFA changes: remove GAID_2 and IDFA_3, add IDFA_3_NEW.
+    rows = [r for r in ROWS if r[0] != "u2"]
+    write_source(pipeline.source_path, [(u, IDFA_3_NEW if u == "u3" else i, g, m) for u, i, g, m in rows])
+    again = pipeline.enqueue()
+    assert (again["added"], again["removed"]) == (1, 2)
+    second = metadata(pipeline.flush(), pipeline.component.flush_key)
+    assert (second["adds"], second["removes"]) == (1, 2)
+    assert held(sandbox) == {IDFA_1, IDFA_3_NEW}
+    sent = [p["op"] for e in journal(sandbox.ads_url) if e["method"] == "PATCH" for p in e["body"]["patches"]]
+    assert sorted(sent) == ["add", "add", "add", "add", "remove", "remove"]
+    # The DSP audience was created once, and its id was remembered.
+    assert len(dsp_records(sandbox)["audiences"]) == 1
+
+
+def test_changes_are_queued_once_while_pending_and_undone_ones_leave_the_queue(pipeline):
+    pipeline.enqueue()
+    again = pipeline.enqueue()
+    assert (again["added"], again["removed"], again["queued"]) == (0, 0, 3)
+
+    write_source(pipeline.source_path, [r for r in ROWS if r[0] != "u1"])
+    undone = pipeline.enqueue()
+    # u1's addition was never sent, so it is dropped rather than followed by a removal.
+    assert (undone["added"], undone["removed"], undone["queued"]) == (0, 1, 2)
+    assert set(pipeline.queue().frame["maid"]) == {GAID_2, IDFA_3}
+
+
+def sensor_tick(pipeline, instance, cursor=None):
+    context = dg.build_sensor_context(
+        cursor=cursor, instance=instance, resources={"state_store": pipeline.state}
+    )
+    return pipeline.sensor(context)
+
+
+def test_the_sensor_flushes_on_time_or_on_size_and_not_otherwise(tmp_path, env):
+    pipeline = Pipeline(tmp_path, upload_interval="PT2H")
+    with dg.instance_for_test() as instance:
+        empty = sensor_tick(pipeline, instance)
+        assert (
+            not empty.run_requests
+            and "waiting for an upload interval of 7200 s" in empty.skip_reason.skip_message
+        )
+
+        pipeline.enqueue()
+        pipeline.clock.now += HOUR
+        early = sensor_tick(pipeline, instance, empty.cursor)
+        assert not early.run_requests and "7: 3 changes" in early.skip_reason.skip_message
+
+        pipeline.clock.now += HOUR
+        due = sensor_tick(pipeline, instance, early.cursor)
+        [request] = due.run_requests
+        assert request.partition_key == "7" and request.asset_selection == [pipeline.component.flush_key]
+        assert "since the oldest queued change" in request.tags["dsp/flush_reason"]
+        # Not requested twice while that flush has not run.
+        assert not sensor_tick(pipeline, instance, due.cursor).run_requests
+
+        pipeline.flush()
+        pipeline.clock.now += 60
+        write_source(pipeline.source_path, [r for r in ROWS if r[0] != "u1"])
+        pipeline.enqueue()
+        after = sensor_tick(pipeline, instance, due.cursor)
+        assert not after.run_requests and "7: 1 changes" in after.skip_reason.skip_message
+        pipeline.clock.now += 2 * HOUR
+        [late] = sensor_tick(pipeline, instance, after.cursor).run_requests
+        assert "since the last upload" in late.tags["dsp/flush_reason"]
+
+    small = Pipeline(tmp_path / "small", queue_size_limit_bytes=200)
+    with dg.instance_for_test() as instance:
+        small.enqueue()
+        [request] = sensor_tick(small, instance).run_requests
+        assert "reached the limit of 200" in request.tags["dsp/flush_reason"]
+
+
+def test_throttling_and_server_errors_on_patch_lose_nothing(pipeline, sandbox):
+    pipeline.enqueue()
+    add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=429, count=1, retry_after=0)
+    add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=503, count=1)
+    result = metadata(pipeline.flush(), pipeline.component.flush_key)
+    assert result["retries"] == 2 and result["patches_sent"] == 3
+    assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
+
+    write_source(pipeline.source_path, [r for r in ROWS if r[0] != "u1"])
+    pipeline.enqueue()
+    add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=500, count=6)
+    failed = pipeline.flush(raise_on_error=False)
+    assert not failed.success
+    assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
+    assert list(pipeline.queue().frame["maid"]) == [IDFA_1]
+
+    retried = metadata(pipeline.flush(), pipeline.component.flush_key)
+    assert (retried["removes"], retried["queued_left"]) == (1, 0)
+    assert held(sandbox) == {GAID_2, IDFA_3}
+    assert len(dsp_records(sandbox)["audiences"]) == 1
+
+
+def test_dry_run_sends_and_writes_nothing(pipeline, sandbox):
+    planned = pipeline.enqueue(dry_run=True)
+    assert (planned["dry_run"], planned["added"]) == (True, 3)
+    assert pipeline.queue().frame.is_empty()
+
+    pipeline.enqueue()
+    dry = metadata(pipeline.flush(dry_run=True), pipeline.component.flush_key)
+    assert (dry["dry_run"], dry["adds"], dry["requests"], dry["projected_audience_size"]) == (True, 3, 1, 3)
+    assert [e for e in journal(sandbox.ads_url) if "/v2/" in e["path"]] == []
+    assert pipeline.queue().frame.height == 3
+
+
+def test_an_unknown_profile_fails_naming_the_setting(tmp_path, env):
+    pipeline = Pipeline(tmp_path, profile_name="Nobody")
+    pipeline.enqueue()
+    failed = pipeline.flush(raise_on_error=False)
+    [failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert "`profile_name`" in failure.step_failure_data.error.message
+    wrong_market = Pipeline(tmp_path / "m", marketplace_profile_name="FR")
+    wrong_market.enqueue()
+    [failure] = [e for e in wrong_market.flush(raise_on_error=False).all_events if e.is_step_failure]
+    assert "`marketplace_profile_name`" in failure.step_failure_data.error.message
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("region", "US"), ("upload_interval", "soon"), ("upload_interval", 0), ("queue_size_limit_bytes", 0)],
+)
+def test_bad_settings_fail_at_load_naming_the_setting(setting, value):
+    settings = {"advertiser_id": 1, "marketplace_profile_name": "US", "profile_name": "x", "audiences": [7]}
+    with pytest.raises(ValidationError, match=setting):
+        DspMobileAdIdsComponent(**{**settings, setting: value})
+
+
+def test_zeroed_and_malformed_maids_are_rejects_and_shared_maids_one_member():
+    snapshot = pl.DataFrame(
+        {
+            "user_id": ["a", "b", "c", "d"],
+            "idfa": [IDFA_1, ZEROED, "not-a-uuid", IDFA_1],
+            "gaid": [GAID_2, None, None, None],
+        }
+    )
+    found = audience_maids(snapshot)
+    assert sorted(found.maids) == sorted([IDFA_1, GAID_2])
+    assert found.rejects == {"zeroed_maid": 1, "invalid_maid": 1}
+
+    queued = enqueue(
+        pl.DataFrame(schema={"maid": pl.String, "op": pl.String, "queued_at": pl.Int64}),
+        pl.Series([GAID_2, IDFA_3]),
+        found.maids,
+        now=5,
+    )
+    assert sorted(queued.frame.select("maid", "op").rows()) == [(IDFA_1, "add"), (IDFA_3, "remove")]
