@@ -21,7 +21,7 @@ from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
     find_audiences,
-    snapshot_state_key,
+    read_snapshot,
 )
 from audience_pipeline.identity import normalize_country
 from audience_pipeline.membership.adm_delivery import (
@@ -140,14 +140,8 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
         """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids and
         audiences whose dataset names collide fail here."""
+        delivered = audiences.routed(self.audiences, f"Ads Data Manager {self.manager_account_id}")
         known = {a.partition_key: a for a in audiences.audiences}
-        unknown = [str(a) for a in self.audiences if str(a) not in known]
-        if unknown:
-            raise dg.DagsterInvalidDefinitionError(
-                f"Ads Data Manager {self.manager_account_id}: `audiences` lists {', '.join(unknown)}, which "
-                f"the audiences component does not declare (it has {', '.join(sorted(known))})"
-            )
-        delivered = {str(a) for a in self.audiences}
         names: dict[str, str] = {}
         for key in sorted(delivered):
             other = names.setdefault(dataset_name(known[key]), key)
@@ -201,11 +195,7 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
         audience = audiences.audience(context.partition_key)
-        snapshot = state_store.read_parquet(snapshot_state_key(audience.partition_key))
-        if snapshot is None:
-            raise dg.Failure(
-                f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
-            )
+        snapshot = read_snapshot(state_store, audience)
         ledger = Ledger(state_store.store, self.destination, audience.partition_key)
         state = ledger.load()
         plan = plan_delivery(adm_members(snapshot, self.rules), state)

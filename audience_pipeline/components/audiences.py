@@ -1,7 +1,8 @@
 """Audiences: the YAML list of audiences and the snapshot asset partitioned by audience id.
 
 Other components get the same audiences with `find_audiences(context)`: its `partitions_def` is
-the one their per-audience assets must share, and `snapshot_state_key` says where a snapshot is.
+the one their per-audience assets must share, `routed` checks the audiences a destination names, and
+`read_snapshot` / `snapshot_state_key` give an audience's snapshot.
 """
 
 import re
@@ -122,6 +123,18 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
         """One partition per audience, keyed by audience id, in declaration order."""
         return dg.StaticPartitionsDefinition([a.partition_key for a in self.audiences])
 
+    def routed(self, audience_ids: list[int | str], destination: str) -> set[str]:
+        """The partition keys of the audiences a destination takes; ids the component does not declare
+        fail the definitions, naming the destination and its `audiences` setting."""
+        known = {a.partition_key for a in self.audiences}
+        unknown = [str(a) for a in audience_ids if str(a) not in known]
+        if unknown:
+            raise dg.DagsterInvalidDefinitionError(
+                f"{destination}: `audiences` lists {', '.join(unknown)}, which the audiences component "
+                f"does not declare (it has {', '.join(sorted(known))})"
+            )
+        return {str(a) for a in audience_ids}
+
     def audience(self, partition_key: str) -> Audience:
         """The audience whose partition key this is."""
         for audience in self.audiences:
@@ -196,6 +209,16 @@ def run_audience_query(source: DuckDBSource, audience: Audience) -> pl.DataFrame
             f"{_describe(audience)}: its `sql` failed with {type(e).__name__} "
             "(message withheld: it may quote source data)"
         ) from None
+
+
+def read_snapshot(state_store: StateStore, audience: Audience) -> pl.DataFrame:
+    """An audience's current snapshot; a run before its first snapshot fails saying what to do."""
+    snapshot = state_store.read_parquet(snapshot_state_key(audience.partition_key))
+    if snapshot is None:
+        raise dg.Failure(
+            f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
+        )
+    return snapshot
 
 
 def snapshot_state_key(partition_key: str) -> str:

@@ -25,7 +25,7 @@ from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
     find_audiences,
-    snapshot_state_key,
+    read_snapshot,
 )
 from audience_pipeline.membership.dsp_delivery import flush, plan_flush
 from audience_pipeline.membership.dsp_queue import (
@@ -142,14 +142,7 @@ class DspMobileAdIdsComponent(dg.Component, dg.Model, dg.Resolvable):
         )
 
     def _delivered(self, audiences: AudiencesComponent) -> set[str]:
-        known = {a.partition_key for a in audiences.audiences}
-        unknown = [str(a) for a in self.audiences if str(a) not in known]
-        if unknown:
-            raise dg.DagsterInvalidDefinitionError(
-                f"DSP advertiser {self.advertiser_id}: `audiences` lists {', '.join(unknown)}, which the "
-                f"audiences component does not declare (it has {', '.join(sorted(known))})"
-            )
-        return {str(a) for a in self.audiences}
+        return audiences.routed(self.audiences, f"DSP advertiser {self.advertiser_id}")
 
     def build_queue_asset(
         self, audiences: AudiencesComponent, clock: Callable[[], float] = time.time
@@ -192,11 +185,7 @@ class DspMobileAdIdsComponent(dg.Component, dg.Model, dg.Resolvable):
         audience: Audience,
         clock: Callable[[], float],
     ) -> dg.MaterializeResult:
-        snapshot = state_store.read_parquet(snapshot_state_key(audience.partition_key))
-        if snapshot is None:
-            raise dg.Failure(
-                f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
-            )
+        snapshot = read_snapshot(state_store, audience)
         found = audience_maids(snapshot)
         delivered = Ledger(state_store.store, self.destination, audience.partition_key).load()
         queue = DspQueue(state_store.store, self.destination, audience.partition_key)

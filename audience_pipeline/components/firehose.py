@@ -15,8 +15,8 @@ from audience_pipeline.components.audiences import (
     SNAPSHOT_ASSET_KEY,
     AudiencesComponent,
     find_audiences,
+    read_snapshot,
     run_audience_query,
-    snapshot_state_key,
 )
 from audience_pipeline.membership.firehose_delivery import (
     FirehoseTarget,
@@ -167,14 +167,7 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
         """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids fail here."""
-        known = {a.partition_key for a in audiences.audiences}
-        unknown = [str(a) for a in self.audiences if str(a) not in known]
-        if unknown:
-            raise dg.DagsterInvalidDefinitionError(
-                f"Firehose {self.delivery_stream_name}: `audiences` lists {', '.join(unknown)}, which the "
-                f"audiences component does not declare (it has {', '.join(sorted(known))})"
-            )
-        delivered = {str(a) for a in self.audiences}
+        delivered = audiences.routed(self.audiences, f"Firehose {self.delivery_stream_name}")
 
         # Partitions are shared with the snapshot (one run materializes both); an audience this
         # stream does not take is a partition that produces nothing.
@@ -220,11 +213,7 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
         audience = audiences.audience(context.partition_key)
-        snapshot = state_store.read_parquet(snapshot_state_key(audience.partition_key))
-        if snapshot is None:
-            raise dg.Failure(
-                f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
-            )
+        snapshot = read_snapshot(state_store, audience)
         try:
             cipher = PayloadCipher(dg.EnvVar(LEDGER_KEY_ENV_VAR).get_value())
         except LedgerKeyError as error:
