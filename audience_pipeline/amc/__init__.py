@@ -1,0 +1,1 @@
+"""Amazon Marketing Cloud advertiser datasets: definitions and query-schema compatibility."""
