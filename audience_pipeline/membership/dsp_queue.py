@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from audience_pipeline.clients.dsp import maid_patch
+from audience_pipeline.identity import normalize_identities
 from audience_pipeline.identity.rules import ZEROED_MAID
 from audience_pipeline.membership.ledger import ledger_key
 from audience_pipeline.membership.store import ParquetStore, RevisionConflict
@@ -27,7 +28,6 @@ from audience_pipeline.membership.store import ParquetStore, RevisionConflict
 MAID_COLUMNS = ("idfa", "gaid")
 QUEUE_SCHEMA = pl.Schema({"maid": pl.String, "op": pl.String, "queued_at": pl.Int64})
 ADD, REMOVE = "add", "remove"
-_CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _LAST_UPLOAD_KEY = "last_upload_at"
 # A patch's size as sent, with the widest audience id (19 digits): the queue size is what a flush sends.
 _PATCH_BYTES = {op: len(json.dumps(maid_patch(op, ZEROED_MAID, 10**18)).encode()) + 2 for op in (ADD, REMOVE)}
@@ -55,19 +55,10 @@ def audience_maids(snapshot: pl.DataFrame) -> AudienceMaids:
     values = pl.concat(
         [pl.Series("maid", [], pl.String), *(snapshot.get_column(c).cast(pl.String) for c in columns)]
     ).drop_nulls()
-    frame = pl.DataFrame({"maid": values.alias("maid")})
-    reason = (
-        pl.when(pl.col("maid") == ZEROED_MAID)
-        .then(pl.lit("zeroed_maid"))
-        .when(~pl.col("maid").str.contains(_CANONICAL_UUID))
-        .then(pl.lit("invalid_maid"))
-    )
-    classified = frame.with_columns(reason=reason)
-    rejects = {
-        row["reason"]: row["len"]
-        for row in classified.filter(pl.col("reason").is_not_null()).group_by("reason").len().to_dicts()
-    }
-    maids = classified.filter(pl.col("reason").is_null()).get_column("maid").unique(maintain_order=True)
+    # The identity engine's own mobile-ad-ID rule decides what is valid, so both agree by construction.
+    checked = normalize_identities(pl.DataFrame({"idfa": values}), fields=["idfa"])
+    rejects = dict(checked.reject_counts().get("idfa", {}))
+    maids = checked.frame.get_column("idfa").drop_nulls().unique(maintain_order=True).alias("maid")
     return AudienceMaids(maids, rejects)
 
 
