@@ -126,14 +126,25 @@ def _endpoints(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
         names.update(dict.fromkeys((CLIENT_ID_ENV_VAR, CLIENT_SECRET_ENV_VAR, REFRESH_TOKEN_ENV_VAR), "demo"))
     if not os.environ.get(LEDGER_KEY_ENV_VAR):
         names[LEDGER_KEY_ENV_VAR] = Fernet.generate_key().decode()
-    previous = {name: os.environ.get(name) for name in names}
-    os.environ.update(names)
     try:
-        endpoint = os.environ["AWS_ENDPOINT_URL"]
-        firehose, s3 = (boto3.client(kind, endpoint_url=endpoint) for kind in ("firehose", "s3"))
-        for stream in streams:
-            name = stream.delivery_stream_name
-            create_firehose_stream(firehose, s3, name, f"{name}-bucket".lower())
+        with _environ(names):
+            endpoint = os.environ["AWS_ENDPOINT_URL"]
+            firehose, s3 = (boto3.client(kind, endpoint_url=endpoint) for kind in ("firehose", "s3"))
+            for stream in streams:
+                name = stream.delivery_stream_name
+                create_firehose_stream(firehose, s3, name, f"{name}-bucket".lower())
+            yield
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+@contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """These environment variables set meanwhile; each one's earlier value (or absence) restored."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
         yield
     finally:
         for name, value in previous.items():
@@ -141,8 +152,6 @@ def _endpoints(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        if sandbox is not None:
-            sandbox.stop()
 
 
 def _materialize_audiences(
@@ -216,18 +225,10 @@ def _dsp_report(rounds: Sequence[Mapping[dg.AssetKey, list[dg.AssetMaterializati
 def _temporary_instance() -> Iterator[dg.DagsterInstance]:
     """A throwaway Dagster instance, with DAGSTER_HOME pointing at it meanwhile so that nothing
     Dagster writes on the side (telemetry, logs) lands in the user's home either."""
-    previous = os.environ.get("DAGSTER_HOME")
     with tempfile.TemporaryDirectory(prefix="dagster_home_") as home:
         Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        os.environ["DAGSTER_HOME"] = home
-        try:
-            with dg.DagsterInstance.get() as instance:
-                yield instance
-        finally:
-            if previous is None:
-                del os.environ["DAGSTER_HOME"]
-            else:
-                os.environ["DAGSTER_HOME"] = previous
+        with _environ({"DAGSTER_HOME": home}), dg.DagsterInstance.get() as instance:
+            yield instance
 
 
 def _audience_report(snapshots: Iterable[dg.AssetMaterialization]) -> dict[str, Any]:
