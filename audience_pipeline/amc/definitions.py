@@ -139,6 +139,20 @@ class DatasetDefinition(_Model):
         except ValidationError as error:
             raise InvalidDefinition(_describe(error)) from None
 
+    @classmethod
+    def from_api(cls, dataset: dict[str, Any]) -> "DatasetDefinition":
+        """The definition of a dataset as AMC returns it, without the fields AMC adds.
+
+        `GET /dataSets/{id}` answers with bookkeeping (instanceId, createdAt, ...) and may gain
+        fields over time; only what a definition holds is kept, so an existing dataset is always
+        readable while a configured definition stays strict.
+        """
+        top = {alias for name, f in cls.model_fields.items() for alias in (name, f.alias) if alias}
+        known = {alias for name, f in Column.model_fields.items() for alias in (name, f.alias) if alias}
+        known.add("isNullable")
+        columns = [{k: v for k, v in column.items() if k in known} for column in dataset.get("columns") or []]
+        return cls.parse({**{k: v for k, v in dataset.items() if k in top}, "columns": columns})
+
     @property
     def main_event_time(self) -> Column | None:
         """The main event time column, present exactly when the dataset is FACT."""

@@ -4,6 +4,11 @@ A thin layer over `AdsApiClient` that sets the AMC headers, pages through lists 
 documented variants of statuses (`SUCCESS` or `COMPLETED`, `PENDING` or `IN_PROGRESS`, ...).
 Calls that create something are never repeated after a 5xx: look it up first (`find_audience`,
 `get_dataset`, `list_uploads`).
+
+AMC accounts (seed 003: "if you leave the account id blank, the first account of the instance is
+used"): `GET /amc/accounts?nextToken` with only the bearer token and client id →
+`{"amcAccounts": [{"accountId", "accountName", "marketplaceId"}], "nextToken"}`. `accountId` is the
+`Amazon-Advertising-API-AdvertiserId` of the data upload calls; see `first_amc_account`.
 """
 
 from collections.abc import Iterator, Mapping
@@ -89,6 +94,39 @@ class Audience(TypedDict, total=False):
     createTime: str
 
 
+def _paged(
+    api: AdsApiClient, method: str, path: str, key: str, params: Mapping[str, Any], **kwargs: Any
+) -> Iterator[Any]:
+    """The `key` items of every page of a list call, following `nextToken`."""
+    token = None
+    while True:
+        query = {**params, **({"nextToken": token} if token else {})}
+        body = api.request(method, path, params=query, **kwargs) or {}
+        yield from body.get(key) or []
+        token = body.get("nextToken")
+        if not token:
+            return
+
+
+def list_amc_accounts(api: AdsApiClient) -> list[dict[str, Any]]:
+    """Every AMC account these credentials reach: `{"accountId", "accountName", "marketplaceId"}`."""
+    return list(_paged(api, "GET", "/amc/accounts", "amcAccounts", {}))
+
+
+def first_amc_account(api: AdsApiClient) -> dict[str, Any]:
+    """The account to use when the `account_id` setting is blank: the first one Amazon lists.
+
+    Raises LookupError when the credentials reach no AMC account.
+    """
+    accounts = list_amc_accounts(api)
+    if not accounts:
+        raise LookupError(
+            "GET /amc/accounts lists no AMC account for these credentials: set account_id, or grant the "
+            "Login with Amazon user access to the AMC instance"
+        )
+    return accounts[0]
+
+
 class AmcClient:
     """One AMC instance, reached through an `AdsApiClient`."""
 
@@ -118,14 +156,7 @@ class AmcClient:
     def _pages(
         self, method: str, path: str, key: str, params: Mapping[str, Any], **kwargs: Any
     ) -> Iterator[Any]:
-        token = None
-        while True:
-            query = {**params, **({"nextToken": token} if token else {})}
-            body = self.api.request(method, path, params=query, **kwargs) or {}
-            yield from body.get(key) or []
-            token = body.get("nextToken")
-            if not token:
-                return
+        return _paged(self.api, method, path, key, params, **kwargs)
 
     # --- datasets ------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
 
 
-def _country_setting(value: str | None) -> str | None:
+def country_setting(value: str | None) -> str | None:
     """A configured country as alpha-2, so a typo fails at load time rather than in every run."""
     return normalize_country(value, "country_code") if value is not None else None
 
@@ -74,7 +74,7 @@ class Audience(dg.Model):
     @field_validator("country_code")
     @classmethod
     def _check_country(cls, value: str | None) -> str | None:
-        return _country_setting(value)
+        return country_setting(value)
 
     @property
     def partition_key(self) -> str:
@@ -116,7 +116,7 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
     @field_validator("country_code")
     @classmethod
     def _check_country(cls, value: str | None) -> str | None:
-        return _country_setting(value)
+        return country_setting(value)
 
     @property
     def partitions_def(self) -> dg.StaticPartitionsDefinition:

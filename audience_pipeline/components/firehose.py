@@ -18,6 +18,7 @@ from audience_pipeline.components.audiences import (
     read_snapshot,
     run_audience_query,
 )
+from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
 from audience_pipeline.membership.firehose_delivery import (
     FirehoseTarget,
     deliver,
@@ -31,10 +32,6 @@ from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
-_ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# What an AWS access key id looks like: such a value is a secret pasted where a variable name belongs.
-_ACCESS_KEY = re.compile(r"(AKIA|ASIA)[A-Z0-9]{16}")
 
 
 class FirehoseDeliveryConfig(dg.Config):
@@ -97,19 +94,12 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
     @field_validator("region")
     @classmethod
     def _check_region(cls, value: str) -> str:
-        if not _REGION.fullmatch(value):
-            raise ValueError(f"{value!r} is not an AWS region such as us-east-1")
-        return value
+        return check_region(value)
 
     @field_validator("access_key_id", "secret_access_key")
     @classmethod
     def _check_env_var_name(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if _ACCESS_KEY.fullmatch(value) or not _ENV_VAR_NAME.fullmatch(value):
-            # Never echo the value: it may be the secret itself.
-            raise ValueError("must be the name of an environment variable holding the secret, not the secret")
-        return value
+        return check_env_var_name(value)
 
     @field_validator("endpoint_url")
     @classmethod
@@ -284,11 +274,7 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def _credentials(self) -> tuple[str | None, str | None]:
         """The access key pair from the named environment variables, or (None, None) for boto3's chain."""
-        values = []
-        settings = {"access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key}
-        for setting, name in settings.items():
-            value = dg.EnvVar(name).get_value() if name else None
-            if name and not value:
-                raise dg.Failure(f"Firehose setting `{setting}`: environment variable {name} is not set")
-            values.append(value)
-        return values[0], values[1]
+        return (
+            env_secret("Firehose", "access_key_id", self.access_key_id),
+            env_secret("Firehose", "secret_access_key", self.secret_access_key),
+        )

@@ -1,11 +1,15 @@
 """Read-only DuckDB access to the data audiences are selected from."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import polars as pl
 from pydantic import Field
+
+from audience_pipeline.batches import frames
 
 SOURCE_ENV_VAR = "AUDIENCE_PIPELINE_SOURCE"
 DEFAULT_SOURCE = "data/sample.duckdb"
@@ -43,6 +47,18 @@ class DuckDBSource(dg.ConfigurableResource):
             self._prepare(conn)
             return conn.sql(sql).pl()
 
+    @contextmanager
+    def stream(self, sql: str, rows: int = 250_000) -> Iterator["QueryStream"]:
+        """Run one query and read its result a frame of about `rows` rows at a time.
+
+        For results that need not fit in memory (AMC uploads): the connection stays open while the
+        caller iterates `QueryStream.frames`, inside the `with` block.
+        """
+        with duckdb.connect(":memory:") as conn:
+            self._prepare(conn)
+            reader = conn.sql(sql).to_arrow_reader(rows)
+            yield QueryStream(pl.from_arrow(reader.schema.empty_table()).schema, frames(reader, rows))
+
     def _prepare(self, conn: duckdb.DuckDBPyConnection) -> None:
         if self.database is not None:
             if "://" not in self.database and not Path(self.database).exists():
@@ -58,3 +74,10 @@ class DuckDBSource(dg.ConfigurableResource):
             conn.execute("SET search_path = 'memory.main,source.main'")
         for statement in self.setup:
             conn.execute(statement)
+
+
+class QueryStream:
+    """A query's result schema, and its rows as an iterator of polars frames."""
+
+    def __init__(self, schema: pl.Schema, frames: Iterator[pl.DataFrame]):
+        self.schema, self.frames = schema, frames

@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
-from audience_pipeline.sandbox import adm, amc, auth, dsp, profiles, rule_based
+from audience_pipeline.sandbox import adm, amc, amc_accounts, auth, dsp, profiles, rule_based
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.errors import STATUS_CODES, ApiError, error_response, family_of
 from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
@@ -37,7 +37,7 @@ def create_app(sandbox: AdsSandbox) -> SandboxMiddleware:
     """The WSGI application of the Amazon Ads API emulator."""
     app = Flask(__name__)
     app.config["SANDBOX"] = sandbox
-    for family in (auth, profiles, amc, rule_based, adm, dsp):
+    for family in (auth, profiles, amc, amc_accounts, rule_based, adm, dsp):
         app.register_blueprint(family.blueprint)
 
     @app.before_request

@@ -59,3 +59,14 @@ def create_firehose_stream(firehose, s3, name: str, bucket: str) -> None:
     except ClientError as error:
         if error.response["Error"]["Code"] != "ResourceInUseException":
             raise
+
+
+def create_amc_bucket(s3, bucket: str, instance_id: str) -> None:
+    """The bucket an AMC instance reads uploads from, tagged `instance=<instance_id>` as seed 003 sets
+    it up (made unless it exists; re-tagged either way). Takes a boto3 S3 client."""
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "instance", "Value": instance_id}]})
