@@ -8,6 +8,7 @@ report is one dict with a section per stage; a destination adds its section by r
 assets' materialization metadata the way `_audience_report` does.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from cryptography.fernet import Fernet
 
 import audience_pipeline
 from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent
+from audience_pipeline.components.amc import AmazonMarketingCloudComponent
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
 from audience_pipeline.components.dsp import DspMobileAdIdsComponent
 from audience_pipeline.components.firehose import FirehoseComponent
@@ -40,7 +42,7 @@ from audience_pipeline.resources.amazon_ads import (
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sample_data import apply_round_two, write_sample_data
-from audience_pipeline.sandbox.aws import create_firehose_stream
+from audience_pipeline.sandbox.aws import create_amc_bucket, create_firehose_stream
 from audience_pipeline.sandbox.server import start_sandbox
 
 # Dagster's per-event debug lines would bury the summary; warnings and errors still show.
@@ -63,6 +65,7 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
     streams = _components(FirehoseComponent)
     managers = _components(AdsDataManagerComponent)
     advertisers = _components(DspMobileAdIdsComponent)
+    clouds = _components(AmazonMarketingCloudComponent)
     # Materialized together, in one run per audience partition. DSP changes go to a queue that a
     # sensor flushes every two hours; the demo flushes it straight after, as a separate run.
     per_audience = (
@@ -71,7 +74,7 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
         *(advertiser.queue_key for advertiser in advertisers),
     )
     flushes = tuple(advertiser.flush_key for advertiser in advertisers)
-    with _endpoints(streams), _temporary_instance() as instance:
+    with _endpoints(streams, clouds), _temporary_instance() as instance:
         # Loaded once the environment names the endpoints: the resources read it.
         definitions = load_definitions()
         resources = {
@@ -83,6 +86,7 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
         changes = apply_round_two(source_path)
         progress(f"round two: source changed ({', '.join(f'{k} {n:,}' for k, n in changes.items())})")
         second = _materialize_audiences(definitions, (per_audience, flushes), resources, instance, progress)
+        amc = _run_amc(definitions, clouds, resources, instance, progress)
     rounds = (first, second)
     return {
         "profiles": profiles,
@@ -90,6 +94,7 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
         "firehose": _firehose_report([_of(found, streams) for found in rounds]),
         "adm": _adm_report([_of(found, managers) for found in rounds]),
         "dsp": _dsp_report([{key: found.get(key, []) for key in flushes} for found in rounds]),
+        "amc": amc,
         "state": str(state_root),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -109,11 +114,14 @@ def _of(
 
 
 @contextmanager
-def _endpoints(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
+def _endpoints(
+    streams: Iterable[FirehoseComponent], clouds: Iterable[AmazonMarketingCloudComponent]
+) -> Iterator[None]:
     """Where the destinations send: the endpoints `AWS_ENDPOINT_URL` and `AMAZON_ADS_API_URL` name (a
     sandbox or the real services someone runs), else a sandbox started here for whichever is unset,
-    with throwaway Login with Amazon credentials; each Firehose stream and its bucket made; a throwaway
-    ledger key unless one is set. The environment is restored afterwards."""
+    with throwaway Login with Amazon credentials; each Firehose stream and its bucket made, and each
+    AMC upload bucket; a throwaway ledger key unless one is set. The environment is restored
+    afterwards."""
     # One access-log line per API call would bury the progress lines.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     own_aws, own_ads = not os.environ.get("AWS_ENDPOINT_URL"), not os.environ.get(API_URL_ENV_VAR)
@@ -133,6 +141,9 @@ def _endpoints(streams: Iterable[FirehoseComponent]) -> Iterator[None]:
             for stream in streams:
                 name = stream.delivery_stream_name
                 create_firehose_stream(firehose, s3, name, f"{name}-bucket".lower())
+            for cloud in clouds:
+                if cloud.bucket:
+                    create_amc_bucket(s3, cloud.bucket, cloud.instance_id)
             yield
     finally:
         if sandbox is not None:
@@ -180,6 +191,84 @@ def _materialize_audiences(
     return found
 
 
+def _run_amc(
+    definitions: dg.Definitions,
+    clouds: Iterable[AmazonMarketingCloudComponent],
+    resources: Mapping[str, Any],
+    instance: dg.DagsterInstance,
+    progress: Callable[[str], None],
+) -> dict[str, list[dict[str, Any]]]:
+    """Every AMC target run in turn (uploads, then deletions, then audiences) and followed to its
+    final state by the job status sensor, ticked here as the Dagster daemon would; the report of
+    where each ended."""
+    report: dict[str, list[dict[str, Any]]] = {"uploads": [], "deletions": [], "audiences": []}
+    for cloud in clouds:
+        sensor = definitions.resolve_sensor_def(cloud.sensor_name)
+        cursor = None
+        for stage, targets in (
+            ("uploads", cloud.uploads),
+            ("deletions", cloud.deletions),
+            ("audiences", cloud.audiences),
+        ):
+            if not targets:
+                continue
+            assets = [definitions.get_assets_def(target.asset_key) for target in targets]
+            result = dg.materialize(assets, resources=resources, instance=instance, run_config=_QUIET_LOGS)
+            final = {
+                e.asset_key: e.materialization.metadata for e in result.get_asset_materialization_events()
+            }
+            cursor, observed = _follow(sensor, cursor, resources, instance)
+            final.update(observed)
+            for target in targets:
+                metadata = {k: getattr(v, "value", v) for k, v in final[target.asset_key].items()}
+                report[stage].append(_amc_entry(stage, target, metadata))
+            progress(
+                f"amc {stage}: " + ", ".join(f"{e.get('status')}" for e in report[stage][-len(targets) :])
+            )
+    return report
+
+
+def _follow(
+    sensor: dg.SensorDefinition,
+    cursor: str | None,
+    resources: Mapping[str, Any],
+    instance: dg.DagsterInstance,
+) -> tuple[str | None, dict[dg.AssetKey, Mapping[str, Any]]]:
+    """Tick the AMC job status sensor until no job is left running; its cursor and what it observed."""
+    observed: dict[dg.AssetKey, Mapping[str, Any]] = {}
+    deadline = time.monotonic() + _AMC_TIMEOUT_SECONDS
+    while True:
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"amazon_ads": resources["amazon_ads"]}
+        )
+        result = sensor.evaluate_tick(context)
+        cursor = result.cursor
+        for event in result.asset_events:
+            if isinstance(event, dg.AssetObservation):
+                observed[event.asset_key] = event.metadata
+        if not json.loads(cursor or "{}").get("pending"):
+            return cursor, observed
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"AMC work still running after {_AMC_TIMEOUT_SECONDS} s")
+        time.sleep(0.5)
+
+
+def _amc_entry(stage: str, target: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """One line of the `amc` report section."""
+    # No AMC status: the query gave nothing to send, so nothing was started.
+    status = metadata.get("amc_status", "NOTHING_SENT")
+    if stage == "uploads":
+        return {
+            "dataset_id": target.dataset_id,
+            "status": status,
+            "rows": metadata.get("output_row_count", 0),
+        }
+    if stage == "deletions":
+        return {"name": target.name, "status": status, "identities": metadata.get("identity_count", 0)}
+    return {"name": target.audience_name, "status": status, "audience_count": metadata.get("audience_count")}
+
+
+_AMC_TIMEOUT_SECONDS = 600
 _FIREHOSE_COUNTS = ("messages_sent", "added", "removed", "identity_changed")
 
 
@@ -274,7 +363,21 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"Firehose (two rounds): {firehose['messages_delivered']:,} messages delivered; "
         f"{firehose['added']:,} added, {firehose['removed']:,} removed, "
         f"{firehose['identity_changed']:,} identity changed",
+        *_amc_lines(report["amc"]),
         f"Snapshots (hashed, Parquet): {report['state']}",
         f"Done in {report['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _amc_lines(amc: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+    """The `amc` section as lines: each upload, deletion and audience with its final state."""
+    lines = [f"AMC upload {u['dataset_id']}: {u['status']}, {u['rows']:,} rows" for u in amc["uploads"]]
+    lines += [
+        f"AMC deletion {d['name']}: {d['status']}, {d['identities']:,} identities" for d in amc["deletions"]
+    ]
+    lines += [
+        f"AMC audience {a['name']}: {a['status']}, {a['audience_count'] or 0:,} users"
+        for a in amc["audiences"]
+    ]
+    return lines

@@ -52,6 +52,19 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(tmp_path
     assert report["dsp"]["patches_sent"] > 0 and report["dsp"]["flushes"] >= 2
     assert 0 < report["dsp"]["match_rate"] <= 1
     assert sandbox.ads.state.family("adm"), "the members went to the sandbox the environment named"
+    amc = report["amc"]
+    assert [(u["dataset_id"], u["status"]) for u in amc["uploads"]] == [
+        ("sample_customer_identities", "SUCCESS"),
+        ("sample_purchases", "SUCCESS"),
+    ]
+    assert all(u["rows"] > 0 for u in amc["uploads"])
+    [deletion] = amc["deletions"]
+    assert deletion["status"] == "SUCCEEDED" and deletion["identities"] > 0
+    [audience] = amc["audiences"]
+    # 2,000 profiles make fewer than the 2,000 repeat purchasers DSP needs: AMC fails it, and says so.
+    assert audience["name"] == "sample_repeat_purchasers" and audience["status"] == "FAILED"
+    uploads = boto3.client("s3", endpoint_url=sandbox.aws_url).list_objects_v2(Bucket="audience-pipeline-amc")
+    assert uploads["KeyCount"] == 0, "clean_uploaded_files removed the parts and manifests"
     for audience in report["audiences"]:
         snapshot = pl.read_parquet(workdir / "state" / "snapshots" / f"{audience['id']}.parquet")
         assert snapshot.height == audience["members"]

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import duckdb
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -40,10 +39,9 @@ class RuleBasedAudienceSettings(BaseModel):
     audience_name: NonBlank
     audience_description: str | None = None
     advertiser_id: int | str = Field(description="Amazon DSP advertiser id (digits); ids may exceed 2^53")
-    sql: NonBlank = Field(
-        validation_alias=AliasChoices("sql", "query"),
-        description="AMC SQL whose final SELECT returns only user_id (seed 003 calls it `query`)",
-    )
+    # Seed 003's workflow calls it `query`; `sql` is this project's name for SQL settings everywhere,
+    # and one name only keeps YAML and Python alike.
+    sql: NonBlank = Field(description="AMC SQL whose final SELECT returns only user_id (seed 003: `query`)")
     time_window_start: str = Field(description="Start of the data queried, as yyyy-MM-ddTHH:mm:ssZ (UTC)")
     time_window_end: str = Field(description="End of the data queried, as yyyy-MM-ddTHH:mm:ssZ (UTC)")
     refresh_rate_days: int = Field(default=21, ge=0, le=21, description="0 deactivates after 30 days")

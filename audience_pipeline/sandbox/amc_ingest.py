@@ -51,10 +51,20 @@ def ingest(
     table: str,
     upload: dict[str, Any],
 ) -> IngestResult:
-    """Load the upload's files into `table` per its update strategy, or raise `UploadFailed`."""
+    """Load the upload's files into `table` per its update strategy, or raise `UploadFailed`.
+
+    Like AMC, it reads only objects (manifest included) tagged `instanceId=<the upload's instance>`
+    and stored with server-side encryption.
+    """
     cursor.execute("SET TimeZone = 'UTC'")
     with tempfile.TemporaryDirectory(prefix="amc-upload-") as folder:
-        files = _download(endpoint_url, upload["dataSource"], upload["compressionFormat"], Path(folder))
+        files = _download(
+            endpoint_url,
+            upload["dataSource"],
+            upload["compressionFormat"],
+            Path(folder),
+            upload["instanceId"],
+        )
         try:
             types = _stage(cursor, files, upload["fileFormat"], dataset)
         except duckdb.Error as error:
@@ -72,7 +82,9 @@ def ingest(
 # --- reading S3 ---------------------------------------------------------------------------------------
 
 
-def _download(endpoint_url: str | None, source: dict[str, Any], compression: str, folder: Path) -> list[str]:
+def _download(
+    endpoint_url: str | None, source: dict[str, Any], compression: str, folder: Path, instance_id: str
+) -> list[str]:
     s3 = boto3.client(
         "s3",
         endpoint_url=endpoint_url,
@@ -82,14 +94,14 @@ def _download(endpoint_url: str | None, source: dict[str, Any], compression: str
     )
     bucket = source["sourceS3Bucket"]
     try:
-        locations = _locations(s3, bucket, source)
+        locations = _locations(s3, bucket, source, instance_id)
         # AMC ignores hidden and marker files (`.keep`, `_SUCCESS`) wherever the keys come from.
         locations = [(b, k) for b, k in locations if not posixpath.basename(k).startswith((".", "_"))]
         if not locations:
             raise UploadFailed(f"No data files found in s3://{bucket} for {_describe(source)}")
         files = []
         for i, (file_bucket, key) in enumerate(locations):
-            data = s3.get_object(Bucket=file_bucket, Key=key)["Body"].read()
+            data = _read(s3, file_bucket, key, instance_id)
             path = folder / f"part-{i:05d}"
             path.write_bytes(_decompress(data, compression, f"s3://{file_bucket}/{key}"))
             files.append(str(path))
@@ -98,7 +110,19 @@ def _download(endpoint_url: str | None, source: dict[str, Any], compression: str
         raise UploadFailed(f"Cannot read the upload's files from S3: {error}") from None
 
 
-def _locations(s3: Any, bucket: str, source: dict[str, Any]) -> list[tuple[str, str]]:
+def _read(s3: Any, bucket: str, key: str, instance_id: str) -> bytes:
+    """An object's bytes, if AMC's data-upload role may read it: tagged with the instance, encrypted."""
+    location = f"s3://{bucket}/{key}"
+    response = s3.get_object(Bucket=bucket, Key=key)
+    if not response.get("ServerSideEncryption"):
+        raise UploadFailed(f"{location} is not encrypted server-side (store it with ServerSideEncryption)")
+    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+    if tags.get("instanceId") != instance_id:
+        raise UploadFailed(f"{location} is not tagged instanceId={instance_id}; AMC reads only such objects")
+    return response["Body"].read()
+
+
+def _locations(s3: Any, bucket: str, source: dict[str, Any], instance_id: str) -> list[tuple[str, str]]:
     if "sourceFileS3Key" in source:
         return [(bucket, source["sourceFileS3Key"])]
     if "sourceS3Prefix" in source:
@@ -106,7 +130,7 @@ def _locations(s3: Any, bucket: str, source: dict[str, Any]) -> list[tuple[str, 
         return [
             (bucket, o["Key"]) for p in pages for o in p.get("Contents", []) if not o["Key"].endswith("/")
         ]
-    manifest = s3.get_object(Bucket=bucket, Key=source["sourceManifestS3Key"])["Body"].read().decode()
+    manifest = _read(s3, bucket, source["sourceManifestS3Key"], instance_id).decode()
     locations = []
     for line in filter(None, (line.strip() for line in manifest.splitlines())):
         if not line.startswith("s3://") or "/" not in line[5:]:

@@ -179,7 +179,13 @@ def test_deleting_raw_identities_removes_the_rows_amc_holds_for_them(sandbox, am
     )
     s3.create_bucket(Bucket=BUCKET)
     stored = pl.DataFrame({"email": [sha(f"user{i}@example.com") for i in range(4)], "tier": ["a"] * 4})
-    s3.put_object(Bucket=BUCKET, Key="customers.csv", Body=stored.write_csv().encode())
+    s3.put_object(
+        Bucket=BUCKET,
+        Key="customers.csv",
+        Body=stored.write_csv().encode(),
+        Tagging=f"instanceId={INSTANCE}",
+        ServerSideEncryption="AES256",
+    )
     amc.create_dataset(dimension_dataset())
     upload_id = amc.start_upload(
         "customers", bucket=BUCKET, file_key="customers.csv", file_format=csv_format()

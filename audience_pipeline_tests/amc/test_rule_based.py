@@ -19,7 +19,7 @@ SEED = {
     "audience_name": "test_audience",
     "audience_description": "test audience description",
     "advertiser_id": 123,
-    "query": "SELECT user_id FROM dsp_impressions",
+    "sql": "SELECT user_id FROM dsp_impressions",
     "time_window_start": "2023-06-25T00:00:00",
     "time_window_end": "2023-07-25T00:00:00",
     "refresh_rate_days": 1,
@@ -56,8 +56,8 @@ def test_the_seed_example_becomes_the_create_call():
     }
 
 
-def test_sql_is_also_taken_by_its_own_name_and_defaults_follow_the_spec():
-    given = {k: v for k, v in SEED.items() if k not in ("query", "refresh_rate_days", "time_window_relative")}
+def test_defaults_follow_the_spec():
+    given = {k: v for k, v in SEED.items() if k not in ("sql", "refresh_rate_days", "time_window_relative")}
     audience = RuleBasedAudienceSettings(**given, sql="SELECT user_id FROM x")
     assert audience.sql == "SELECT user_id FROM x"
     assert (audience.refresh_rate_days, audience.time_window_relative) == (21, False)
@@ -100,7 +100,7 @@ def test_time_window_relative_takes_text_too(given, relative):
     ],
 )
 def test_sql_whose_final_select_is_user_id_passes(sql):
-    assert settings(query=sql).sql == sql.strip()
+    assert settings(sql=sql).sql == sql.strip()
 
 
 @pytest.mark.parametrize(
@@ -118,8 +118,8 @@ def test_sql_whose_final_select_is_user_id_passes(sql):
     ],
 )
 def test_sql_that_does_not_select_user_id_alone_is_refused(sql, message):
-    setting, problem = problem_with(query=sql)
-    assert setting == "query" and message in problem
+    setting, problem = problem_with(sql=sql)
+    assert setting == "sql" and message in problem
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_audience_size_check(audience, passed, description):
 def test_the_create_call_is_accepted_and_the_audience_reaches_the_minimum(amc):
     audience_settings = settings(
         advertiser_id="1152921504606846977",
-        query="SELECT user_id FROM amazon_attributed_events_for_audiences;",
+        sql="SELECT user_id FROM amazon_attributed_events_for_audiences;",
         time_window_start=datetime(2025, 1, 1, tzinfo=UTC),
         time_window_end="2025-03-31",
         time_window_relative="TRUE",
@@ -208,7 +208,7 @@ def test_the_create_call_is_accepted_and_the_audience_reaches_the_minimum(amc):
 
 def test_a_small_audience_fails_the_size_check_with_amcs_reason(amc):
     audience_settings = settings(
-        query="SELECT user_id FROM conversions_for_audiences",
+        sql="SELECT user_id FROM conversions_for_audiences",
         time_window_start="2025-01-01",
         time_window_end="2025-03-31",
         audience_description=None,

@@ -66,16 +66,31 @@ def purchases(n: int, day: str = "2025-03-01", start: int = 0) -> pl.DataFrame:
     )
 
 
-@pytest.fixture
-def s3(sandbox):
-    """boto3 S3 at the sandbox, with the upload bucket created."""
-    client = boto3.client(
+def s3_client(sandbox):
+    """Plain boto3 S3 at the sandbox: objects are stored as the call says, untagged and unencrypted."""
+    return boto3.client(
         "s3",
         endpoint_url=sandbox.aws_url,
         aws_access_key_id="sandbox",
         aws_secret_access_key="sandbox",
         region_name="us-east-1",
     )
+
+
+def _readable_by_amc(params, **kwargs) -> None:
+    params.setdefault("Tagging", f"instanceId={INSTANCE}")
+    params.setdefault("ServerSideEncryption", "AES256")
+
+
+@pytest.fixture
+def s3(sandbox):
+    """boto3 S3 at the sandbox, with the upload bucket created.
+
+    Objects it puts are ones AMC may read, unless the call says otherwise: tagged with the sandbox's
+    instance and encrypted server-side.
+    """
+    client = s3_client(sandbox)
+    client.meta.events.register("before-parameter-build.s3.PutObject", _readable_by_amc)
     client.create_bucket(Bucket=BUCKET)
     return client
 

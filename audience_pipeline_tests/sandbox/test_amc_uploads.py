@@ -15,6 +15,7 @@ from .conftest import (
     gzip_csv,
     parquet,
     purchases,
+    s3_client,
     sha,
     stored_rows,
     upload_and_wait,
@@ -128,6 +129,49 @@ def test_parquet_through_a_manifest(sandbox, amc, s3):
     upload = upload_and_wait(amc, "purchases", manifest_key="pq/manifest.txt", file_format=PARQUET)
     assert upload["status"] == "SUCCESS", upload
     assert upload["metrics"]["OutputRowCount"] == 12
+
+
+@pytest.mark.parametrize(
+    ("put_args", "message"),
+    [
+        ({"ServerSideEncryption": "AES256"}, f"is not tagged instanceId={INSTANCE}"),
+        ({"ServerSideEncryption": "AES256", "Tagging": "instanceId=someoneelse"}, "is not tagged"),
+        ({"Tagging": f"instanceId={INSTANCE}"}, "is not encrypted server-side"),
+    ],
+)
+@pytest.mark.parametrize("bad_object", ["data file", "manifest"])
+def test_objects_amc_may_not_read_fail_the_upload_naming_the_key(
+    sandbox, amc, s3, put_args, message, bad_object
+):
+    amc.create_dataset(fact_dataset())
+    # `s3` tags and encrypts what it puts; the plain client stores exactly what the call says.
+    bad_key = "m/part-0.csv" if bad_object == "data file" else "m/manifest"
+    bodies = {
+        "m/part-0.csv": purchases(3).write_csv().encode(),
+        "m/manifest": f"s3://{BUCKET}/m/part-0.csv\n".encode(),
+    }
+    for key, body in bodies.items():
+        if key == bad_key:
+            s3_client(sandbox).put_object(Bucket=BUCKET, Key=key, Body=body, **put_args)
+        else:
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    upload = upload_and_wait(amc, "purchases", manifest_key="m/manifest", file_format=csv_format())
+    assert upload["status"] == "FAILED"
+    assert f"s3://{BUCKET}/{bad_key} {message}" in upload["message"]
+    assert stored_rows(sandbox, "purchases").height == 0
+
+
+def test_a_tagged_object_encrypted_with_kms_is_read(sandbox, amc, s3):
+    amc.create_dataset(fact_dataset())
+    s3.put_object(
+        Bucket=BUCKET,
+        Key="kms.csv",
+        Body=purchases(2).write_csv().encode(),
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId="alias/amc",
+    )
+    upload = upload_and_wait(amc, "purchases", file_key="kms.csv", file_format=csv_format())
+    assert upload["status"] == "SUCCESS", upload
 
 
 def test_raw_pii_in_a_hashed_column_fails_the_upload_naming_the_column(sandbox, amc, s3):
