@@ -500,6 +500,7 @@ def test_a_sensor_poll_that_fails_keeps_following_the_job(tmp_path, sandbox):
     add_fault(sandbox.ads_url, route=f"GET /amc/advertiserData/{INSTANCE}/uploads", status=500)
     first = amc.tick()
     assert first.asset_events == [] and "customers" in amc.cursor
+    assert first.skip_message == "waiting for amc/dataset/customers (upload: status poll failed)"
     requests.delete(f"{sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
     assert checks(amc.follow())[JOB_CHECK].passed
 

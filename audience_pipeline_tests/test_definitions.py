@@ -23,10 +23,48 @@ def test_definitions_load_with_one_snapshot_asset_partitioned_by_audience():
     ]
     spec = next(iter(snapshot.specs))
     assert spec.description
-    assert spec.group_name == "ingest"
+    assert spec.group_name == "transform"
     assert spec.kinds == {"duckdb", "polars", "parquet"}
     assert spec.owners
     assert {"source", "state_store"} <= snapshot.required_resource_keys
+
+
+def test_every_asset_explains_itself_in_the_ui():
+    definitions = defs()
+    graph = definitions.resolve_asset_graph()
+    groups = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description, f"{key.to_user_string()} has no description"
+        assert node.kinds and node.owners, f"{key.to_user_string()} lacks kinds or owners"
+        groups.setdefault(node.group_name, set()).add(key.to_user_string())
+    assert set(groups) == {"ingest", "transform", "deliver"}
+    assert groups["ingest"] == {"source/profiles", "source/events", "source/purchases"}
+    assert {"audience_snapshot", "dsp/advertiser_5551234567890"} <= groups["transform"]
+    assert all(key.startswith(("firehose/", "ads_data_manager/", "dsp/", "amc/")) for key in groups["deliver"])
+    # The graph starts at the source: the snapshot and the AMC uploads depend on the tables they read.
+    assert dg.AssetKey(["source", "events"]) in graph.get(SNAPSHOT_ASSET_KEY).parent_keys
+    assert graph.get(dg.AssetKey(["amc", "dataset", "sample_purchases"])).parent_keys == {
+        dg.AssetKey(["source", "purchases"]),
+        dg.AssetKey(["source", "profiles"]),
+    }
+
+
+def test_a_job_per_destination_and_the_amc_schedules_are_defined():
+    definitions = defs()
+    jobs = {job.name for job in definitions.resolve_all_job_defs()}
+    assert {
+        "audience_snapshots",
+        "firehose__audience_changes_delivery",
+        "dsp__advertiser_5551234567890_delivery",
+        "amc_amcsandbox01",
+    } <= jobs
+    assert any(name.startswith("ads_data_manager__") and name.endswith("_delivery") for name in jobs)
+    schedules = {s.name: s for s in definitions.schedules}
+    assert schedules["amc_dataset_sample_customer_identities_schedule"].cron_schedule == "0 3 * * *"
+    assert schedules["amc_dataset_sample_customer_identities_schedule"].default_status == (
+        dg.DefaultScheduleStatus.RUNNING
+    )
 
 
 def test_resources_are_located_by_environment_variables(monkeypatch, tmp_path):

@@ -23,6 +23,7 @@ from audience_pipeline.components.audiences import (
     find_audiences,
     read_snapshot,
 )
+from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.identity import normalize_country
 from audience_pipeline.membership.adm_delivery import (
     TARGET_IDENTITIES,
@@ -135,7 +136,12 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """The delivery asset over the project's audiences."""
-        return dg.Definitions(assets=[self.build_asset(find_audiences(context))])
+        job = dg.define_asset_job(
+            f"{self.asset_key.to_python_identifier()}_delivery",
+            selection=[self.asset_key],
+            description="Sends the chosen audiences' members to their Ads Data Manager audiences.",
+        )
+        return dg.Definitions(assets=[self.build_asset(find_audiences(context))], jobs=[job])
 
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
         """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids and
@@ -160,7 +166,7 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
             automation_condition=dg.AutomationCondition.eager(),
             group_name="deliver",
             kinds={"amazon", "adm"},
-            owners=["team:audience-pipeline"],
+            owners=OWNERS,
             pool="amazon_ads_api",
             output_required=False,
         )

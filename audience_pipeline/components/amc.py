@@ -61,13 +61,14 @@ from audience_pipeline.components.amc_status import (
 )
 from audience_pipeline.components.audiences import country_setting
 from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
+from audience_pipeline.components.source import source_table_key
+from audience_pipeline.components.ui import OWNERS, rejects_by_reason
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
-from audience_pipeline.resources.duckdb_source import DuckDBSource
+from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
 
 UpdateStrategy = Literal["ADDITIVE", "FULL_REPLACE", "OVERLAP_REPLACE", "OVERLAP_KEEP"]
 _NAME = re.compile(r"[a-z0-9_]+")
 _SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
-OWNERS = ["team:audience-pipeline"]
 
 
 class AmcRunConfig(dg.Config):
@@ -377,7 +378,8 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
                 name=f"{'_'.join(t.asset_key.path)}_schedule",
                 cron_schedule=t.schedule,
                 target=[t.asset_key],
-                default_status=dg.DefaultScheduleStatus.STOPPED,
+                # A schedule in the settings is a wish to run on it, as in Treasure Data's scheduler.
+                default_status=dg.DefaultScheduleStatus.RUNNING,
                 description=f"Runs {t.asset_key.to_user_string()} on `{t.schedule}`.",
             )
             for t in targets
@@ -390,7 +392,13 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             s3=self.s3,
             location=self.location,
         )
-        return dg.Definitions(assets=assets, schedules=schedules, sensors=[sensor])
+        job = dg.define_asset_job(
+            f"amc_{re.sub(r'[^A-Za-z0-9_]', '_', self.instance_id)}",
+            selection=[t.asset_key for t in targets],
+            description=f"Runs every target of AMC instance {self.instance_id}: uploads, deletions and "
+            "audiences.",
+        )
+        return dg.Definitions(assets=assets, schedules=schedules, sensors=[sensor], jobs=[job])
 
     # --- clients -------------------------------------------------------------------------------------
 
@@ -442,7 +450,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
                 dg.AssetSpec(
                     key,
                     description=description,
-                    group_name="amc",
+                    group_name="deliver",
                     kinds={"amazon", "amc", *kinds},
                     owners=OWNERS,
                     deps=list(deps),
@@ -514,6 +522,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             "through S3.",
             {"s3", target.file_format},
             [JOB_CHECK],
+            deps=[source_table_key(table) for table in source_tables(target.query)],
         )
         def amc_upload(
             context: dg.AssetExecutionContext,
@@ -597,6 +606,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             "uploaded": not config.dry_run,
             "ignored_columns": dg.MetadataValue.json(check.ignored),
             **files.stats.metadata(),
+            **rejects_by_reason(files.stats.rejects),
             "manifest": f"s3://{self.location.bucket}/{files.manifest_key}",
         }
         if config.dry_run:
@@ -651,6 +661,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             "The query's identities, normalized and hashed, deleted from every dataset of the AMC instance.",
             {"deletion"},
             [JOB_CHECK],
+            deps=[source_table_key(table) for table in source_tables(target.query)],
         )
         def amc_deletion(
             context: dg.AssetExecutionContext,

@@ -96,7 +96,7 @@ def build_job_status_sensor(
             return dg.SensorResult(skip_reason="no AMC work running", cursor=json.dumps(state))
         client = amc(amazon_ads)
         events: list[Any] = []
-        still = []
+        still, waiting, finished = [], [], []
         for entry in state["pending"]:
             key, job = dg.AssetKey(entry["asset_key"]), AmcJob.from_json(entry["job"])
             try:
@@ -105,22 +105,27 @@ def build_job_status_sensor(
                 if error.status != 404:
                     context.log.warning(f"{key.to_user_string()}: status poll failed ({error}); trying again")
                     still.append(entry)
+                    waiting.append(f"{key.to_user_string()} ({job.kind}: status poll failed)")
                     continue
                 outcome = JobOutcome(
                     "UNKNOWN", True, False, f"AMC no longer knows this work ({error.message})"
                 )
             if not outcome.final:
                 still.append(entry)
+                waiting.append(f"{key.to_user_string()} ({job.kind} {outcome.status})")
                 continue
             if outcome.succeeded and job.files:
                 delete_upload_files(s3(), location, list(job.files))
             events += _record(key, job, outcome)
-            context.log.info(f"{key.to_user_string()}: AMC {job.kind} ended {outcome.status}")
+            finished.append(f"{key.to_user_string()} ({job.kind} {outcome.status})")
         state["pending"] = still
+        # The tick's log in the UI says what was recorded and what is still awaited.
+        if finished:
+            context.log.info(f"recorded the final state of {', '.join(finished)}")
+        if waiting:
+            context.log.info(f"waiting for {', '.join(waiting)}")
         if not events:
-            return dg.SensorResult(
-                skip_reason=f"{len(still)} AMC job(s) still running", cursor=json.dumps(state)
-            )
+            return dg.SensorResult(skip_reason=f"waiting for {', '.join(waiting)}", cursor=json.dumps(state))
         return dg.SensorResult(asset_events=events, cursor=json.dumps(state))
 
     return amc_job_status

@@ -14,8 +14,10 @@ import duckdb
 import polars as pl
 from pydantic import AfterValidator, Field, field_validator
 
+from audience_pipeline.components.source import source_table_key
+from audience_pipeline.components.ui import OWNERS, rejects_by_reason
 from audience_pipeline.identity import normalize_country
-from audience_pipeline.resources.duckdb_source import DuckDBSource
+from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.snapshot import MissingUserIdError, build_snapshot
 
@@ -143,14 +145,16 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
         raise KeyError(f"no audience with id {partition_key!r}")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        """The snapshot asset, partitioned by audience id."""
+        """The snapshot asset, partitioned by audience id, and the job refreshing every audience."""
+        tables = sorted({table for audience in self.audiences for table in source_tables(audience.sql)})
 
         @dg.asset(
             key=SNAPSHOT_ASSET_KEY,
             partitions_def=self.partitions_def,
-            group_name="ingest",
+            group_name="transform",
             kinds={"duckdb", "polars", "parquet"},
-            owners=["team:audience-pipeline"],
+            owners=OWNERS,
+            deps=[source_table_key(table) for table in tables],
         )
         def audience_snapshot(
             context: dg.AssetExecutionContext, source: DuckDBSource, state_store: StateStore
@@ -183,6 +187,7 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
                     "values_hashed": snapshot.values_hashed,
                     "values_by_field": dg.MetadataValue.json(snapshot.values_out),
                     "rejects_total": rejects_total,
+                    **rejects_by_reason(snapshot.rejects),
                     "rejects": dg.MetadataValue.json(snapshot.rejects),
                     "dropped_columns": dg.MetadataValue.json(list(snapshot.dropped_columns)),
                     "seconds": round(time.perf_counter() - started, 3),
@@ -190,7 +195,12 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
                 }
             )
 
-        return dg.Definitions(assets=[audience_snapshot])
+        job = dg.define_asset_job(
+            "audience_snapshots",
+            selection=[SNAPSHOT_ASSET_KEY],
+            description="Refreshes audience snapshots: pick the audiences (partitions) to run.",
+        )
+        return dg.Definitions(assets=[audience_snapshot], jobs=[job])
 
 
 def _describe(audience: Audience) -> str:

@@ -27,6 +27,7 @@ from audience_pipeline.components.audiences import (
     find_audiences,
     read_snapshot,
 )
+from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.membership.dsp_delivery import flush, plan_flush
 from audience_pipeline.membership.dsp_queue import (
     DspQueue,
@@ -136,9 +137,16 @@ class DspMobileAdIdsComponent(dg.Component, dg.Model, dg.Resolvable):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """The queue and flush assets over the project's audiences, and the flush sensor."""
         audiences = find_audiences(context)
+        job = dg.define_asset_job(
+            f"{self.queue_key.to_python_identifier()}_delivery",
+            selection=[self.queue_key, self.flush_key],
+            description="Queues the chosen audiences' mobile ad id changes and uploads them to DSP "
+            f"advertiser {self.advertiser_id} now, without waiting for the flush sensor.",
+        )
         return dg.Definitions(
             assets=[self.build_queue_asset(audiences), self.build_flush_asset(audiences)],
             sensors=[self.build_sensor()],
+            jobs=[job],
         )
 
     def _delivered(self, audiences: AudiencesComponent) -> set[str]:
@@ -155,9 +163,9 @@ class DspMobileAdIdsComponent(dg.Component, dg.Model, dg.Resolvable):
             partitions_def=audiences.partitions_def,
             deps=[SNAPSHOT_ASSET_KEY],
             automation_condition=dg.AutomationCondition.eager(),
-            group_name="deliver",
+            group_name="transform",
             kinds={"amazon", "dsp"},
-            owners=["team:audience-pipeline"],
+            owners=OWNERS,
             output_required=False,
         )
         def dsp_queue(context: dg.AssetExecutionContext, config: DspRunConfig, state_store: StateStore):
@@ -221,7 +229,7 @@ class DspMobileAdIdsComponent(dg.Component, dg.Model, dg.Resolvable):
             deps=[self.queue_key],
             group_name="deliver",
             kinds={"amazon", "dsp"},
-            owners=["team:audience-pipeline"],
+            owners=OWNERS,
             pool="amazon_ads_dsp",
             output_required=False,
         )

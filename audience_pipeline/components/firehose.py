@@ -19,6 +19,7 @@ from audience_pipeline.components.audiences import (
     run_audience_query,
 )
 from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
+from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.membership.firehose_delivery import (
     FirehoseTarget,
     deliver,
@@ -153,7 +154,13 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """The delivery asset over the project's audiences."""
-        return dg.Definitions(assets=[self.build_asset(find_audiences(context))])
+        job = dg.define_asset_job(
+            f"{self.asset_key.to_python_identifier()}_delivery",
+            selection=[self.asset_key],
+            description=f"Sends the chosen audiences' membership changes to Firehose stream "
+            f"{self.delivery_stream_name}.",
+        )
+        return dg.Definitions(assets=[self.build_asset(find_audiences(context))], jobs=[job])
 
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
         """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids fail here."""
@@ -168,7 +175,7 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
             automation_condition=dg.AutomationCondition.eager(),
             group_name="deliver",
             kinds={"firehose", "aws"},
-            owners=["team:audience-pipeline"],
+            owners=OWNERS,
             pool="firehose",
             output_required=False,
         )

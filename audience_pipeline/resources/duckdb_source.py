@@ -1,5 +1,6 @@
 """Read-only DuckDB access to the data audiences are selected from."""
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,3 +82,27 @@ class QueryStream:
 
     def __init__(self, schema: pl.Schema, frames: Iterator[pl.DataFrame]):
         self.schema, self.frames = schema, frames
+
+
+def source_tables(sql: str) -> list[str]:
+    """The tables a query reads, by name, as DuckDB's own parser sees them (CTEs left out).
+
+    Parsing only, no binding: the SQL is never run, so this works at definition load time without a
+    database. SQL that does not parse reads no known table (running it reports the error).
+    """
+    with duckdb.connect(":memory:") as conn:
+        tree = json.loads(conn.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    tables: set[str] = set()
+    ctes: set[str] = set()
+    pending: list = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and node.get("table_name"):
+                tables.add(node["table_name"])
+            for entry in (node.get("cte_map") or {}).get("map") or []:
+                ctes.add(entry["key"])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return sorted(tables - ctes)
