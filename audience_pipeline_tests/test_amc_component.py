@@ -584,3 +584,11 @@ def test_the_project_definitions_load_every_amc_target():
         definitions.resolve_sensor_def(f"amc_{INSTANCE}_job_status").default_status
         == dg.DefaultSensorStatus.RUNNING
     )
+
+
+def test_a_bucket_that_cannot_be_written_fails_the_run_naming_it(tmp_path, sandbox):
+    amc = Amc(tmp_path, sandbox, bucket="no-such-bucket", uploads=[customers_upload()])
+    result = amc.run(dg.AssetKey(["amc", "dataset", "customers"]), raise_on_error=False)
+    message = str(result.get_step_failure_events()[0].event_specific_data.error)
+    assert "writing the upload files to s3://no-such-bucket failed" in message
+    assert amc.calls("POST", "/uploads") == []

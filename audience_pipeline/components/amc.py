@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import dagster as dg
 import duckdb
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
 
 # The check `dg.ScheduleDefinition` applies: a schedule that passes here is one Dagster accepts.
 from dagster._utils.schedules import is_valid_cron_string
@@ -45,7 +47,6 @@ from audience_pipeline.amc.rule_based import RuleBasedAudienceSettings
 from audience_pipeline.amc.upload_files import (
     NoRowsToUpload,
     S3Location,
-    delete_upload_files,
     write_upload_files,
 )
 from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
@@ -57,6 +58,7 @@ from audience_pipeline.components.amc_status import (
     JOB_METADATA_KEY,
     build_job_status_sensor,
     check_results,
+    clean_uploaded_files,
     outcome_metadata,
 )
 from audience_pipeline.components.audiences import country_setting
@@ -487,8 +489,8 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             outcome = wait_for_job(
                 amc, job, poll_seconds=self.poll_interval_seconds, timeout_seconds=self.wait_timeout_seconds
             )
-            if outcome.final and outcome.succeeded and job.files:
-                delete_upload_files(self.s3(), self.location, list(job.files))
+            if outcome.final and outcome.succeeded:
+                clean_uploaded_files(self.s3, self.location, job, context.log)
             metadata.update(outcome_metadata(outcome))
         following = outcome is None or not outcome.final
         metadata[JOB_METADATA_KEY] = dg.MetadataValue.json({**job.to_json(), "final": not following})
@@ -591,6 +593,11 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
                     return
                 except ValueError as error:
                     raise dg.Failure(f"{where}: {error}") from None
+                except (BotoCoreError, ClientError, S3UploadFailedError) as error:
+                    raise dg.Failure(
+                        f"{where}: writing the upload files to s3://{self.location.bucket} failed: {error}; "
+                        "check `bucket`, `authentication` and the bucket policy (nothing was uploaded to AMC)"
+                    ) from None
         except _SQL_ERRORS as error:
             raise dg.Failure(f"{where}: its `query` failed: {error}") from None
         except duckdb.Error as error:

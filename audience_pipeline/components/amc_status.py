@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from botocore.exceptions import BotoCoreError, ClientError
 
 from audience_pipeline.amc.jobs import AmcJob, JobOutcome, check_job
 from audience_pipeline.amc.rule_based import audience_size_check
@@ -71,6 +72,19 @@ def check_results(job: AmcJob, outcome: JobOutcome) -> list[CheckOutcome]:
     return results
 
 
+def clean_uploaded_files(s3: Callable[[], Any], location: S3Location, job: AmcJob, log: Any) -> None:
+    """Delete a succeeded upload's files when its target asked for it (`job.files`).
+
+    A failed delete only leaves files behind: it is logged, and the upload's outcome still recorded.
+    """
+    if not job.files:
+        return
+    try:
+        delete_upload_files(s3(), location, list(job.files))
+    except (RuntimeError, BotoCoreError, ClientError) as error:
+        log.warning(f"the upload's files stay in s3://{location.bucket} ({error}); delete them by hand")
+
+
 def build_job_status_sensor(
     name: str,
     asset_keys: list[dg.AssetKey],
@@ -114,8 +128,8 @@ def build_job_status_sensor(
                 still.append(entry)
                 waiting.append(f"{key.to_user_string()} ({job.kind} {outcome.status})")
                 continue
-            if outcome.succeeded and job.files:
-                delete_upload_files(s3(), location, list(job.files))
+            if outcome.succeeded:
+                clean_uploaded_files(s3, location, job, context.log)
             events += _record(key, job, outcome)
             finished.append(f"{key.to_user_string()} ({job.kind} {outcome.status})")
         state["pending"] = still
