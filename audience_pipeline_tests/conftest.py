@@ -1,9 +1,14 @@
 """Fixtures shared by every test package: the sandbox on loopback, started once per session."""
 
+import os
+
+import dagster as dg
 import pytest
 import requests
 
+from audience_pipeline.clients import ads_api
 from audience_pipeline.clients.ads_api import AdsApiClient
+from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
 
@@ -36,6 +41,29 @@ def ads_client(sandbox: RunningSandbox) -> AdsApiClient:
         base_url=sandbox.ads_url,
         token_url=sandbox.token_url,
         sleep=lambda seconds: None,
+    )
+
+
+@pytest.fixture
+def sandbox_env(sandbox: RunningSandbox, monkeypatch) -> RunningSandbox:
+    """The sandbox, and the environment of a deployment pointed at it: its endpoints, throwaway Login
+    with Amazon credentials; API backoff without real waits, so fault tests stay fast."""
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AMAZON_ADS_CLIENT_ID", "AMAZON_ADS_CLIENT_SECRET", "AMAZON_ADS_REFRESH_TOKEN"):
+        monkeypatch.setenv(name, "dummy")
+    monkeypatch.setattr(ads_api.random, "uniform", lambda low, high: 0.0)
+    return sandbox
+
+
+def amazon_ads_resource() -> AmazonAdsApi:
+    """The `amazon_ads` resource wired as `defs/resources.py` wires it, from `sandbox_env`'s environment."""
+    return AmazonAdsApi(
+        client_id=dg.EnvVar("AMAZON_ADS_CLIENT_ID"),
+        client_secret=dg.EnvVar("AMAZON_ADS_CLIENT_SECRET"),
+        refresh_token=dg.EnvVar("AMAZON_ADS_REFRESH_TOKEN"),
+        base_url=os.environ["AMAZON_ADS_API_URL"],
+        token_url=os.environ["AMAZON_ADS_TOKEN_URL"],
     )
 
 

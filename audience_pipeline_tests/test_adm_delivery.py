@@ -14,11 +14,10 @@ from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience,
 from audience_pipeline.identity import normalize_identities
 from audience_pipeline.membership.adm_delivery import TARGET_IDENTITIES, MemberRules, adm_members
 from audience_pipeline.membership.ledger import Ledger
-from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 
-from .conftest import add_fault, journal
+from .conftest import add_fault, amazon_ads_resource, journal
 
 ACCOUNT = "amzn1.ads-account.sandbox"
 DESTINATION = f"ads_data_manager/{ACCOUNT}"
@@ -88,13 +87,7 @@ class Pipeline:
             resources={
                 "source": DuckDBSource(database=str(self.source_path)),
                 "state_store": StateStore(root=str(self.state)),
-                "amazon_ads": AmazonAdsApi(
-                    client_id=dg.EnvVar("AMAZON_ADS_CLIENT_ID"),
-                    client_secret=dg.EnvVar("AMAZON_ADS_CLIENT_SECRET"),
-                    refresh_token=dg.EnvVar("AMAZON_ADS_REFRESH_TOKEN"),
-                    base_url=self.sandbox.ads_url,
-                    token_url=self.sandbox.token_url,
-                ),
+                "amazon_ads": amazon_ads_resource(),
             },
             run_config={"ops": {op: {"config": {"dry_run": dry_run}}}},
             raise_on_error=raise_on_error,
@@ -128,15 +121,8 @@ def member_requests(sandbox) -> list[list[dict]]:
 
 
 @pytest.fixture
-def pipeline(tmp_path, sandbox, monkeypatch) -> Pipeline:
-    for name, value in {
-        **sandbox.env(),
-        "AMAZON_ADS_CLIENT_ID": "dummy-client",
-        "AMAZON_ADS_CLIENT_SECRET": "dummy-secret",
-        "AMAZON_ADS_REFRESH_TOKEN": "dummy-refresh",
-    }.items():
-        monkeypatch.setenv(name, value)
-    return Pipeline(tmp_path, sandbox)
+def pipeline(tmp_path, sandbox_env) -> Pipeline:
+    return Pipeline(tmp_path, sandbox_env)
 
 
 def test_first_run_makes_the_dataset_hold_the_audience_and_a_rerun_sends_nothing(pipeline, sandbox):

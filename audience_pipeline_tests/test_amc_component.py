@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import os
 import time
 
 import boto3
@@ -22,11 +21,10 @@ from audience_pipeline.components.amc import (
     RuleBasedAudience,
 )
 from audience_pipeline.components.amc_status import AUDIENCE_SIZE_CHECK, JOB_CHECK, JOB_METADATA_KEY
-from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.sandbox.aws import create_amc_bucket
 
-from .conftest import add_fault, journal
+from .conftest import add_fault, amazon_ads_resource, journal
 
 INSTANCE = "amcsandbox01"
 BUCKET = "amc-test-uploads"
@@ -103,13 +101,7 @@ class Amc:
         self.cursor: str | None = None
         self.resources = {
             "source": DuckDBSource(database=str(self.source_path)),
-            "amazon_ads": AmazonAdsApi(
-                client_id=dg.EnvVar("AMAZON_ADS_CLIENT_ID"),
-                client_secret=dg.EnvVar("AMAZON_ADS_CLIENT_SECRET"),
-                refresh_token=dg.EnvVar("AMAZON_ADS_REFRESH_TOKEN"),
-                base_url=os.environ["AMAZON_ADS_API_URL"],
-                token_url=os.environ["AMAZON_ADS_TOKEN_URL"],
-            ),
+            "amazon_ads": amazon_ads_resource(),
         }
         self.defs = dg.Definitions.merge(
             dg.build_defs_for_component(self.component), dg.Definitions(resources=self.resources)
@@ -170,14 +162,8 @@ def checks(result_or_events) -> dict[str, dg.AssetCheckEvaluation]:
 
 
 @pytest.fixture(autouse=True)
-def environment(sandbox, monkeypatch):
-    for name, value in {
-        **sandbox.env(),
-        "AMAZON_ADS_CLIENT_ID": "dummy-client",
-        "AMAZON_ADS_CLIENT_SECRET": "dummy-secret",
-        "AMAZON_ADS_REFRESH_TOKEN": "dummy-refresh",
-    }.items():
-        monkeypatch.setenv(name, value)
+def environment(sandbox_env):
+    return sandbox_env
 
 
 def customers_upload(**settings) -> DatasetUpload:

@@ -41,7 +41,8 @@ def test_every_asset_explains_itself_in_the_ui():
     assert set(groups) == {"ingest", "transform", "deliver"}
     assert groups["ingest"] == {"source/profiles", "source/events", "source/purchases"}
     assert {"audience_snapshot", "dsp/advertiser_5551234567890"} <= groups["transform"]
-    assert all(key.startswith(("firehose/", "ads_data_manager/", "dsp/", "amc/")) for key in groups["deliver"])
+    destinations = ("firehose/", "ads_data_manager/", "dsp/", "amc/")
+    assert all(key.startswith(destinations) for key in groups["deliver"])
     # The graph starts at the source: the snapshot and the AMC uploads depend on the tables they read.
     assert dg.AssetKey(["source", "events"]) in graph.get(SNAPSHOT_ASSET_KEY).parent_keys
     assert graph.get(dg.AssetKey(["amc", "dataset", "sample_purchases"])).parent_keys == {

@@ -1,23 +1,19 @@
 """The Amazon DSP destination end to end against the sandbox: the MAIDs the DSP audience holds."""
 
-import os
-
 import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from audience_pipeline.clients import ads_api
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.components.dsp import DspMobileAdIdsComponent
 from audience_pipeline.membership.dsp_queue import DspQueue, audience_maids, enqueue
-from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.profiles import PROFILES
 
-from .conftest import add_fault, journal
+from .conftest import add_fault, amazon_ads_resource, journal
 
 US = PROFILES[0]
 IDFA_1 = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
@@ -87,13 +83,7 @@ class Pipeline:
         self.resources = {
             "source": DuckDBSource(database=str(self.source_path)),
             "state_store": self.state,
-            "amazon_ads": AmazonAdsApi(
-                client_id=dg.EnvVar("AMAZON_ADS_CLIENT_ID"),
-                client_secret=dg.EnvVar("AMAZON_ADS_CLIENT_SECRET"),
-                refresh_token=dg.EnvVar("AMAZON_ADS_REFRESH_TOKEN"),
-                base_url=os.environ["AMAZON_ADS_API_URL"],
-                token_url=os.environ["AMAZON_ADS_TOKEN_URL"],
-            ),
+            "amazon_ads": amazon_ads_resource(),
         }
 
     def _run(self, assets, selection, dry_run=False, raise_on_error=True):
@@ -138,13 +128,8 @@ def held(sandbox) -> set[str]:
 
 
 @pytest.fixture
-def env(monkeypatch, sandbox):
-    for name, value in sandbox.env().items():
-        monkeypatch.setenv(name, value)
-    for name in ("AMAZON_ADS_CLIENT_ID", "AMAZON_ADS_CLIENT_SECRET", "AMAZON_ADS_REFRESH_TOKEN"):
-        monkeypatch.setenv(name, "dummy")
-    # Backoff without real waits, so fault tests stay fast.
-    monkeypatch.setattr(ads_api.random, "uniform", lambda low, high: 0.0)
+def env(sandbox_env):
+    return sandbox_env
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ from audience_pipeline.components.amc_status import (
     clean_uploaded_files,
     outcome_metadata,
 )
-from audience_pipeline.components.audiences import country_setting
+from audience_pipeline.components.audiences import country_setting, source_query_errors
 from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
@@ -506,7 +506,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
                         metadata=result.metadata,
                         description=result.description,
                     )
-        elif following:
+        else:
             context.log.info(
                 f"{key.to_user_string()}: AMC is still working "
                 f"({outcome.status if outcome else 'started'}); the job status sensor records the final state"
@@ -560,8 +560,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
         except ValueError as error:
             raise dg.Failure(f"{where}: {error}") from None
         upload_name = f"{target.dataset_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{context.run_id[:8]}"
-        try:
-            with source.stream(target.query) as stream:
+        with source_query_errors(where, "query"), source.stream(target.query) as stream:
                 check = check_query_schema(definition, stream.schema)
                 try:
                     check.raise_for_errors()
@@ -598,13 +597,6 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
                         f"{where}: writing the upload files to s3://{self.location.bucket} failed: {error}; "
                         "check `bucket`, `authentication` and the bucket policy (nothing was uploaded to AMC)"
                     ) from None
-        except _SQL_ERRORS as error:
-            raise dg.Failure(f"{where}: its `query` failed: {error}") from None
-        except duckdb.Error as error:
-            raise dg.Failure(
-                f"{where}: its `query` failed with {type(error).__name__} (message withheld: it may quote "
-                "source data)"
-            ) from None
         metadata: dict[str, Any] = {
             "dry_run": config.dry_run,
             "dataset_id": target.dataset_id,
@@ -684,15 +676,8 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
     def _delete(self, context, config: AmcRunConfig, source, amazon_ads, target: IdentityDeletion):
         started = time.perf_counter()
         where = f"AMC deletion {target.name!r}"
-        try:
+        with source_query_errors(where, "query"):
             frame = source.query(target.query)
-        except _SQL_ERRORS as error:
-            raise dg.Failure(f"{where}: its `query` failed: {error}") from None
-        except duckdb.Error as error:
-            raise dg.Failure(
-                f"{where}: its `query` failed with {type(error).__name__} (message withheld: it may quote "
-                "source data)"
-            ) from None
         try:
             identities = deletion_identities(frame, target.country_code)
         except ValueError as error:

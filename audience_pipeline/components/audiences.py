@@ -7,6 +7,8 @@ the one their per-audience assets must share, `routed` checks the audiences a de
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import dagster as dg
@@ -209,14 +211,24 @@ def _describe(audience: Audience) -> str:
 
 def run_audience_query(source: DuckDBSource, audience: Audience) -> pl.DataFrame:
     """The audience query's result; errors name the audience but never quote source data."""
-    try:
+    with source_query_errors(_describe(audience), "sql"):
         return source.query(audience.sql)
+
+
+@contextmanager
+def source_query_errors(where: str, setting: str) -> Iterator[None]:
+    """DuckDB errors of a query on the source as a `dg.Failure` naming `where` and its `setting`.
+
+    Errors about the SQL text are shown; other kinds (conversion, constraint, ...) may quote a source
+    value, i.e. PII, so only their kind is.
+    """
+    try:
+        yield
     except _SQL_ERRORS as e:
-        raise dg.Failure(f"{_describe(audience)}: its `sql` failed: {e}") from None
+        raise dg.Failure(f"{where}: its `{setting}` failed: {e}") from None
     except duckdb.Error as e:
-        # Other DuckDB errors (conversion, constraint, ...) may quote a source value, i.e. PII.
         raise dg.Failure(
-            f"{_describe(audience)}: its `sql` failed with {type(e).__name__} "
+            f"{where}: its `{setting}` failed with {type(e).__name__} "
             "(message withheld: it may quote source data)"
         ) from None
 
