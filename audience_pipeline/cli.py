@@ -69,6 +69,41 @@ def demo(profiles: int, as_json: bool, workdir: Path) -> None:
     click.echo(json.dumps(report) if as_json else format_report(report))
 
 
+@main.command()
+@_profiles
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for the sample data, the pipeline's state, the sandbox's records and Dagster's runs.",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=3000, show_default=True, help="Dagster UI port."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the Dagster UI listens on.")
+def dev(profiles: int, workdir: Path, port: int, host: str) -> None:
+    """Run the example project in the Dagster UI against a sandbox, until Ctrl-C.
+
+    Writes sample data unless WORKDIR has some, starts the sandbox, and runs `dg dev` with the
+    sandbox's environment; prints the UI's address once it answers.
+    """
+    from audience_pipeline.dev import port_in_use, run_dev
+
+    # Checked before anything starts, so that a busy port costs nothing and says what to change.
+    if port_in_use(host, port):
+        raise click.BadParameter(f"{host}:{port} is already in use; pick a free port.", param_hint="'--port'")
+    code = run_dev(
+        workdir,
+        profiles,
+        host,
+        port,
+        progress=lambda line: click.echo(line, err=True),
+        ready=lambda url: click.echo(f"Dagster UI: {url}"),
+    )
+    sys.exit(code)
+
+
 @main.command("hash")
 @click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("target", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))

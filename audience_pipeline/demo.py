@@ -24,13 +24,13 @@ import boto3
 import dagster as dg
 from cryptography.fernet import Fernet
 
-import audience_pipeline
 from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent
 from audience_pipeline.components.amc import AmazonMarketingCloudComponent
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
 from audience_pipeline.components.dsp import DspMobileAdIdsComponent
 from audience_pipeline.components.firehose import FirehoseComponent
 from audience_pipeline.definitions import defs as load_definitions
+from audience_pipeline.definitions import project_components
 from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
 from audience_pipeline.resources.amazon_ads import (
     API_URL_ENV_VAR,
@@ -42,7 +42,7 @@ from audience_pipeline.resources.amazon_ads import (
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sample_data import apply_round_two, write_sample_data
-from audience_pipeline.sandbox.aws import create_amc_bucket, create_firehose_stream
+from audience_pipeline.sandbox.provision import provision_sandbox
 from audience_pipeline.sandbox.server import start_sandbox
 
 # Dagster's per-event debug lines would bury the summary; warnings and errors still show.
@@ -62,10 +62,10 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
     # A fresh state folder each time, so every run of the demo starts from no deliveries.
     shutil.rmtree(state_root, ignore_errors=True)
 
-    streams = _components(FirehoseComponent)
-    managers = _components(AdsDataManagerComponent)
-    advertisers = _components(DspMobileAdIdsComponent)
-    clouds = _components(AmazonMarketingCloudComponent)
+    streams = project_components(FirehoseComponent)
+    managers = project_components(AdsDataManagerComponent)
+    advertisers = project_components(DspMobileAdIdsComponent)
+    clouds = project_components(AmazonMarketingCloudComponent)
     # Materialized together, in one run per audience partition. DSP changes go to a queue that a
     # sensor flushes every two hours; the demo flushes it straight after, as a separate run.
     per_audience = (
@@ -100,12 +100,6 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
     }
 
 
-def _components(kind: type[dg.Component]) -> list[Any]:
-    """The project's destinations of one kind, as declared under `defs/`."""
-    tree = dg.ComponentTree.for_project(Path(audience_pipeline.__file__))
-    return list(tree.load_context.component_tree.get_all_components(kind))
-
-
 def _of(
     found: Mapping[dg.AssetKey, list[dg.AssetMaterialization]], destinations: Iterable[Any]
 ) -> dict[dg.AssetKey, list[dg.AssetMaterialization]]:
@@ -137,13 +131,8 @@ def _endpoints(
     try:
         with _environ(names):
             endpoint = os.environ["AWS_ENDPOINT_URL"]
-            firehose, s3 = (boto3.client(kind, endpoint_url=endpoint) for kind in ("firehose", "s3"))
-            for stream in streams:
-                name = stream.delivery_stream_name
-                create_firehose_stream(firehose, s3, name, f"{name}-bucket".lower())
-            for cloud in clouds:
-                if cloud.bucket:
-                    create_amc_bucket(s3, cloud.bucket, cloud.instance_id)
+            s3, firehose = (boto3.client(kind, endpoint_url=endpoint) for kind in ("s3", "firehose"))
+            provision_sandbox(s3, firehose, streams, clouds)
             yield
     finally:
         if sandbox is not None:

@@ -68,6 +68,11 @@ def test_a_job_per_destination_and_the_amc_schedules_are_defined():
     )
 
 
+def test_deliveries_follow_snapshots_because_the_automation_sensor_runs_by_default():
+    sensor = defs().resolve_sensor_def("default_automation_condition_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
 def test_resources_are_located_by_environment_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("AUDIENCE_PIPELINE_SOURCE", str(tmp_path / "warehouse.duckdb"))
     monkeypatch.setenv("AUDIENCE_PIPELINE_STATE", str(tmp_path / "state"))

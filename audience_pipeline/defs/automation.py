@@ -1,0 +1,24 @@
+"""The sensor that runs the assets' automation conditions: deliveries follow their audiences' snapshots.
+
+Dagster declares its default automation sensor stopped; the destinations' streaming export (a delivery
+runs as soon as an audience's snapshot changes, `AutomationCondition.eager()`) needs it running from
+the first `dg dev`.
+"""
+
+import dagster as dg
+
+
+@dg.definitions
+def automation() -> dg.Definitions:
+    """The automation condition sensor over every asset, running by default."""
+    return dg.Definitions(
+        sensors=[
+            dg.AutomationConditionSensorDefinition(
+                "default_automation_condition_sensor",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=30,
+                description="Materializes deliveries when their audiences' snapshots change (eager).",
+            )
+        ]
+    )
