@@ -561,42 +561,42 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             raise dg.Failure(f"{where}: {error}") from None
         upload_name = f"{target.dataset_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{context.run_id[:8]}"
         with source_query_errors(where, "query"), source.stream(target.query) as stream:
-                check = check_query_schema(definition, stream.schema)
-                try:
-                    check.raise_for_errors()
-                except SchemaMismatch as error:
-                    raise dg.Failure(f"{where}: nothing was written; {error}") from None
-                if check.case_insensitive_matches:
-                    context.log.warning(
-                        f"{where}: columns matched ignoring case: {check.case_insensitive_matches}"
-                    )
-                try:
-                    files = write_upload_files(
-                        stream.frames,
-                        definition,
-                        check,
-                        s3_client=None if config.dry_run else self.s3(),
-                        location=self.location,
-                        upload_name=upload_name,
-                        file_format=target.file_format,
-                        country_code=target.country_code,
-                        dry_run=config.dry_run,
-                    )
-                except NoRowsToUpload as error:
-                    # Not a failure: the query selected nothing (or only rows AMC would drop).
-                    context.log.warning(f"{where}: {error}")
-                    yield dg.MaterializeResult(
-                        asset_key=target.asset_key,
-                        metadata={"dry_run": config.dry_run, "uploaded": False, **error.stats.metadata()},
-                    )
-                    return
-                except ValueError as error:
-                    raise dg.Failure(f"{where}: {error}") from None
-                except (BotoCoreError, ClientError, S3UploadFailedError) as error:
-                    raise dg.Failure(
-                        f"{where}: writing the upload files to s3://{self.location.bucket} failed: {error}; "
-                        "check `bucket`, `authentication` and the bucket policy (nothing was uploaded to AMC)"
-                    ) from None
+            check = check_query_schema(definition, stream.schema)
+            try:
+                check.raise_for_errors()
+            except SchemaMismatch as error:
+                raise dg.Failure(f"{where}: nothing was written; {error}") from None
+            if check.case_insensitive_matches:
+                context.log.warning(
+                    f"{where}: columns matched ignoring case: {check.case_insensitive_matches}"
+                )
+            try:
+                files = write_upload_files(
+                    stream.frames,
+                    definition,
+                    check,
+                    s3_client=None if config.dry_run else self.s3(),
+                    location=self.location,
+                    upload_name=upload_name,
+                    file_format=target.file_format,
+                    country_code=target.country_code,
+                    dry_run=config.dry_run,
+                )
+            except NoRowsToUpload as error:
+                # Not a failure: the query selected nothing (or only rows AMC would drop).
+                context.log.warning(f"{where}: {error}")
+                yield dg.MaterializeResult(
+                    asset_key=target.asset_key,
+                    metadata={"dry_run": config.dry_run, "uploaded": False, **error.stats.metadata()},
+                )
+                return
+            except ValueError as error:
+                raise dg.Failure(f"{where}: {error}") from None
+            except (BotoCoreError, ClientError, S3UploadFailedError) as error:
+                raise dg.Failure(
+                    f"{where}: writing the upload files to s3://{self.location.bucket} failed: {error}; "
+                    "check `bucket`, `authentication` and the bucket policy (nothing was uploaded to AMC)"
+                ) from None
         metadata: dict[str, Any] = {
             "dry_run": config.dry_run,
             "dataset_id": target.dataset_id,
