@@ -105,14 +105,17 @@ def parquet(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def wait(fetch, attempts: int = 100) -> dict:
-    """Poll until the job is final (the session sandbox moves jobs every 0.05 s and poll)."""
-    for _ in range(attempts):
+def wait(fetch, seconds: float = 30.0) -> dict:
+    """Poll until the job is final (the session sandbox moves jobs every 0.05 s and poll); a deadline
+    in seconds rather than a number of polls, so a loaded machine does not fail a test."""
+    deadline = time.monotonic() + seconds
+    while True:
         job = fetch()
         if is_final(job["status"]):
             return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job never finished: {job}")
         time.sleep(0.03)
-    raise AssertionError(f"job never finished: {job}")
 
 
 def upload_and_wait(amc: AmcClient, dataset_id: str, **kwargs) -> dict:

@@ -1,0 +1,229 @@
+"""The Dagster webserver over the example project and the sandbox, and headless Chromium to drive it.
+
+The webserver is a real `dagster-webserver` process, as a user starts it: runs launched from the UI
+run in their own subprocesses and reach the sandbox over loopback, exactly as they would reach Amazon.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, sync_playwright
+
+from audience_pipeline.components.amc import AmazonMarketingCloudComponent
+from audience_pipeline.components.firehose import FirehoseComponent
+from audience_pipeline.definitions import project_components
+from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
+from audience_pipeline.resources.amazon_ads import (
+    CLIENT_ID_ENV_VAR,
+    CLIENT_SECRET_ENV_VAR,
+    REFRESH_TOKEN_ENV_VAR,
+)
+from audience_pipeline.resources.duckdb_source import SOURCE_ENV_VAR
+from audience_pipeline.resources.state_store import STATE_ENV_VAR
+from audience_pipeline.sample_data import write_sample_data
+from audience_pipeline.sandbox.provision import provision_sandbox
+from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps calling Google's hosts, and the closed
+# network of CI refuses those connections; the other flags keep a headless root run quiet and stable.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+PROJECT_ROOT = Path(__file__).parents[2]
+# No daemon runs beside the webserver, and the instance's default queued coordinator would leave
+# every run queued: the default coordinator launches it at once, one subprocess per run.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+"""
+STARTUP_TIMEOUT_SECONDS = 90
+LOCATIONS = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+  loadStatus locationOrLoadError { ... on PythonError { message } }
+} } } }
+"""
+
+
+@dataclass
+class Webserver:
+    """A running Dagster webserver: its address, the log it writes, the sample data it reads and the
+    sandbox its runs send to."""
+
+    url: str
+    log: Path
+    source: Path
+    sandbox: RunningSandbox
+
+    def graphql(self, query: str, **variables) -> dict:
+        """The `data` of a GraphQL query against the webserver; fails on GraphQL errors."""
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert not body.get("errors"), body["errors"]
+        return body["data"]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _provision(sandbox: RunningSandbox) -> None:
+    """The Firehose streams and AMC buckets of the example destinations, made in the sandbox."""
+    env = sandbox.env()
+    session = boto3.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    s3, firehose = (session.client(kind, endpoint_url=sandbox.aws_url) for kind in ("s3", "firehose"))
+    streams, clouds = project_components(FirehoseComponent), project_components(AmazonMarketingCloudComponent)
+    provision_sandbox(s3, firehose, streams, clouds)
+
+
+def _wait_for_webserver(process: subprocess.Popen, url: str, log: Path) -> None:
+    """Until the webserver answers and has loaded the code location: before that, its pages and API
+    show an empty or half-loaded workspace."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"dagster-webserver exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            response = requests.post(f"{url}/graphql", json={"query": LOCATIONS}, timeout=5)
+            entries = response.json()["data"]["workspaceOrError"]["locationEntries"]
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            entries = []
+        errors = [e["locationOrLoadError"].get("message") for e in entries if e["locationOrLoadError"]]
+        if any(errors):
+            raise AssertionError(f"the code location failed to load: {errors}\n{log.read_text()}")
+        if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"dagster-webserver did not load the project within {STARTUP_TIMEOUT_SECONDS} s:\n"
+                f"{log.read_text()}"
+            )
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
+    """`dagster-webserver` over the example project, its sample data and a sandbox of its own, with the
+    Firehose streams and AMC buckets made; stopped with every run process it launched."""
+    work = tmp_path_factory.mktemp("dagster_ui")
+    source = write_sample_data(work / "data", profiles=2000)
+    home = work / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    sandbox = start_sandbox()
+    try:
+        _provision(sandbox)
+        yield from _serve(work, sandbox, source, home)
+    finally:
+        sandbox.stop()
+
+
+def _serve(work: Path, sandbox: RunningSandbox, source: Path, home: Path) -> Iterator[Webserver]:
+    """`dagster-webserver` on a free port with the environment the example needs; its process group is
+    ended when the generator is closed."""
+    env = {
+        **os.environ,
+        **sandbox.env(),
+        # The sandbox accepts any Login with Amazon credentials; the resource insists they are set.
+        **dict.fromkeys((CLIENT_ID_ENV_VAR, CLIENT_SECRET_ENV_VAR, REFRESH_TOKEN_ENV_VAR), "browser-test"),
+        SOURCE_ENV_VAR: str(source),
+        STATE_ENV_VAR: str(work / "state"),
+        LEDGER_KEY_ENV_VAR: Fernet.generate_key().decode(),
+        "DAGSTER_HOME": str(home),
+    }
+    port = _free_port()
+    log = work / "webserver.log"
+    command = [
+        str(Path(sys.executable).parent / "dagster-webserver"),
+        *("-m", "audience_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)),
+    ]
+    with log.open("w") as out:
+        # Its own process group, so that teardown also ends the code server and run processes it started.
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_webserver(process, url, log)
+        yield Webserver(url, log, source, sandbox)
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """End the process and everything in its group: politely, then not."""
+    # The group may be gone already when the webserver died on its own.
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def chromium_page(name: str) -> Iterator[Page]:
+    """A page in Debian's headless Chromium, driven by Playwright (whose own browser download is blocked
+    here); if the block fails, a screenshot of the page goes to `artifacts/<name>-failure.png`."""
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: the browser tests need Debian's `chromium` package, which `.ci/run` "
+        "installs with apt-get (locally: `sudo apt-get install chromium`)"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # The webserver greets a new instance with a "Join the Dagster community" modal, at a moment
+            # of its choosing; it would swallow whatever click comes next.
+            page.add_locator_handler(
+                page.get_by_text("Join the Dagster community"),
+                lambda: page.get_by_role("button", name="Skip", exact=True).click(),
+            )
+            try:
+                yield page
+            except BaseException:
+                ARTIFACTS.mkdir(exist_ok=True)
+                # A page that crashed cannot be photographed; the test's own error is the one to see.
+                with suppress(PlaywrightError):
+                    page.screenshot(path=ARTIFACTS / f"{name}-failure.png")
+                raise
+        finally:
+            browser.close()

@@ -1,0 +1,96 @@
+"""The example project in the Dagster UI, used from headless Chromium the way a person would use it.
+
+The page is only half the evidence: what it shows is checked against the webserver's GraphQL API,
+the sample data and what the sandbox received.
+"""
+
+import re
+
+import duckdb
+import requests
+from playwright.sync_api import Page, expect
+
+from audience_pipeline_tests.browser.conftest import ARTIFACTS, Webserver, chromium_page
+
+SNAPSHOT = ("audience_snapshot",)
+DESTINATION_PREFIXES = {"firehose", "ads_data_manager", "dsp", "amc"}
+# Unpartitioned, and it neither waits for AMC nor needs a daemon: a run of it ends on its own.
+UPLOAD = ("amc", "dataset", "sample_customer_identities")
+UPLOAD_SQL = "SELECT count(*) FROM profiles WHERE customer_id IS NOT NULL"  # the `query` in defs/amc
+RUN_TIMEOUT_MS = 120_000
+SCREENSHOT = ARTIFACTS / "dagster_ui.png"
+
+ASSET_KEYS = "{ assetNodes { assetKey { path } } }"
+RUN_STATUS = "query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }"
+LATEST_MATERIALIZATION = """
+query($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset {
+      assetMaterializations(limit: 1) { runId metadataEntries { label ... on IntMetadataEntry { intValue } } }
+    }
+  }
+}
+"""
+
+
+def test_an_amc_upload_launched_from_the_asset_graph_succeeds_and_its_metadata_is_shown(
+    webserver: Webserver,
+):
+    keys = [tuple(node["assetKey"]["path"]) for node in webserver.graphql(ASSET_KEYS)["assetNodes"]]
+    destinations = [key for key in keys if key[0] in DESTINATION_PREFIXES]
+    assert {key[0] for key in destinations} == DESTINATION_PREFIXES and SNAPSHOT in keys, keys
+
+    with chromium_page("dagster_ui") as page:
+        page.set_default_timeout(30_000)
+        page.goto(f"{webserver.url}/asset-groups")
+        # The global lineage starts with every group folded into one box.
+        page.get_by_role("button", name="settings", exact=True).click()
+        page.get_by_role("menuitem", name="Expand all groups").click()
+        page.keyboard.press("Escape")
+        for key in (SNAPSHOT, *destinations, UPLOAD):
+            _select_in_graph(page, key)
+
+        # The upload is the selected asset now.
+        page.get_by_role("button", name="Materialize selected").click()
+        run_link = page.get_by_role("link", name="View", exact=True)  # in the "Launched run" toast
+        expect(run_link).to_have_attribute("href", re.compile(r"^/runs/[0-9a-f-]{36}$"))
+        run_id = run_link.get_attribute("href").rsplit("/", 1)[1]
+        run_link.click()
+        # The run page follows the run live; a run that ends badly ends the wait as soon as a good one.
+        final = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
+        expect(final).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        assert final.inner_text() == "Success", webserver.log_tail()
+        # The run's own event log shows what the materialization recorded.
+        expect(page.get_by_text("rows_written", exact=True).first).to_be_visible()
+
+        page.goto(f"{webserver.url}/assets/{'/'.join(UPLOAD)}")
+        rows_written = page.get_by_role("row").filter(has=page.get_by_text("rows_written", exact=True))
+        expect(rows_written.get_by_role("cell").last).to_have_text(re.compile(r"^\d+$"))
+        shown = int(rows_written.get_by_role("cell").last.inner_text())
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=SCREENSHOT, full_page=True)
+
+    assert webserver.graphql(RUN_STATUS, runId=run_id)["runOrError"]["status"] == "SUCCESS"
+    (latest,) = webserver.graphql(LATEST_MATERIALIZATION, path=list(UPLOAD))["assetOrError"][
+        "assetMaterializations"
+    ]
+    recorded = {entry["label"]: entry.get("intValue") for entry in latest["metadataEntries"]}
+    assert latest["runId"] == run_id
+    with duckdb.connect(str(webserver.source), read_only=True) as source:
+        selected = source.sql(UPLOAD_SQL).pl().item()
+    assert recorded["rows_in"] == selected
+    assert shown == recorded["rows_written"] > 0
+    # The run really reached AMC: the sandbox accepted the upload of these files.
+    journal = requests.get(f"{webserver.sandbox.ads_url}/_sandbox/journal", timeout=10).json()["entries"]
+    uploads = [e for e in journal if e["method"] == "POST" and e["path"].endswith(f"/uploads/{UPLOAD[-1]}")]
+    assert [e["status"] for e in uploads] == [200], uploads
+
+
+def _select_in_graph(page: Page, key: tuple[str, ...]) -> None:
+    """Find the asset with the graph's "Jump to" search and check the graph selected that very asset."""
+    page.get_by_placeholder("Jump to").fill("/".join(key))
+    page.keyboard.press("Enter")
+    # The side panel of the selected asset links to its catalog page, which is named by the full key.
+    expect(page.get_by_role("link", name="View in Asset Catalog")).to_have_attribute(
+        "href", f"/assets/{'/'.join(key)}"
+    )
