@@ -191,9 +191,11 @@ def test_throttling_and_server_errors_lose_nothing(pipeline, sandbox):
     add_fault(sandbox.ads_url, route=MEMBERS_ROUTE, status=429, count=1, retry_after=0)
     add_fault(sandbox.ads_url, route=MEMBERS_ROUTE, status=503, count=1, retry_after=0)
 
-    result = pipeline.metadata(pipeline.run())
+    run = pipeline.run()
+    result = pipeline.metadata(run)
 
     assert result["retries"] >= 2 and result["rejected"] == 0
+    assert [c.passed for c in run.get_asset_check_evaluations()] == [True]
     assert sorted(pipeline.held()) == ["u1", "u2", "u3", "u4"]
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]
 
@@ -215,12 +217,18 @@ def test_a_refused_member_is_a_reject_while_the_rest_advance(pipeline, sandbox):
     )
     pipeline.assets = [delivery]  # deliver the edited snapshot as it is
 
-    result = pipeline.metadata(pipeline.run())
+    run = pipeline.run()
+    result = pipeline.metadata(run)
 
     assert (result["identity_changed"], result["members_sent"], result["rejected"]) == (2, 2, 1)
     [reason] = result["rejects"]
     assert "64-character" in reason and result["rejects"][reason] == 1
     assert "not-a-hash" not in reason
+    # The UI shows the refusal as a failing check (a warning) that carries Amazon's own reason.
+    [check] = run.get_asset_check_evaluations()
+    assert check.check_name == "members_accepted" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description == f"Amazon refused 1 member(s): {reason} (1)"
     ledger = pipeline.ledger().sort("user_id")
     # u3's change advanced; u4's stays at round 1 and is sent again next time.
     assert ledger.filter(pl.col("user_id") == "u3")["version"][0] == 2

@@ -37,6 +37,7 @@ from audience_pipeline.membership.ledger import Ledger, LedgerConflict
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.state_store import StateStore
 
+MEMBERS_ACCEPTED_CHECK = "members_accepted"
 _DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,99}")
 
 
@@ -158,17 +159,31 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
                 )
 
         # Partitions are shared with the snapshot (one run materializes both); an audience not
-        # routed here is a partition that produces nothing.
-        @dg.asset(
-            key=self.asset_key,
+        # routed here is a partition that produces nothing, and evaluates no check (hence subsettable
+        # outputs: a plain asset must yield every check it declares).
+        @dg.multi_asset(
+            specs=[
+                dg.AssetSpec(
+                    self.asset_key,
+                    deps=[SNAPSHOT_ASSET_KEY],
+                    automation_condition=dg.AutomationCondition.eager(),
+                    group_name="deliver",
+                    kinds={"amazon", "adm"},
+                    owners=OWNERS,
+                    description="Members of the chosen audiences in their Ads Data Manager datasets.",
+                )
+            ],
+            check_specs=[
+                dg.AssetCheckSpec(
+                    MEMBERS_ACCEPTED_CHECK,
+                    asset=self.asset_key,
+                    description="Ads Data Manager accepted every member sent; a failure carries its reasons.",
+                )
+            ],
             partitions_def=audiences.partitions_def,
-            deps=[SNAPSHOT_ASSET_KEY],
-            automation_condition=dg.AutomationCondition.eager(),
-            group_name="deliver",
-            kinds={"amazon", "adm"},
-            owners=OWNERS,
+            can_subset=True,
+            name=self.asset_key.to_python_identifier(),
             pool="amazon_ads_api",
-            output_required=False,
         )
         def ads_data_manager_delivery(
             context: dg.AssetExecutionContext,
@@ -187,7 +202,25 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
             if context.partition_key not in delivered:
                 context.log.info(f"audience {context.partition_key} is not delivered to Ads Data Manager")
                 return
-            yield self._deliver(context, config, state_store, amazon_ads, audiences)
+            result = self._deliver(context, config, state_store, amazon_ads, audiences)
+            yield result
+            rejected = result.metadata.get("rejected")
+            if rejected is not None and context.selected_asset_check_keys:
+                reasons = result.metadata["rejects"].value
+                yield dg.AssetCheckResult(
+                    asset_key=self.asset_key,
+                    check_name=MEMBERS_ACCEPTED_CHECK,
+                    passed=rejected == 0,
+                    # Refused members stay pending and are sent again: worth a look, not a stop.
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"rejected": rejected},
+                    description=(
+                        "Amazon accepted every member sent"
+                        if rejected == 0
+                        else f"Amazon refused {rejected} member(s): "
+                        + "; ".join(f"{reason} ({n})" for reason, n in reasons.items())
+                    ),
+                )
 
         return ads_data_manager_delivery
 
@@ -210,13 +243,14 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
         if config.dry_run:
             context.log.info(f"dry run, nothing sent or committed: {counts} to dataset {name}")
             return dg.MaterializeResult(
+                asset_key=self.asset_key,
                 metadata={
                     "dry_run": True,
                     "dataset_name": name,
                     **counts,
                     "ledger_version": state.version,
                     "seconds": round(time.perf_counter() - started, 3),
-                }
+                },
             )
 
         api = amazon_ads.client()
@@ -267,4 +301,4 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
                 f"Amazon refused {outcome.rejected} members ({outcome.rejects}); their changes stay pending "
                 "and are sent again on the next run"
             )
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(asset_key=self.asset_key, metadata=metadata)
