@@ -1,8 +1,10 @@
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY
 from audience_pipeline.definitions import defs
@@ -68,6 +70,20 @@ def test_a_job_per_destination_and_the_amc_schedules_are_defined():
     )
 
 
+def test_the_refresh_schedule_asks_for_one_run_per_audience_once_per_tick():
+    definitions = defs()
+    schedule = definitions.resolve_schedule_def("audience_snapshots_schedule")
+    assert schedule.cron_schedule == "0 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    with dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 1, 1, 3), repository_def=definitions.get_repository_def()
+    ) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert [(r.partition_key, r.run_key) for r in requests] == [
+        (key, f"{key}:20260101T0300") for key in ("1001", "1002", "newsletter_subscribers", "app_users_90d")
+    ]
+
+
 def test_deliveries_follow_snapshots_because_the_automation_sensor_runs_by_default():
     sensor = defs().resolve_sensor_def("default_automation_condition_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -81,6 +97,16 @@ def test_resources_are_located_by_environment_variables(monkeypatch, tmp_path):
 
     assert resources["source"].database == str(tmp_path / "warehouse.duckdb")
     assert resources["state_store"].root == str(tmp_path / "state")
+
+
+def test_the_ads_api_region_comes_from_the_environment_and_is_checked(monkeypatch):
+    monkeypatch.setenv("AMAZON_ADS_REGION", "EU")
+    assert defs().resources["amazon_ads"].region == "EU"
+    monkeypatch.setenv("AMAZON_ADS_REGION", "Mars")
+    with pytest.raises(Exception) as raised:
+        defs()
+    # The loader wraps the resource's error; the cause names the variable to fix.
+    assert "set AMAZON_ADS_REGION to one of them" in str(raised.value.__cause__)
 
 
 def test_resources_default_to_the_project_folder_layout(monkeypatch):

@@ -25,9 +25,6 @@ import dagster as dg
 import duckdb
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
-
-# The check `dg.ScheduleDefinition` applies: a schedule that passes here is one Dagster accepts.
-from dagster._utils.schedules import is_valid_cron_string
 from pydantic import Field, field_validator, model_validator
 
 from audience_pipeline.amc.compatibility import SchemaMismatch, check_query_schema
@@ -63,6 +60,7 @@ from audience_pipeline.components.amc_status import (
 )
 from audience_pipeline.components.audiences import country_setting, source_query_errors
 from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
+from audience_pipeline.components.schedules import check_cron
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
@@ -769,13 +767,6 @@ _CHECK_DESCRIPTIONS = {
     JOB_CHECK: "AMC finished the work of the latest run successfully; a failure carries AMC's message.",
     AUDIENCE_SIZE_CHECK: "The audience has at least the 2,000 users Amazon DSP needs.",
 }
-
-
-def check_cron(value: str | None) -> str | None:
-    """A `schedule` setting: a cron string, or None for no schedule."""
-    if value is not None and not is_valid_cron_string(value):
-        raise ValueError(f"{value!r} is not a cron schedule such as '0 3 * * *'")
-    return value
 
 
 def refuse_overlap(definition: DatasetDefinition, strategy: str) -> None:

@@ -9,13 +9,14 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import dagster as dg
 import duckdb
 import polars as pl
 from pydantic import AfterValidator, Field, field_validator
 
+from audience_pipeline.components.schedules import check_cron
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
 from audience_pipeline.identity import normalize_country
@@ -116,11 +117,21 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
     country_code: str | None = Field(
         default=None, description="Country for rows without a `country_code`, unless the audience sets one."
     )
+    refresh_schedule: str | None = Field(
+        default=None,
+        description="Cron schedule refreshing every audience's snapshot (e.g. `0 * * * *`); the deliveries "
+        "follow. None: snapshots refresh only when run.",
+    )
 
     @field_validator("country_code")
     @classmethod
     def _check_country(cls, value: str | None) -> str | None:
         return country_setting(value)
+
+    @field_validator("refresh_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str | None) -> str | None:
+        return check_cron(value)
 
     @property
     def partitions_def(self) -> dg.StaticPartitionsDefinition:
@@ -202,7 +213,27 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
             selection=[SNAPSHOT_ASSET_KEY],
             description="Refreshes audience snapshots: pick the audiences (partitions) to run.",
         )
-        return dg.Definitions(assets=[audience_snapshot], jobs=[job])
+        return dg.Definitions(assets=[audience_snapshot], jobs=[job], schedules=self._schedules(job))
+
+    def _schedules(self, job: Any) -> list[dg.ScheduleDefinition]:
+        """`audience_snapshots_schedule`: one run per audience on `refresh_schedule`, when it is set."""
+        if self.refresh_schedule is None:
+            return []
+        keys = [a.partition_key for a in self.audiences]
+
+        @dg.schedule(
+            name="audience_snapshots_schedule",
+            cron_schedule=self.refresh_schedule,
+            job=job,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"Refreshes every audience's snapshot on `{self.refresh_schedule}`.",
+        )
+        def audience_snapshots_schedule(context: dg.ScheduleEvaluationContext):
+            """One run per audience; the run key keeps a tick from being requested twice."""
+            tick = f"{context.scheduled_execution_time:%Y%m%dT%H%M}"
+            return [dg.RunRequest(run_key=f"{key}:{tick}", partition_key=key) for key in keys]
+
+        return [audience_snapshots_schedule]
 
 
 def _describe(audience: Audience) -> str:

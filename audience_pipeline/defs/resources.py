@@ -9,6 +9,7 @@ from audience_pipeline.resources.amazon_ads import (
     CLIENT_ID_ENV_VAR,
     CLIENT_SECRET_ENV_VAR,
     REFRESH_TOKEN_ENV_VAR,
+    REGION_ENV_VAR,
     TOKEN_URL_ENV_VAR,
     AmazonAdsApi,
 )
@@ -30,6 +31,8 @@ def resources() -> dg.Definitions:
                 client_id=dg.EnvVar(CLIENT_ID_ENV_VAR),
                 client_secret=dg.EnvVar(CLIENT_SECRET_ENV_VAR),
                 refresh_token=dg.EnvVar(REFRESH_TOKEN_ENV_VAR),
+                # NA, EU or FE: where the advertiser's account lives (DSP components name their own).
+                region=os.environ.get(REGION_ENV_VAR, "NA"),
                 base_url=os.environ.get(API_URL_ENV_VAR),
                 token_url=os.environ.get(TOKEN_URL_ENV_VAR),
             ),

@@ -6,7 +6,7 @@ Secrets come only through `dg.EnvVar` (`AMAZON_ADS_CLIENT_ID`, `AMAZON_ADS_CLIEN
 """
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from audience_pipeline.clients.ads_api import API_HOSTS, AdsApiClient
 
@@ -15,6 +15,7 @@ CLIENT_SECRET_ENV_VAR = "AMAZON_ADS_CLIENT_SECRET"
 REFRESH_TOKEN_ENV_VAR = "AMAZON_ADS_REFRESH_TOKEN"
 API_URL_ENV_VAR = "AMAZON_ADS_API_URL"
 TOKEN_URL_ENV_VAR = "AMAZON_ADS_TOKEN_URL"
+REGION_ENV_VAR = "AMAZON_ADS_REGION"
 
 
 class AmazonAdsApi(dg.ConfigurableResource):
@@ -32,6 +33,16 @@ class AmazonAdsApi(dg.ConfigurableResource):
         default=None, description="API base URL overriding the region's host, e.g. the sandbox's."
     )
     token_url: str | None = Field(default=None, description="Token URL overriding the region's LWA host.")
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str) -> str:
+        if value not in API_HOSTS:
+            raise ValueError(
+                f"{value!r} is not an Amazon Ads API region ({', '.join(API_HOSTS)}); "
+                f"set {REGION_ENV_VAR} to one of them"
+            )
+        return value
 
     def client(self, region: str | None = None) -> AdsApiClient:
         """A client session; `region` overrides the resource's (DSP audiences name their own)."""
