@@ -92,7 +92,7 @@ def run_dev(
     try:
         source = _sample_data(workdir, profiles, progress)
         sandbox = start_sandbox(config=SandboxConfig(state_dir=workdir / ".sandbox"))
-        _provision(sandbox)
+        provision_example(sandbox)
         progress(f"sandbox: Amazon Ads API {sandbox.ads_url}, AWS {sandbox.aws_url}")
         project = project_root()
         env = _environment(workdir, sandbox, source, project, progress)
@@ -150,8 +150,8 @@ def _sample_data(workdir: Path, profiles: int, progress: Callable[[str], None]) 
     return write_sample_data(path.parent, profiles=profiles)
 
 
-def _provision(sandbox: RunningSandbox) -> None:
-    """The Firehose streams and AMC buckets the example destinations use, made in the sandbox."""
+def provision_example(sandbox: RunningSandbox) -> None:
+    """The Firehose streams and AMC buckets the project's destinations use, made in the sandbox."""
     # Imported here: finding the components loads Dagster and the project's definitions.
     from audience_pipeline.components.amc import AmazonMarketingCloudComponent
     from audience_pipeline.components.firehose import FirehoseComponent

@@ -15,16 +15,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
 from cryptography.fernet import Fernet
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
 
-from audience_pipeline.components.amc import AmazonMarketingCloudComponent
-from audience_pipeline.components.firehose import FirehoseComponent
-from audience_pipeline.definitions import project_components
+from audience_pipeline.dev import provision_example
 from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
 from audience_pipeline.resources.amazon_ads import (
     CLIENT_ID_ENV_VAR,
@@ -34,7 +31,6 @@ from audience_pipeline.resources.amazon_ads import (
 from audience_pipeline.resources.duckdb_source import SOURCE_ENV_VAR
 from audience_pipeline.resources.state_store import STATE_ENV_VAR
 from audience_pipeline.sample_data import write_sample_data
-from audience_pipeline.sandbox.provision import provision_sandbox
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -99,19 +95,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _provision(sandbox: RunningSandbox) -> None:
-    """The Firehose streams and AMC buckets of the example destinations, made in the sandbox."""
-    env = sandbox.env()
-    session = boto3.Session(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    s3, firehose = (session.client(kind, endpoint_url=sandbox.aws_url) for kind in ("s3", "firehose"))
-    streams, clouds = project_components(FirehoseComponent), project_components(AmazonMarketingCloudComponent)
-    provision_sandbox(s3, firehose, streams, clouds)
-
-
 def _wait_for_webserver(process: subprocess.Popen, url: str, log: Path) -> None:
     """Until the webserver answers and has loaded the code location: before that, its pages and API
     show an empty or half-loaded workspace."""
@@ -148,7 +131,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
     sandbox = start_sandbox()
     try:
-        _provision(sandbox)
+        provision_example(sandbox)
         yield from _serve(work, sandbox, source, home)
     finally:
         sandbox.stop()
