@@ -20,7 +20,8 @@ from audience_pipeline.resources.state_store import StateStore
 from .conftest import add_fault, amazon_ads_resource, journal
 
 ACCOUNT = "amzn1.ads-account.sandbox"
-DESTINATION = f"ads_data_manager/{ACCOUNT}"
+# The ledger of the example audience's dataset (`Lucky Seven` → `Lucky_Seven`).
+DESTINATION = f"ads_data_manager/{ACCOUNT}/Lucky_Seven"
 MEMBERS_ROUTE = "POST /adm/audiences/"
 HEX64 = re.compile(r"[0-9a-f]{64}")
 PROFILES = [
@@ -58,14 +59,14 @@ def write_source(path, rows) -> None:
 class Pipeline:
     """The snapshot and ADM assets of one audience (id 7) over a tiny source, on the sandbox."""
 
-    def __init__(self, tmp_path, sandbox, **settings):
+    def __init__(self, tmp_path, sandbox, external_name="Lucky Seven", **settings):
         self.sandbox = sandbox
         self.source_path = tmp_path / "source.duckdb"
         write_source(self.source_path, PROFILES)
         self.audiences = AudiencesComponent(
             audiences=[
                 Audience(
-                    id=7, name="seven", external_name="Lucky Seven", sql="SELECT * FROM profiles WHERE member"
+                    id=7, name="seven", external_name=external_name, sql="SELECT * FROM profiles WHERE member"
                 )
             ],
             country_code="US",
@@ -151,6 +152,20 @@ def test_first_run_makes_the_dataset_hold_the_audience_and_a_rerun_sends_nothing
     assert (again["added"], again["members_sent"], again["requests"], again["ledger_version"]) == (0, 0, 0, 1)
     assert len(member_requests(sandbox)) == 1
     assert len(pipeline.datasets()) == 1  # found again by name, never duplicated
+
+
+def test_a_renamed_audience_gets_a_new_dataset_holding_every_member(pipeline, tmp_path, sandbox_env):
+    pipeline.run()
+    renamed = Pipeline(tmp_path, sandbox_env, external_name="Lucky Seven Renamed")
+    renamed.state = pipeline.state  # the same state store: the old dataset's ledger is there
+
+    result = renamed.metadata(renamed.run())
+
+    assert result["added"] == 4 and result["members_sent"] == 4
+    datasets = {d["name"]: d["dataSetId"] for d in pipeline.datasets()}
+    assert set(datasets) == {"Lucky_Seven", "Lucky_Seven_Renamed"}
+    members = sandbox_env.ads.state.family("adm")["members"]
+    assert sorted(members[datasets["Lucky_Seven_Renamed"]]) == ["u1", "u2", "u3", "u4"]
 
 
 def test_removals_go_as_delete_and_identity_changes_as_create(pipeline, sandbox):

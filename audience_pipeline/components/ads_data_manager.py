@@ -127,8 +127,13 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
 
     @property
     def destination(self) -> str:
-        """The ledger's destination name: datasets belong to a manager account."""
+        """The destination's name: datasets belong to a manager account."""
         return f"ads_data_manager/{self.manager_account_id}"
+
+    def ledger_destination(self, dataset: str) -> str:
+        """Whose members a ledger records: one dataset of the account. The dataset is found by name, so
+        a renamed audience gets a new dataset, and a new ledger that sends it every member."""
+        return f"{self.destination}/{dataset}"
 
     @property
     def rules(self) -> MemberRules:
@@ -235,11 +240,11 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
         started = time.perf_counter()
         audience = audiences.audience(context.partition_key)
         snapshot = read_snapshot(state_store, audience)
-        ledger = Ledger(state_store.store, self.destination, audience.partition_key)
+        name = dataset_name(audience)
+        ledger = Ledger(state_store.store, self.ledger_destination(name), audience.partition_key)
         state = ledger.load()
         plan = plan_delivery(adm_members(snapshot, self.rules), state)
         counts = plan.counts()
-        name = dataset_name(audience)
         if config.dry_run:
             context.log.info(f"dry run, nothing sent or committed: {counts} to dataset {name}")
             return dg.MaterializeResult(
