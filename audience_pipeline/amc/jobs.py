@@ -12,16 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-import requests
-
 from audience_pipeline.amc.definitions import DatasetDefinition
-from audience_pipeline.clients.ads_api import ServerError
+from audience_pipeline.clients.ads_api import LOST_ANSWER
 from audience_pipeline.clients.amc import AmcClient, amc_time, failed, is_final, succeeded
 
 T = TypeVar("T")
 JobKind = Literal["upload", "deletion", "audience"]
-# An answer that may have been lost after AMC acted on the request.
-LOST_ANSWER = (ServerError, requests.ConnectionError, requests.Timeout)
 
 
 class AmcJobError(RuntimeError):

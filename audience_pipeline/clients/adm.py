@@ -8,9 +8,7 @@ that may hide a success the client looks the audience up by name before giving u
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import requests
-
-from audience_pipeline.clients.ads_api import AdsApiClient, ApiModel, ServerError
+from audience_pipeline.clients.ads_api import LOST_ANSWER, AdsApiClient, ApiModel
 
 MANAGER_ACCOUNT_HEADER = "Amazon-Ads-Manager-Account-ID"
 MAX_MEMBERS_PER_REQUEST = 10_000
@@ -105,7 +103,7 @@ class AdmClient:
             return existing
         try:
             return self.create_audience(name, country_code, description=description)
-        except (ServerError, requests.ConnectionError, requests.Timeout):
+        except LOST_ANSWER:
             created = self.find_audience(name)
             if created is None:
                 raise

@@ -73,6 +73,10 @@ class ServerError(AmazonAdsApiError):
     """Amazon failed (5xx) after every retry, or on a call that is not safe to repeat."""
 
 
+# What a POST that may have created something can end with although it did: the caller looks it up.
+LOST_ANSWER = (ServerError, requests.ConnectionError, requests.Timeout)
+
+
 class AdsApiClient:
     """A session with the Amazon Ads API for one set of Login with Amazon credentials."""
 

@@ -20,10 +20,11 @@ from audience_pipeline.components.audiences import (
     SNAPSHOT_ASSET_KEY,
     Audience,
     AudiencesComponent,
+    check_audience_ids,
     find_audiences,
     read_snapshot,
 )
-from audience_pipeline.components.ui import OWNERS
+from audience_pipeline.components.ui import OWNERS, name_part
 from audience_pipeline.identity import normalize_country
 from audience_pipeline.membership.adm_delivery import (
     TARGET_IDENTITIES,
@@ -102,11 +103,7 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     @field_validator("audiences")
     @classmethod
     def _check_unique(cls, value: list[int | str]) -> list[int | str]:
-        keys = [str(v) for v in value]
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
-        if repeated:
-            raise ValueError(f"audience ids listed more than once: {', '.join(repeated)}")
-        return value
+        return check_audience_ids(value)
 
     @field_validator("identities")
     @classmethod
@@ -123,7 +120,7 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     @property
     def asset_key(self) -> dg.AssetKey:
         """`ads_data_manager/<manager account>`, the account id made a valid asset key part."""
-        return dg.AssetKey(["ads_data_manager", re.sub(r"[^A-Za-z0-9_]", "_", self.manager_account_id)])
+        return dg.AssetKey(["ads_data_manager", name_part(self.manager_account_id)])
 
     @property
     def destination(self) -> str:

@@ -59,10 +59,15 @@ from audience_pipeline.components.amc_status import (
     outcome_metadata,
 )
 from audience_pipeline.components.audiences import country_setting, source_query_errors
-from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
+from audience_pipeline.components.aws_settings import (
+    check_env_var_name,
+    check_key_pair,
+    check_region,
+    env_secret,
+)
 from audience_pipeline.components.schedules import check_cron
 from audience_pipeline.components.source import source_table_key
-from audience_pipeline.components.ui import OWNERS, rejects_by_reason
+from audience_pipeline.components.ui import OWNERS, name_part, rejects_by_reason
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
 
@@ -118,8 +123,7 @@ class S3Authentication(dg.Model, dg.Resolvable):
 
     @model_validator(mode="after")
     def _check_method(self) -> "S3Authentication":
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key: set both, or neither for boto3's chain")
+        check_key_pair(self.access_key_id, self.secret_access_key)
         if self.method == "assume_role":
             if not (self.account_id and re.fullmatch(r"\d{12}", self.account_id)):
                 raise ValueError("account_id: assume_role needs the 12-digit AWS account id of the role")
@@ -264,7 +268,7 @@ class RuleBasedAudience(RuleBasedAudienceSettings, dg.Resolvable):
     @property
     def asset_key(self) -> dg.AssetKey:
         """`amc/audience/<audience name, lowercased, other characters as _>`."""
-        return dg.AssetKey(["amc", "audience", re.sub(r"[^a-z0-9_]", "_", self.audience_name.lower())])
+        return dg.AssetKey(["amc", "audience", name_part(self.audience_name.lower())])
 
 
 class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
@@ -363,7 +367,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
     @property
     def sensor_name(self) -> str:
         """`amc_<instance>_job_status`: the sensor following this instance's work."""
-        return f"amc_{re.sub(r'[^A-Za-z0-9_]', '_', self.instance_id)}_job_status"
+        return f"amc_{name_part(self.instance_id)}_job_status"
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """An asset per target, its checks, a schedule per target with `schedule`, and the sensor."""
@@ -393,7 +397,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             location=self.location,
         )
         job = dg.define_asset_job(
-            f"amc_{re.sub(r'[^A-Za-z0-9_]', '_', self.instance_id)}",
+            f"amc_{name_part(self.instance_id)}",
             selection=[t.asset_key for t in targets],
             description=f"Runs every target of AMC instance {self.instance_id}: uploads, deletions and "
             "audiences.",

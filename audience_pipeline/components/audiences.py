@@ -92,6 +92,15 @@ class Audience(dg.Model):
         return self.external_name or self.name
 
 
+def check_audience_ids(value: list[int | str]) -> list[int | str]:
+    """A destination's `audiences` setting, each id listed once (a ValueError for its validator)."""
+    keys = [str(v) for v in value]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"audience ids listed more than once: {', '.join(repeated)}")
+    return value
+
+
 def _check_unique_ids(audiences: list[Audience]) -> list[Audience]:
     first_index: dict[str, int] = {}
     for index, audience in enumerate(audiences):

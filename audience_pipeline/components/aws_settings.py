@@ -38,3 +38,9 @@ def env_secret(destination: str, setting: str, name: str | None) -> str | None:
     if not value:
         raise dg.Failure(f"{destination} setting `{setting}`: environment variable {name} is not set")
     return value
+
+
+def check_key_pair(access_key_id: str | None, secret_access_key: str | None) -> None:
+    """Both key settings or neither (then boto3's default chain applies); a ValueError otherwise."""
+    if (access_key_id is None) != (secret_access_key is None):
+        raise ValueError("access_key_id and secret_access_key: set both, or neither for boto3's chain")

@@ -24,6 +24,7 @@ from audience_pipeline.components.audiences import (
     SNAPSHOT_ASSET_KEY,
     Audience,
     AudiencesComponent,
+    check_audience_ids,
     find_audiences,
     read_snapshot,
 )
@@ -113,11 +114,7 @@ class DspMobileAdIdsComponent(dg.Component, dg.Model, dg.Resolvable):
     @field_validator("audiences")
     @classmethod
     def _check_unique(cls, value: list[int | str]) -> list[int | str]:
-        keys = [str(v) for v in value]
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
-        if repeated:
-            raise ValueError(f"audience ids listed more than once: {', '.join(repeated)}")
-        return value
+        return check_audience_ids(value)
 
     @property
     def queue_key(self) -> dg.AssetKey:

@@ -14,12 +14,18 @@ from audience_pipeline.clients.firehose import FirehoseSendError, firehose_clien
 from audience_pipeline.components.audiences import (
     SNAPSHOT_ASSET_KEY,
     AudiencesComponent,
+    check_audience_ids,
     find_audiences,
     read_snapshot,
     run_audience_query,
 )
-from audience_pipeline.components.aws_settings import check_env_var_name, check_region, env_secret
-from audience_pipeline.components.ui import OWNERS
+from audience_pipeline.components.aws_settings import (
+    check_env_var_name,
+    check_key_pair,
+    check_region,
+    env_secret,
+)
+from audience_pipeline.components.ui import OWNERS, name_part
 from audience_pipeline.membership.firehose_delivery import (
     FirehoseTarget,
     deliver,
@@ -118,22 +124,17 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
     @field_validator("audiences")
     @classmethod
     def _check_unique(cls, value: list[int | str]) -> list[int | str]:
-        keys = [str(v) for v in value]
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
-        if repeated:
-            raise ValueError(f"audience ids listed more than once: {', '.join(repeated)}")
-        return value
+        return check_audience_ids(value)
 
     @model_validator(mode="after")
     def _check_key_pair(self) -> "FirehoseComponent":
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key: set both, or neither for boto3's chain")
+        check_key_pair(self.access_key_id, self.secret_access_key)
         return self
 
     @property
     def asset_key(self) -> dg.AssetKey:
         """`firehose/<stream>`, the stream name made a valid asset key part."""
-        return dg.AssetKey(["firehose", re.sub(r"[^A-Za-z0-9_]", "_", self.delivery_stream_name)])
+        return dg.AssetKey(["firehose", name_part(self.delivery_stream_name)])
 
     @property
     def destination(self) -> str:

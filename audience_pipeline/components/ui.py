@@ -1,5 +1,6 @@
 """What every asset shows in the Dagster UI: its owners, and metadata shaped so the UI can plot it."""
 
+import re
 from collections.abc import Mapping
 
 OWNERS = ["team:audience-pipeline"]
@@ -16,3 +17,8 @@ def rejects_by_reason(rejects: Mapping[str, Mapping[str, int]]) -> dict[str, int
         for reason, n in reasons.items():
             totals[f"rejects_{reason}"] = totals.get(f"rejects_{reason}", 0) + n
     return dict(sorted(totals.items()))
+
+
+def name_part(text: str) -> str:
+    """`text` with every character an asset key part or a job or sensor name cannot hold made `_`."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
