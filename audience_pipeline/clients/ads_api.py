@@ -153,12 +153,16 @@ class AdsApiClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        media_type: str | None = None,
     ) -> Any:
         """Call the API and return the parsed body (None when empty); raise `AmazonAdsApiError`.
 
-        `idempotent` defaults to True for every method but POST.
+        `idempotent` defaults to True for every method but POST. `media_type` is the operation's
+        documented content type (several APIs version theirs, e.g. `application/vnd.…v1+json`): it is
+        sent as `Accept`, and as `Content-Type` of a JSON body; plain `application/json` otherwise.
         """
         safe = method.upper() != "POST" if idempotent is None else idempotent
+        headers = {**_media_headers(media_type, json_body is not None), **(headers or {})}
         refreshed = False
         attempt = 0
         while True:
@@ -168,7 +172,7 @@ class AdsApiClient:
                     f"{self.base_url}{path}",
                     json=json_body,
                     params=params,
-                    headers={**self._headers(), **(headers or {})},
+                    headers={**self._headers(), **headers},
                     timeout=self.timeout,
                 )
             except (requests.ConnectionError, requests.Timeout):
@@ -209,6 +213,12 @@ class AdsApiClient:
             with contextlib.suppress(ValueError):
                 delay = max(delay, float(retry_after))
         self._sleep(delay)
+
+
+def _media_headers(media_type: str | None, has_body: bool) -> dict[str, str]:
+    if media_type is None:
+        return {}
+    return {"Accept": media_type, **({"Content-Type": media_type} if has_body else {})}
 
 
 def _parse(response: requests.Response) -> Any:
