@@ -58,7 +58,13 @@ SOURCES: dict[str, tuple[str, tuple[str, str], list[tuple[str, str, str | None]]
     "ads_data_manager": (
         "AdsDataManager_prod_3p.json",
         VANLING,
-        [],  # filled in below from the file's own paths
+        [
+            ("post", "/adm/audiences", None),
+            ("get", "/adm/audiences", None),
+            ("post", "/adm/audiences/{dataSetId}/members", None),
+            ("get", "/adm/datasets/{dataSetId}/metrics", None),
+            ("post", "/adm/identities/delete", None),
+        ],
     ),
     # DataProvider_prod_3p.json in that repository holds another API (validation configurations).
     "data_provider": (
@@ -97,7 +103,16 @@ def resolve(spec: dict[str, Any], node: Any, seen: tuple[str, ...] = ()) -> Any:
         for part in ref.removeprefix("#/").split("/"):
             target = target[part]
         return resolve(spec, target, (*seen, ref))
-    return {key: resolve(spec, value, seen) for key, value in node.items() if key not in _PROSE}
+    resolved = {}
+    for key, value in node.items():
+        if key in _PROSE:
+            continue
+        if key == "properties" and isinstance(value, dict):
+            # Field names are data, not prose: Data Provider bodies have a field called `description`.
+            resolved[key] = {name: resolve(spec, schema, seen) for name, schema in value.items()}
+        else:
+            resolved[key] = resolve(spec, value, seen)
+    return resolved
 
 
 def extract(spec: dict[str, Any], operations: list[tuple[str, str, str | None]]) -> dict[str, Any]:
@@ -125,13 +140,6 @@ def main(folder: str) -> None:
             print(f"{file}: not in {folder}, {family} left as it is")
             continue
         spec = yaml.safe_load((Path(folder) / file).read_text())
-        if not operations:
-            operations = [
-                (method, path, None)
-                for path, item in spec["paths"].items()
-                for method in item
-                if method in ("get", "post", "put", "patch", "delete") and path.startswith("/adm/")
-            ]
         document = {
             "source": {"repository": repository, "version": version, "file": file},
             "openapi": spec.get("openapi"),
