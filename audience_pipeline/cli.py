@@ -183,6 +183,55 @@ def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> 
         running.stop()
 
 
+@main.command()
+@click.option(
+    "--region",
+    type=click.Choice(["NA", "EU", "FE"]),
+    default="NA",
+    envvar="AMAZON_ADS_REGION",
+    show_envvar=True,
+    show_default=True,
+    help="Login with Amazon and Amazon Ads API region.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8767,
+    show_default=True,
+    help="Loopback port of the redirect URI http://127.0.0.1:PORT/callback (0 picks a free one).",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(".env"),
+    show_default=True,
+    help="File to save AMAZON_ADS_REFRESH_TOKEN in (and to read the client id and secret from).",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the browser to come back.",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the sign-in address; open no browser.")
+def login(region: str, port: int, env_file: Path, timeout: int, no_browser: bool) -> None:
+    """Sign in with Login with Amazon and save a refresh token for the pipeline.
+
+    Takes AMAZON_ADS_CLIENT_ID and AMAZON_ADS_CLIENT_SECRET from the environment or ENV_FILE, sends you
+    to Amazon's consent page, saves the refresh token to ENV_FILE (mode 0600, never printed), then lists
+    the profiles, manager accounts and AMC instances it reaches.
+    """
+    from audience_pipeline.login import LoginError, login_app
+    from audience_pipeline.login import login as run_login
+
+    try:
+        app = login_app(region, env_file)
+        run_login(app, env_file, port=port, timeout=timeout, open_browser=not no_browser, echo=click.echo)
+    except LoginError as error:
+        raise click.ClickException(str(error)) from None
+
+
 def table_row_counts(path: Path) -> dict[str, int]:
     """Rows in each table of a DuckDB file, read-only."""
     with duckdb.connect(str(path), read_only=True) as conn:

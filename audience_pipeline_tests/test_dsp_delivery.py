@@ -123,8 +123,8 @@ def dsp_records(sandbox) -> dict:
 
 def held(sandbox) -> set[str]:
     """The MAIDs of the sandbox's only DSP audience."""
-    [maids] = dsp_records(sandbox)["maids"].values()
-    return set(maids)
+    [members] = dsp_records(sandbox)["members"].values()
+    return set(members.get("MAID", {}))
 
 
 @pytest.fixture

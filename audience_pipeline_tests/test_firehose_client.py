@@ -1,18 +1,33 @@
-"""The Firehose sender against the sandbox over real HTTP: batching, limits, retries, exact delivery."""
+"""The Firehose sender against the sandbox over real HTTP: the stream check, batching, limits, retries,
+the fallback to PutRecord, exact delivery."""
 
 import collections
 
 import pytest
+from botocore.stub import Stubber
 
 from audience_pipeline.clients.firehose import (
     MAX_RECORD_BYTES,
     FirehoseSendError,
+    FirehoseStreamError,
+    check_stream,
     firehose_client,
     send_records,
 )
 
 from .conftest import add_fault, journal
-from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages, message
+from .sandbox.test_aws_firehose import (
+    BUCKET,
+    PUT_RECORD_BATCH,
+    STREAM,
+    STREAM_ARN,
+    aws_clients,
+    delivered_messages,
+    firehose_as,
+    message,
+    set_policy,
+    statement,
+)
 
 
 @pytest.fixture
@@ -92,3 +107,93 @@ def test_a_call_aws_refuses_for_good_raises_with_what_was_delivered(sandbox, s3,
     with pytest.raises(FirehoseSendError, match="ResourceNotFoundException") as error:
         send_records(firehose, "no-such-stream", [message(0)], sleep=lambda s: None)
     assert (error.value.result.sent, error.value.result.calls) == (0, 1)
+
+
+def test_a_direct_put_stream_that_is_active_passes_the_check(sandbox, s3, firehose):
+    check_stream(firehose, STREAM)
+
+
+def test_a_missing_stream_fails_the_check(sandbox, firehose):
+    with pytest.raises(
+        FirehoseStreamError, match="Firehose stream 'no-such-stream' in us-east-1 does not exist"
+    ):
+        check_stream(firehose, "no-such-stream")
+
+
+def test_a_stream_fed_by_a_kinesis_stream_fails_the_check(sandbox, s3, firehose):
+    role = "arn:aws:iam::123456789012:role/firehose"
+    firehose.create_delivery_stream(
+        DeliveryStreamName="from-kinesis",
+        DeliveryStreamType="KinesisStreamAsSource",
+        KinesisStreamSourceConfiguration={
+            "KinesisStreamARN": "arn:aws:kinesis:us-east-1:123456789012:stream/clicks",
+            "RoleARN": role,
+        },
+        ExtendedS3DestinationConfiguration={"RoleARN": role, "BucketARN": f"arn:aws:s3:::{BUCKET}"},
+    )
+    with pytest.raises(FirehoseStreamError, match=r"'from-kinesis' .*\(KinesisStreamAsSource\).* Direct PUT"):
+        check_stream(firehose, "from-kinesis")
+
+
+@pytest.mark.parametrize("status", ["CREATING", "DELETING", "CREATING_FAILED"])
+def test_a_stream_that_is_not_active_fails_the_check(status):
+    # moto makes every stream ACTIVE at once, so DescribeDeliveryStream's answer is stubbed.
+    client = firehose_client(access_key_id="stub", secret_access_key="stub")
+    description = {
+        "DeliveryStreamName": STREAM,
+        "DeliveryStreamARN": STREAM_ARN,
+        "DeliveryStreamStatus": status,
+        "DeliveryStreamType": "DirectPut",
+        "VersionId": "1",
+        "Destinations": [],
+        "HasMoreDestinations": False,
+    }
+    with Stubber(client) as stub:
+        stub.add_response("describe_delivery_stream", {"DeliveryStreamDescription": description})
+        with pytest.raises(
+            FirehoseStreamError, match=f"'{STREAM}' in us-east-1 is {status}; .* ACTIVE stream"
+        ):
+            check_stream(client, STREAM)
+
+
+def test_a_throttled_check_is_retried(sandbox, s3, firehose):
+    add_fault(sandbox.aws_url, route="Firehose_20150804.DescribeDeliveryStream", status=503, count=2)
+    waits = []
+    check_stream(firehose, STREAM, sleep=waits.append)
+    assert len(waits) == 2
+
+
+def test_where_the_policy_denies_batches_every_later_record_goes_with_put_record(sandbox, s3):
+    set_policy(sandbox, "seed-user", statement("Allow", "DescribeDeliveryStream", "PutRecord"))
+    client = firehose_as(sandbox, "seed-user")
+    # 900 KiB records: four fit in a 4 MiB batch, so six make two batches.
+    records = [message(i).rstrip(b"\n").ljust(900 * 1024) + b"\n" for i in range(6)]
+    result = send_records(client, STREAM, records, sleep=lambda s: None)
+    assert result.put_mode == "PutRecord"
+    assert (result.sent, result.calls, result.batches, result.retried) == (6, 7, 7, 0)
+    # Only the first batch was tried: the choice holds for the rest of the call.
+    assert put_calls(sandbox)[1:] == [400] + [200] * 6
+    assert delivered_ids(s3) == collections.Counter(f"m-{i}" for i in range(6))
+
+
+def test_a_policy_allowing_batches_keeps_batches(sandbox, s3):
+    set_policy(sandbox, "batch-user", statement("Allow", "DescribeDeliveryStream", "PutRecordBatch"))
+    client = firehose_as(sandbox, "batch-user")
+    result = send_records(client, STREAM, [message(i) for i in range(3)], sleep=lambda s: None)
+    assert (result.put_mode, result.sent, result.calls, result.batches) == ("PutRecordBatch", 3, 1, 1)
+
+
+def test_a_policy_denying_both_puts_raises_naming_put_record(sandbox, s3):
+    set_policy(sandbox, "describe-only", statement("Allow", "DescribeDeliveryStream"))
+    client = firehose_client(
+        endpoint_url=sandbox.aws_url, access_key_id="describe-only", secret_access_key="x"
+    )
+    with pytest.raises(FirehoseSendError, match="firehose:PutRecord on resource") as error:
+        send_records(client, STREAM, [message(0), message(1)], sleep=lambda s: None)
+    assert error.value.code == "AccessDeniedException"
+    assert (error.value.result.sent, error.value.result.calls, error.value.result.put_mode) == (
+        0,
+        2,
+        "PutRecord",
+    )
+    assert delivered_ids(s3) == collections.Counter()

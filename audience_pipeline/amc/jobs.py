@@ -7,6 +7,7 @@ follows the work afterwards (the run itself with `wait_until_finish`, else the j
 it is plain JSON so it can travel in materialization metadata.
 """
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -159,34 +160,78 @@ def request_deletions(amc: AmcClient, batches: list[list[dict[str, Any]]]) -> li
     return ids
 
 
-def ensure_audience(amc: AmcClient, name: str, create: Mapping[str, Any]) -> tuple[str, str]:
-    """The execution id of the rule-based audience `name` with these settings; (id, what was done).
+@dataclass(frozen=True)
+class AudienceSubmission:
+    """What `ensure_audience` did: the audience to follow, under which name, and why."""
 
-    `create` holds `AmcClient.create_audience`'s keyword arguments. An audience of that name with
-    the same settings that has not failed is reused ("reused"), so re-runs make no duplicates; a
-    finished one with other settings, or a failed one, is deleted and submitted again ("replaced");
-    otherwise it is submitted ("created"). A POST whose answer was lost is looked up by name.
+    execution_id: str
+    name: str
+    """The name in AMC: the audience's own, or `<name>_v<n>` once its settings changed."""
+    action: Literal["created", "reused", "updated", "replaced", "new_version"]
+    previous_id: str | None = None
+    """The earlier version a "new_version" leaves in AMC (AMC deletes only failed audiences)."""
+
+
+def ensure_audience(amc: AmcClient, name: str, create: Mapping[str, Any]) -> AudienceSubmission:
+    """The rule-based audience `name` with these settings, making only the calls AMC allows.
+
+    `create` holds `AmcClient.create_audience`'s keyword arguments. AMC updates (PUT) and deletes only
+    FAILED audiences, and keeps a succeeded one's name, query and parameters. So the newest version
+    of the audience (`name`, else the highest `name_v<n>`) is:
+    - with the same settings and not failed: reused ("reused"), so re-runs make no duplicates;
+    - FAILED: updated in place and run again ("updated"); when the refresh rate changed, which the
+      PUT does not take, deleted and submitted again ("replaced");
+    - SUCCEEDED or DEACTIVATED with other settings: left as it is, and a new audience submitted as
+      `name_v<n+1>` ("new_version");
+    - PENDING or RUNNING with other settings: an `AmcJobError` (AMC changes no running audience).
+    With none, it is submitted ("created"). A POST whose answer was lost is looked up by name.
     """
-    existing = amc.find_audience(name)
-    action = "created"
-    if existing is not None:
-        status = existing.get("status")
-        if _same_settings(existing, create) and not failed(status):
-            return existing["audienceExecutionId"], "reused"
-        if not is_final(status):
-            raise AmcJobError(
-                f"rule-based audience {name!r} is {status} with other settings; run again once it has "
-                "finished (AMC cannot change or delete a running audience)"
-            )
-        amc.delete_audience(existing["audienceExecutionId"])
-        action = "replaced"
-    known = existing["audienceExecutionId"] if existing is not None else None
+    existing = _newest_version(amc, name)
+    if existing is None:
+        return AudienceSubmission(_submit(amc, name, create, None), name, "created")
+    current, version = existing
+    execution_id, status = current["audienceExecutionId"], current.get("status")
+    if _same_settings(current, create) and not failed(status):
+        return AudienceSubmission(execution_id, current["audienceName"], "reused")
+    if failed(status):
+        if current.get("refreshRateDays") == create.get("refresh_rate_days", 21):
+            update = {key: value for key, value in create.items() if key != "refresh_rate_days"}
+            amc.update_audience(execution_id, current["audienceName"], **update)
+            return AudienceSubmission(execution_id, current["audienceName"], "updated")
+        amc.delete_audience(execution_id)
+        new_id = _submit(amc, current["audienceName"], create, execution_id)
+        return AudienceSubmission(new_id, current["audienceName"], "replaced")
+    if not is_final(status):
+        raise AmcJobError(
+            f"rule-based audience {current['audienceName']!r} is {status} with other settings; run again "
+            "once it has finished (AMC cannot change or delete a running audience)"
+        )
+    new_name = f"{name}_v{version + 1}"
+    return AudienceSubmission(_submit(amc, new_name, create, None), new_name, "new_version", execution_id)
+
+
+def _newest_version(amc: AmcClient, name: str) -> tuple[dict[str, Any], int] | None:
+    """The newest audience named `name` (version 1) or `name_v<n>`, and its version number."""
+    versioned = re.compile(re.escape(name) + r"(?:_v(\d+))?")
+    found = [
+        (int(match.group(1) or 1), audience.get("createTime") or "", audience)
+        for audience in amc.list_audiences()
+        if (match := versioned.fullmatch(audience.get("audienceName") or ""))
+    ]
+    if not found:
+        return None
+    version, _, audience = max(found, key=lambda item: item[:2])
+    return audience, version
+
+
+def _submit(amc: AmcClient, name: str, create: Mapping[str, Any], known: str | None) -> str:
+    """Create the audience `name`; after a lost answer, one of that name other than `known` counts."""
 
     def find() -> str | None:
         found = amc.find_audience(name)
         return found["audienceExecutionId"] if found and found["audienceExecutionId"] != known else None
 
-    return _create_once(lambda: amc.create_audience(name, **create), find), action
+    return _create_once(lambda: amc.create_audience(name, **create), find)
 
 
 def _create_once(create: Callable[[], T], find: Callable[[], T | None], attempts: int = 3) -> T:
@@ -209,10 +254,10 @@ def _create_once(create: Callable[[], T], find: Callable[[], T | None], attempts
 
 
 def _same_settings(audience: Mapping[str, Any], create: Mapping[str, Any]) -> bool:
-    """Whether an audience AMC holds was made with these settings (AMC cannot change them in place)."""
+    """Whether an audience AMC holds was made with these settings."""
     wanted = {
         "query": create["query"],
-        "advertiserId": create["advertiser_id"],
+        "advertiserId": str(create["advertiser_id"]),
         "timeWindowStart": amc_time(create["time_window_start"]),
         "timeWindowEnd": amc_time(create["time_window_end"]),
         "refreshRateDays": create.get("refresh_rate_days", 21),

@@ -88,7 +88,8 @@ class RuleBasedAudienceSettings(BaseModel):
     def to_create_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `AmcClient.create_audience(self.audience_name, **kwargs)`."""
         return {
-            "advertiser_id": self.advertiser_id,
+            # Rule-BasedAudiences_prod_3p.json types advertiserId as a string.
+            "advertiser_id": str(self.advertiser_id),
             "query": self.sql,
             "time_window_start": self.time_window_start,
             "time_window_end": self.time_window_end,

@@ -1,5 +1,6 @@
 """Amazon Ads Data Manager client: audience datasets, member uploads, metrics, identity deletion.
 
+Shapes, media types and headers follow `AdsDataManager_prod_3p.json`; limits follow Amazon's guide.
 Member uploads and identity deletions are safe to repeat (CREATE and DELETE are upserts by
 `externalUserId`), so they are retried on 429 and 5xx; creating an audience is not: on a failure
 that may hide a success the client looks the audience up by name before giving up.
@@ -11,7 +12,15 @@ from typing import Any
 from audience_pipeline.clients.ads_api import LOST_ANSWER, AdsApiClient, ApiModel
 
 MANAGER_ACCOUNT_HEADER = "Amazon-Ads-Manager-Account-ID"
+ADVERTISER_ACCOUNT_HEADER = "Amazon-Ads-AccountId"
+# The definition's media types; every other ADM call takes and answers `application/json`.
+MEMBERS_MEDIA_TYPE = "application/vnd.admAudiences.v1+json"
+METRICS_MEDIA_TYPE = "application/vnd.admmetrics.v1+json"
+DELETION_MEDIA_TYPE = "application/vnd.admDataDeletion.v1+json"
 MAX_MEMBERS_PER_REQUEST = 10_000
+# The guide: "files limited to 10 MB", about 5,000 records per request recommended.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+RECOMMENDED_MEMBERS_PER_REQUEST = 5_000
 MAX_DELETION_TARGETS = 1_000
 
 
@@ -25,24 +34,40 @@ class AdmAudience(ApiModel):
     description: str | None = None
 
 
+class DetailedError(ApiModel):
+    """One of Amazon's reasons: `errorCode` is a number, `errorType` its name."""
+
+    error_code: float | None = None
+    error_message: str | None = None
+    error_type: str | None = None
+
+
 class MemberError(ApiModel):
-    """A member Amazon refused, by its index in the request, with Amazon's reasons."""
+    """A member Amazon refused, by its index in the request, with Amazon's reasons (`code` is the
+    HTTP status as a string). Only `index` is relied on: without it no member could be told apart."""
 
     index: int
-    code: str
-    details: str
-    errors: list[dict[str, Any]] = []
+    code: str | None = None
+    details: str | None = None
+    errors: list[DetailedError] = []
+
+    @property
+    def reason(self) -> str:
+        """Amazon's words for the refusal: its details, else its first message, else its code."""
+        messages = [error.error_message for error in self.errors if error.error_message]
+        return self.details or (messages[0] if messages else None) or self.code or "refused"
 
 
 class MembersResult(ApiModel):
-    """The answer to one member upload: its ingress id and the refused members."""
+    """The answer to one member upload: its ingress id and the refused members (absent when none)."""
 
-    ingress_id: str
+    ingress_id: str | None = None
     errors: list[MemberError] = []
 
 
 class DatasetMetrics(ApiModel):
-    """What Amazon reports about a dataset: counts and the share of records it resolved."""
+    """What Amazon reports about a dataset: counts and the share of records it resolved (Amazon
+    types the counts as numbers; they are whole)."""
 
     accepted_count: int
     invalid_record_count: int
@@ -53,15 +78,22 @@ class DatasetMetrics(ApiModel):
 
 
 class AdmClient:
-    """The Ads Data Manager calls of one manager account."""
+    """The Ads Data Manager calls of one manager account, optionally on behalf of one DSP advertiser.
 
-    def __init__(self, api: AdsApiClient, manager_account_id: str):
+    `Amazon-Ads-Manager-Account-ID` goes on every call. `advertiser_account_id`, when given, goes as
+    `Amazon-Ads-AccountId` where Amazon takes it (create, list, members, metrics), never on identity
+    deletion, which the definition authorizes by manager account only.
+    """
+
+    def __init__(self, api: AdsApiClient, manager_account_id: str, advertiser_account_id: str | None = None):
         self.api, self.manager_account_id = api, manager_account_id
+        self.advertiser_account_id = advertiser_account_id
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.api.request(
-            method, path, headers={MANAGER_ACCOUNT_HEADER: self.manager_account_id}, **kwargs
-        )
+    def _call(self, method: str, path: str, *, advertiser: bool = True, **kwargs: Any) -> Any:
+        headers = {MANAGER_ACCOUNT_HEADER: self.manager_account_id}
+        if advertiser and self.advertiser_account_id:
+            headers[ADVERTISER_ACCOUNT_HEADER] = self.advertiser_account_id
+        return self.api.request(method, path, headers=headers, **kwargs)
 
     def create_audience(
         self,
@@ -77,9 +109,14 @@ class AdmClient:
             body["description"] = description
         if id_retention is not None:
             body["idRetention"] = id_retention
-        return AdmAudience.model_validate(
-            self._call("POST", "/adm/audiences", json_body=body, idempotent=False)
-        )
+        created = self._call("POST", "/adm/audiences", json_body=body, idempotent=False)
+        if created.get("dataSetId"):
+            return AdmAudience.model_validate(created)
+        # The definition's 201 lists `dataSetId` but does not require it: the list always has it.
+        found = self.find_audience(name)
+        if found is None:
+            raise ValueError(f"POST /adm/audiences answered no dataSetId and no audience {name} is listed")
+        return found
 
     def audiences(self, *, page_size: int = 100) -> Iterator[AdmAudience]:
         """Every audience dataset of the manager account, following `nextToken`."""
@@ -118,17 +155,24 @@ class AdmClient:
             f"/adm/audiences/{data_set_id}/members",
             json_body={"members": list(members)},
             idempotent=True,
+            media_type=MEMBERS_MEDIA_TYPE,
         )
         return MembersResult.model_validate(body)
 
     def metrics(self, data_set_id: str) -> DatasetMetrics:
         """The dataset's upload and match metrics."""
-        return DatasetMetrics.model_validate(self._call("GET", f"/adm/datasets/{data_set_id}/metrics"))
+        body = self._call("GET", f"/adm/datasets/{data_set_id}/metrics", media_type=METRICS_MEDIA_TYPE)
+        return DatasetMetrics.model_validate(body)
 
     def delete_identities(self, targets: Sequence[dict[str, Any]]) -> None:
         """Delete up to 1,000 users (`{"externalUserId"}` or `{"identity": {...}}`) from every dataset."""
         if not 1 <= len(targets) <= MAX_DELETION_TARGETS:
             raise ValueError(f"targets: {len(targets)} given, 1..{MAX_DELETION_TARGETS} per request")
         self._call(
-            "POST", "/adm/identities/delete", json_body={"targetIdentities": list(targets)}, idempotent=True
+            "POST",
+            "/adm/identities/delete",
+            advertiser=False,
+            json_body={"targetIdentities": list(targets)},
+            idempotent=True,
+            media_type=DELETION_MEDIA_TYPE,
         )

@@ -30,6 +30,12 @@ TOKEN_URLS = {
     "EU": "https://api.amazon.co.uk/auth/o2/token",
     "FE": "https://api.amazon.co.jp/auth/o2/token",
 }
+# Where a user allows an app access (Login with Amazon's consent page); its code works in every region.
+AUTH_URLS = {
+    "NA": "https://www.amazon.com/ap/oa",
+    "EU": "https://eu.account.amazon.com/ap/oa",
+    "FE": "https://apac.account.amazon.com/ap/oa",
+}
 _REFRESH_MARGIN_SECONDS = 60
 
 
@@ -119,6 +125,23 @@ class AdsApiClient:
                 self._fetch_token()
             return self._token
 
+    def authorize(self, code: str, redirect_uri: str) -> str:
+        """Exchange a Login with Amazon authorization code for tokens, which this client uses from then
+        on; return the new refresh token. `redirect_uri` is the one the code was sent to."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+        }
+        with self._token_lock:
+            # A code is single use: after a 5xx it may be spent, and a retry would only say it is invalid.
+            body = self._token_request(form, retry_server_errors=False)
+            self._keep_token(body)
+            self._refresh_token = body["refresh_token"]
+            return self._refresh_token
+
     def _fetch_token(self) -> None:
         form = {
             "grant_type": "refresh_token",
@@ -126,9 +149,12 @@ class AdsApiClient:
             "client_id": self.client_id,
             "client_secret": self._client_secret,
         }
+        self._keep_token(self._token_request(form))
+
+    def _token_request(self, form: Mapping[str, str], *, retry_server_errors: bool = True) -> dict[str, Any]:
         for attempt in range(self.max_retries + 1):
             response = self.session.post(self.token_url, data=form, timeout=self.timeout)
-            retryable = response.status_code == 429 or response.status_code >= 500
+            retryable = response.status_code == 429 or (response.status_code >= 500 and retry_server_errors)
             if retryable and attempt < self.max_retries:
                 self._back_off(attempt, response)
                 continue
@@ -136,11 +162,11 @@ class AdsApiClient:
             if response.status_code != 200:
                 error = AuthenticationError if response.status_code in (400, 401) else ServerError
                 raise error("POST", "/auth/o2/token", response.status_code, body)
-            self._token = body["access_token"]
-            self._token_expires = (
-                time.monotonic() + float(body.get("expires_in", 3600)) - _REFRESH_MARGIN_SECONDS
-            )
-            return
+            return body
+
+    def _keep_token(self, body: Mapping[str, Any]) -> None:
+        self._token = body["access_token"]
+        self._token_expires = time.monotonic() + float(body.get("expires_in", 3600)) - _REFRESH_MARGIN_SECONDS
 
     # --- requests --------------------------------------------------------------------------------
 

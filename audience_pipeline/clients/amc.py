@@ -1,13 +1,18 @@
 """Amazon Marketing Cloud client: advertiser data upload, user deletion and rule-based audiences.
 
-A thin layer over `AdsApiClient` that sets the AMC headers, pages through lists and reads the
-documented variants of statuses (`SUCCESS` or `COMPLETED`, `PENDING` or `IN_PROGRESS`, ...).
+A thin layer over `AdsApiClient` that sets the AMC headers and media types, pages through lists
+(`nextToken` as a query parameter, present only while more pages follow) and reads the documented
+variants of statuses (the ADU guide's examples show `COMPLETED` where the definition says `SUCCESS`).
 Calls that create something are never repeated after a 5xx: look it up first (`find_audience`,
 `get_dataset`, `list_uploads`).
 
+Shapes per Amazon's definitions (AdvertiserDataUpload_prod_3p.json, Rule-BasedAudiences_prod_3p.json,
+AMCAdministration_prod_3p.json). Rule-based audiences are read as
+`application/vnd.amcquerybasedaudience.v1.1+json`, the first version with `audienceCount`.
+
 AMC accounts (seed 003: "if you leave the account id blank, the first account of the instance is
 used"): `GET /amc/accounts?nextToken` with only the bearer token and client id →
-`{"amcAccounts": [{"accountId", "accountName", "marketplaceId"}], "nextToken"}`. `accountId` is the
+`{"amcAccounts": [{"accountId", "accountName", "marketplaceId"}], "nextToken"?}`. `accountId` is the
 `Amazon-Advertising-API-AdvertiserId` of the data upload calls; see `first_amc_account`.
 """
 
@@ -18,10 +23,19 @@ from typing import Any, Literal, TypedDict
 from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
 
 NOT_FINISHED = frozenset({"SUBMITTED", "PENDING", "IN_PROGRESS", "RUNNING"})
+# Each resource's media type: sent as Content-Type and Accept.
+DATASET_MEDIA_TYPE = "application/vnd.amcadvertiserdataset.v1+json"
+UPLOAD_MEDIA_TYPE = "application/vnd.amcadvertiserdataupload.v1+json"
+DELETION_MEDIA_TYPE = "application/vnd.amcadvertiseruserdeletionrequest.v1+json"
+ACCOUNTS_MEDIA_TYPE = "application/vnd.amcaudiencesconnections.v1+json"
+AUDIENCE_MEDIA_TYPE = "application/vnd.amcquerybasedaudience.v1+json"
+AUDIENCE_READ_MEDIA_TYPE = "application/vnd.amcquerybasedaudience.v1.1+json"
+AUDIENCE_UPDATED_MEDIA_TYPE = "application/vnd.amcquerybasedaudience.v1.2+json"
 SUCCEEDED = frozenset({"SUCCESS", "COMPLETED", "SUCCEEDED"})
 FAILED = frozenset({"FAILED"})
 
 UpdateStrategy = Literal["ADDITIVE", "FULL_REPLACE", "OVERLAP_REPLACE", "OVERLAP_KEEP"]
+# ZIP, also in the definition, is deprecated since 2025-01-01.
 Compression = Literal["GZIP", "BZIP", "SNAPPY", "NONE"]
 JSON_LINES = {"jsonDataFormat": "LINES"}
 PARQUET = {"parquetDataFormat": "PARQUET_DATA_FORMAT"}
@@ -80,11 +94,12 @@ class UserDeletion(TypedDict, total=False):
 
 
 class Audience(TypedDict, total=False):
-    """A rule-based audience execution."""
+    """A rule-based audience execution, as the v1.1 media type shows it."""
 
     audienceExecutionId: str
     audienceName: str
-    advertiserId: str | int
+    advertiserId: str
+    instanceId: str
     query: str
     status: str
     statusReason: str
@@ -92,17 +107,22 @@ class Audience(TypedDict, total=False):
     dspAudienceId: str
     lastRefreshedTime: str
     createTime: str
+    timeWindowStart: str
+    timeWindowEnd: str
+    timeWindowRelative: bool
+    refreshRateDays: int
 
 
 def _paged(
     api: AdsApiClient, method: str, path: str, key: str, params: Mapping[str, Any], **kwargs: Any
 ) -> Iterator[Any]:
-    """The `key` items of every page of a list call, following `nextToken`."""
+    """The `key` items of every page of a list call, following `nextToken` (a query parameter in
+    every AMC definition, the list POSTs included: they take no body)."""
     token = None
     while True:
         query = {**params, **({"nextToken": token} if token else {})}
-        body = api.request(method, path, params=query, **kwargs) or {}
-        yield from body.get(key) or []
+        body = api.request(method, path, params=query, **kwargs)
+        yield from body.get(key, [])
         token = body.get("nextToken")
         if not token:
             return
@@ -110,7 +130,7 @@ def _paged(
 
 def list_amc_accounts(api: AdsApiClient) -> list[dict[str, Any]]:
     """Every AMC account these credentials reach: `{"accountId", "accountName", "marketplaceId"}`."""
-    return list(_paged(api, "GET", "/amc/accounts", "amcAccounts", {}))
+    return list(_paged(api, "GET", "/amc/accounts", "amcAccounts", {}, media_type=ACCOUNTS_MEDIA_TYPE))
 
 
 def first_amc_account(api: AdsApiClient) -> dict[str, Any]:
@@ -148,26 +168,47 @@ class AmcClient:
         if entity_id:
             self._audience_headers["Amazon-Advertising-API-EntityId"] = entity_id
 
-    def _data(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _data(self, method: str, path: str, media_type: str, **kwargs: Any) -> Any:
         return self.api.request(
-            method, f"/amc/advertiserData/{self.instance_id}{path}", headers=self._upload_headers, **kwargs
+            method,
+            f"/amc/advertiserData/{self.instance_id}{path}",
+            headers=self._upload_headers,
+            media_type=media_type,
+            **kwargs,
         )
 
-    def _pages(
-        self, method: str, path: str, key: str, params: Mapping[str, Any], **kwargs: Any
-    ) -> Iterator[Any]:
-        return _paged(self.api, method, path, key, params, **kwargs)
+    def _data_pages(self, path: str, key: str, media_type: str, params: Mapping[str, Any]) -> list[Any]:
+        path = f"/amc/advertiserData/{self.instance_id}{path}"
+        pages = _paged(
+            self.api,
+            "POST",
+            path,
+            key,
+            params,
+            headers=self._upload_headers,
+            media_type=media_type,
+            idempotent=True,
+        )
+        return list(pages)
+
+    def _audiences(self, method: str, path: str = "", *, accept: str | None = None, **kwargs: Any) -> Any:
+        # Bodies go as v1; answers come in the version `accept` names (v1 otherwise).
+        headers = {**self._audience_headers, **({"Accept": accept} if accept else {})}
+        return self.api.request(
+            method, f"/amc/audiences/query{path}", headers=headers, media_type=AUDIENCE_MEDIA_TYPE, **kwargs
+        )
 
     # --- datasets ------------------------------------------------------------------------------------
 
     def create_dataset(self, dataset: Mapping[str, Any]) -> dict[str, Any]:
         """Create a dataset from its definition (the `dataSet` object); 400 if the id exists."""
-        return self._data("POST", "/dataSets", json_body={"dataSet": dict(dataset)}, idempotent=False)
+        body = {"dataSet": dict(dataset)}
+        return self._data("POST", "/dataSets", DATASET_MEDIA_TYPE, json_body=body, idempotent=False)
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
         """A dataset's definition, or None when it does not exist."""
         try:
-            return self._data("GET", f"/dataSets/{dataset_id}")["dataSet"]
+            return self._data("GET", f"/dataSets/{dataset_id}", DATASET_MEDIA_TYPE)["dataSet"]
         except AmazonAdsApiError as error:
             if error.status == 404:
                 return None
@@ -175,12 +216,11 @@ class AmcClient:
 
     def list_datasets(self) -> list[dict[str, Any]]:
         """Every dataset of the instance."""
-        path = f"/amc/advertiserData/{self.instance_id}/dataSets/list"
-        return list(self._pages("POST", path, "dataSets", {}, headers=self._upload_headers, idempotent=True))
+        return self._data_pages("/dataSets/list", "dataSets", DATASET_MEDIA_TYPE, {})
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete a dataset and its data."""
-        self._data("DELETE", f"/dataSets/{dataset_id}")
+        self._data("DELETE", f"/dataSets/{dataset_id}", DATASET_MEDIA_TYPE)
 
     # --- uploads -------------------------------------------------------------------------------------
 
@@ -214,20 +254,19 @@ class AmcClient:
         }
         if country_code:
             body["countryCode"] = country_code
-        return self._data("POST", f"/uploads/{dataset_id}", json_body=body, idempotent=False)["uploadId"]
+        answer = self._data(
+            "POST", f"/uploads/{dataset_id}", UPLOAD_MEDIA_TYPE, json_body=body, idempotent=False
+        )
+        return answer["uploadId"]
 
     def get_upload(self, dataset_id: str, upload_id: str) -> Upload:
         """An upload's status, message and metrics."""
-        body = self._data("GET", f"/uploads/{dataset_id}/{upload_id}")
-        return body.get("upload", body)
+        return self._data("GET", f"/uploads/{dataset_id}/{upload_id}", UPLOAD_MEDIA_TYPE)["upload"]
 
     def list_uploads(self, dataset_id: str | None = None, status: str | None = None) -> list[Upload]:
         """Uploads of the instance, optionally of one dataset and in one status."""
         params = {k: v for k, v in (("dataSetId", dataset_id), ("status", status)) if v is not None}
-        path = f"/amc/advertiserData/{self.instance_id}/uploads/list"
-        return list(
-            self._pages("POST", path, "uploads", params, headers=self._upload_headers, idempotent=True)
-        )
+        return self._data_pages("/uploads/list", "uploads", UPLOAD_MEDIA_TYPE, params)
 
     # --- user deletion -------------------------------------------------------------------------------
 
@@ -235,14 +274,15 @@ class AmcClient:
         """Delete identities from every dataset; each is `{"hashedIdentity": {...}}` or
         `{"externalIdentity": {"type", "value"}}` (1 to 1,000). Returns the request id."""
         body = {"targetIdentities": [dict(identity) for identity in identities]}
-        return self._data("POST", "/userDeletionRequest", json_body=body, idempotent=False)[
-            "userDeletionRequestId"
-        ]
+        answer = self._data(
+            "POST", "/userDeletionRequest", DELETION_MEDIA_TYPE, json_body=body, idempotent=False
+        )
+        return answer["userDeletionRequestId"]
 
     def get_user_deletion(self, request_id: str) -> UserDeletion:
         """A user deletion request's status."""
-        body = self._data("GET", f"/userDeletionRequest/{request_id}")
-        return body.get("identityDeletion", body)
+        path = f"/userDeletionRequest/{request_id}"
+        return self._data("GET", path, DELETION_MEDIA_TYPE)["identityDeletion"]
 
     # --- rule-based audiences ------------------------------------------------------------------------
 
@@ -250,7 +290,7 @@ class AmcClient:
         self,
         name: str,
         *,
-        advertiser_id: str | int,
+        advertiser_id: str,
         query: str,
         time_window_start: datetime | str,
         time_window_end: datetime | str,
@@ -261,29 +301,45 @@ class AmcClient:
         """Submit a rule-based audience; the execution id. Not idempotent: `find_audience` first."""
         body: dict[str, Any] = {
             "audienceName": name,
-            "advertiserId": advertiser_id,
-            "query": query,
-            "timeWindowStart": amc_time(time_window_start),
-            "timeWindowEnd": amc_time(time_window_end),
+            "advertiserId": str(advertiser_id),
             "refreshRateDays": refresh_rate_days,
-            "timeWindowRelative": bool(time_window_relative),
+            **_audience_query(query, time_window_start, time_window_end, time_window_relative, description),
         }
-        if description is not None:
-            body["audienceDescription"] = description
-        answer = self.api.request(
-            "POST", "/amc/audiences/query", json_body=body, headers=self._audience_headers, idempotent=False
-        )
-        return answer["audienceExecutionId"]
+        return self._audiences("POST", json_body=body, idempotent=False)["audienceExecutionId"]
+
+    def update_audience(
+        self,
+        execution_id: str,
+        name: str,
+        *,
+        advertiser_id: str,
+        query: str,
+        time_window_start: datetime | str,
+        time_window_end: datetime | str,
+        time_window_relative: bool = False,
+        description: str | None = None,
+    ) -> None:
+        """Change a FAILED audience's query and time window (AMC updates no other), which runs it again.
+
+        Its name, advertiser and refresh rate stay as they are: the PUT does not take a refresh rate.
+        """
+        body: dict[str, Any] = {
+            "audienceName": name,
+            "advertiserId": str(advertiser_id),
+            "audienceType": "RULE_BASED",
+            **_audience_query(query, time_window_start, time_window_end, time_window_relative, description),
+        }
+        # The PUT documents its answer in v1.2 only.
+        self._audiences("PUT", f"/{execution_id}", json_body=body, accept=AUDIENCE_UPDATED_MEDIA_TYPE)
 
     def get_audience(self, execution_id: str) -> Audience:
         """An audience execution's full record."""
-        return self.api.request("GET", f"/amc/audiences/query/{execution_id}", headers=self._audience_headers)
+        return self._audiences("GET", f"/{execution_id}", accept=AUDIENCE_READ_MEDIA_TYPE)
 
     def list_audiences(self) -> list[Audience]:
         """Every audience execution of the instance."""
-        pages = self._pages(
-            "GET", "/amc/audiences/query", "executionMetadata", {}, headers=self._audience_headers
-        )
+        headers = {**self._audience_headers, "Accept": AUDIENCE_READ_MEDIA_TYPE}
+        pages = _paged(self.api, "GET", "/amc/audiences/query", "executionMetadata", {}, headers=headers)
         return list(pages)
 
     def find_audience(self, name: str) -> Audience | None:
@@ -292,5 +348,24 @@ class AmcClient:
         return max(matches, key=lambda audience: audience.get("createTime") or "", default=None)
 
     def delete_audience(self, execution_id: str) -> None:
-        """Delete a FAILED or SUCCEEDED audience."""
-        self.api.request("DELETE", f"/amc/audiences/query/{execution_id}", headers=self._audience_headers)
+        """Delete a FAILED audience (AMC deletes no other: a 400 otherwise)."""
+        self._audiences("DELETE", f"/{execution_id}")
+
+
+def _audience_query(
+    query: str,
+    time_window_start: datetime | str,
+    time_window_end: datetime | str,
+    time_window_relative: bool,
+    description: str | None,
+) -> dict[str, Any]:
+    """What a rule-based audience's POST and PUT share: its query, time window and description."""
+    body: dict[str, Any] = {
+        "query": query,
+        "timeWindowStart": amc_time(time_window_start),
+        "timeWindowEnd": amc_time(time_window_end),
+        "timeWindowRelative": bool(time_window_relative),
+    }
+    if description is not None:
+        body["audienceDescription"] = description
+    return body

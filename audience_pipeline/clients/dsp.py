@@ -1,8 +1,17 @@
 """Amazon DSP Data Provider client: audience metadata and MAID membership patches.
 
-Every call runs in a profile's scope. Audience ids exceed 2^53 and stay Python ints. Patches are
-idempotent (add/remove of a MAID), so they are retried on 429 and 5xx; creating an audience is not
-retried after a 5xx, and its id is what the caller remembers to find it again.
+Requests are what Amazon's `DataProvider_openapi.yaml` defines (held to it by
+`audience_pipeline_tests/contract/test_data_provider_contract.py`): `Content-Type: application/json`
+on every call, GET included, as the definition requires; ids as JSON integers (int64; audience ids
+exceed 2^53 and stay Python ints); only the definition's fields.
+
+`Amazon-Advertising-API-Scope` goes on create only. The definition requires it nowhere; Amazon's
+guide sends it only in its create sample (the audience belongs to the profile's advertiser), and
+neither its PATCH samples nor RudderStack's production client send it on PATCH, where the audience
+ids say what is changed.
+
+Patches are idempotent (add/remove of a MAID), so they are retried on 429 and 5xx; creating an
+audience is not retried after a 5xx, and its id is what the caller remembers to find it again.
 """
 
 import json
@@ -12,12 +21,14 @@ from typing import Any, Literal
 from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError, ApiModel
 
 SCOPE_HEADER = "Amazon-Advertising-API-Scope"
+JSON_CONTENT = {"Content-Type": "application/json"}
 MAX_PATCHES_PER_REQUEST = 2_000
+# The guide's 1 MB, not the OpenAPI summary's 6 MB: the stricter of Amazon's two statements.
 MAX_PATCH_BODY_BYTES = 1_000_000
 
 
 class AudienceSize(ApiModel):
-    """How many MAIDs Amazon received for an audience and how many it matched."""
+    """How many records Amazon received for an audience and how many it matched."""
 
     received_record_size: int
     matched_record_size: int
@@ -67,13 +78,13 @@ def patch_batches(patches: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, 
 
 
 class DspClient:
-    """The Data Provider calls in one profile's scope."""
+    """The Data Provider calls; audiences are created in one profile's scope."""
 
     def __init__(self, api: AdsApiClient, profile_id: int):
         self.api, self.profile_id = api, profile_id
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.api.request(method, path, headers={SCOPE_HEADER: str(self.profile_id)}, **kwargs)
+    def _call(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        return self.api.request(method, path, headers={**JSON_CONTENT, **(headers or {})}, **kwargs)
 
     def create_audience(
         self,
@@ -94,7 +105,13 @@ class DspClient:
         if ttl is not None:
             metadata["ttl"] = ttl
         body = {"name": name, "description": description, "advertiserId": advertiser_id, "metadata": metadata}
-        answer = self._call("POST", "/v2/dp/audiencemetadata/", json_body=body, idempotent=False)
+        answer = self._call(
+            "POST",
+            "/v2/dp/audiencemetadata/",
+            headers={SCOPE_HEADER: str(self.profile_id)},
+            json_body=body,
+            idempotent=False,
+        )
         return DspAudience.model_validate(answer["audience"])
 
     def get_audience(self, audience_id: int) -> DspAudience | None:
@@ -105,8 +122,7 @@ class DspClient:
             if error.status == 404:
                 return None
             raise
-        # Tolerate the audience wrapped as `create` answers it, as well as bare.
-        return DspAudience.model_validate(answer.get("audience", answer))
+        return DspAudience.model_validate(answer["audience"])
 
     def patch_audiences(self, patches: Sequence[dict[str, Any]]) -> str:
         """Apply one request of add/remove patches (see `patch_batches`); returns the job id."""

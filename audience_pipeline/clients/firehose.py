@@ -1,5 +1,10 @@
-"""Sending records to a Kinesis Data Firehose stream with `PutRecordBatch`, honestly counted.
+"""Sending records to a Kinesis Data Firehose stream, honestly counted, after checking the stream.
 
+- `check_stream` calls `DescribeDeliveryStream` first: records go only to an existing, `ACTIVE`,
+  Direct PUT stream, and a stream that cannot take them fails before anything is sent.
+- Records go with `PutRecordBatch` while the IAM policy allows it. Seed 002's policy allows only
+  `PutRecord` and `DescribeDeliveryStream`: once `PutRecordBatch` is denied, the records of that
+  call and every later one go with `PutRecord`, one record per call (`SendResult.put_mode` says which).
 - Records go in batches within AWS's limits: at most 500 records and 4 MiB per call, each record at
   most 1,000 KiB (sizes before base64). A record over the size limit is never sent: it is rejected.
 - A call can succeed with some records failed; only those are sent again, with exponential backoff
@@ -25,6 +30,10 @@ MAX_RECORDS_PER_CALL = 500
 MAX_RECORD_BYTES = 1_000 * 1024
 MAX_CALL_BYTES = 4 * 1024 * 1024
 _RETRYABLE_CODES = {"ServiceUnavailableException", "InternalFailure", "ThrottlingException"}
+# What AWS answers on the JSON protocol when the caller's IAM policy does not allow the action.
+ACCESS_DENIED = "AccessDeniedException"
+PUT_RECORD_BATCH = "PutRecordBatch"
+PUT_RECORD = "PutRecord"
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,13 @@ class RejectedRecord:
 
 @dataclass
 class SendResult:
-    """What happened to the records of one `send_records` call; indices are positions in its input."""
+    """What happened to the records of one `send_records` call; indices are positions in its input.
+
+    `batches` counts the groups of records sent together (one record each with `PutRecord`), `calls`
+    every call made, the refused `PutRecordBatch` of a fallback included. `put_mode` is the API the
+    records went with: `PutRecordBatch`, `PutRecord` once the policy denied batches, None when no
+    call was made.
+    """
 
     sent: int = 0
     retried: int = 0
@@ -54,14 +69,26 @@ class SendResult:
     rejected: list[RejectedRecord] = field(default_factory=list)
     batches: int = 0
     calls: int = 0
+    put_mode: str | None = None
 
 
 class FirehoseSendError(Exception):
-    """AWS refused a call for a reason retrying cannot fix; `result` says what was delivered before it."""
+    """AWS refused a call for a reason retrying cannot fix; `result` says what was delivered before it.
 
-    def __init__(self, error: ClientError, result: SendResult):
+    `code` is AWS's error code; `unconfirmed` the input positions of the refused call's records that
+    AWS has not confirmed.
+    """
+
+    def __init__(self, error: ClientError, result: SendResult, unconfirmed: list[int]):
         self.result = result
+        self.code = _error_code(error)
+        self.unconfirmed = unconfirmed
         super().__init__(str(error))
+
+
+class FirehoseStreamError(Exception):
+    """The stream cannot take records from this sender: missing, not ACTIVE, not Direct PUT, or not
+    describable with these credentials. The message names the stream and what to change."""
 
 
 def firehose_client(
@@ -84,6 +111,55 @@ def firehose_client(
     )
 
 
+def check_stream(
+    client: Any,
+    stream_name: str,
+    *,
+    max_retries: int = 5,
+    base_delay: float = 0.1,
+    max_delay: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Raise `FirehoseStreamError` unless `stream_name` exists, is `ACTIVE` and takes Direct PUT records.
+
+    A throttled or failed `DescribeDeliveryStream` is retried as sends are.
+    """
+    stream = f"Firehose stream {stream_name!r} in {client.meta.region_name}"
+    for attempt in range(max_retries + 1):
+        if attempt:
+            _pause(attempt, base_delay, max_delay, sleep)
+        try:
+            answer = client.describe_delivery_stream(DeliveryStreamName=stream_name)
+        except ClientError as error:
+            code = _error_code(error)
+            if code == "ResourceNotFoundException":
+                raise FirehoseStreamError(
+                    f"{stream} does not exist for these credentials' account; create it with source "
+                    "Direct PUT, or correct the name or the region"
+                ) from None
+            if code == ACCESS_DENIED:
+                raise FirehoseStreamError(
+                    f"these credentials may not call firehose:DescribeDeliveryStream on {stream}; allow "
+                    f"firehose:DescribeDeliveryStream on the stream's ARN (AWS: {_error_message(error)})"
+                ) from None
+            if not _retryable(error) or attempt == max_retries:
+                raise FirehoseStreamError(f"{stream} could not be described: {error}") from None
+        except (BotocoreConnectionError, HTTPClientError) as error:
+            if attempt == max_retries:
+                raise FirehoseStreamError(f"{stream} could not be described: {error}") from None
+        else:
+            description = answer["DeliveryStreamDescription"]
+            break
+    status, kind = description["DeliveryStreamStatus"], description["DeliveryStreamType"]
+    if status != "ACTIVE":
+        raise FirehoseStreamError(f"{stream} is {status}; records can be sent only to an ACTIVE stream")
+    if kind != "DirectPut":
+        raise FirehoseStreamError(
+            f"{stream} takes its records from its source ({kind}); PutRecord and PutRecordBatch need "
+            "a stream whose source is Direct PUT"
+        )
+
+
 def send_records(
     client: Any,
     stream_name: str,
@@ -97,6 +173,7 @@ def send_records(
     """Send `records` to `stream_name` in batches, retrying only what failed; see the module docstring.
 
     `client` should not retry on its own (see `firehose_client`), or `retried` and `calls` undercount.
+    Raises `FirehoseSendError` when AWS refuses a call for good (a missing stream, `PutRecord` denied).
     """
     result = SendResult()
     send_batch = functools.partial(
@@ -127,8 +204,42 @@ def send_records(
 
 
 def _send_batch(
-    client: Any,
-    stream_name: str,
+    client: Any, stream_name: str, batch: list[tuple[int, bytes]], *, result: SendResult, **backoff: Any
+) -> None:
+    """One batch with `PutRecordBatch`, or record by record with `PutRecord` once batches were denied."""
+    if result.put_mode != PUT_RECORD:
+        result.put_mode = PUT_RECORD_BATCH
+        put = functools.partial(_put_record_batch, client, stream_name)
+        try:
+            _send_with_retries(put, batch, result=result, **backoff)
+            return
+        except FirehoseSendError as error:
+            if error.code != ACCESS_DENIED:
+                raise
+            # The policy may allow only PutRecord, as seed 002's does: use it for the rest of the run.
+            result.put_mode = PUT_RECORD
+            unconfirmed = set(error.unconfirmed)
+            batch = [record for record in batch if record[0] in unconfirmed]
+    put = functools.partial(_put_record, client, stream_name)
+    for record in batch:
+        _send_with_retries(put, [record], result=result, **backoff)
+
+
+def _put_record_batch(client: Any, stream_name: str, records: list[bytes]) -> list[dict]:
+    answer = client.put_record_batch(
+        DeliveryStreamName=stream_name, Records=[{"Data": data} for data in records]
+    )
+    return answer["RequestResponses"]
+
+
+def _put_record(client: Any, stream_name: str, records: list[bytes]) -> list[dict]:
+    # PutRecord has no per-record status: its record failing is the call failing, retried as such.
+    [data] = records
+    return [client.put_record(DeliveryStreamName=stream_name, Record={"Data": data})]
+
+
+def _send_with_retries(
+    put: Callable[[list[bytes]], list[dict]],
     batch: list[tuple[int, bytes]],
     *,
     result: SendResult,
@@ -137,34 +248,30 @@ def _send_batch(
     max_delay: float,
     sleep: Callable[[float], None],
 ) -> None:
+    """Send `batch` with `put` (answering one response per record) until every record is confirmed
+    or the retries are spent; the records still failing then go to `result.failed`."""
     result.batches += 1
     pending = batch
     errors: dict[int, tuple[str, str]] = {}
     for attempt in range(max_retries + 1):
         if attempt:
             result.retried += len(pending)
-            # Full jitter: concurrent senders hitting the same throttled stream spread out.
-            sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+            _pause(attempt, base_delay, max_delay, sleep)
         result.calls += 1
         try:
-            answer = client.put_record_batch(
-                DeliveryStreamName=stream_name, Records=[{"Data": data} for _, data in pending]
-            )
+            responses = put([data for _, data in pending])
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code not in _RETRYABLE_CODES and status < 500:
-                raise FirehoseSendError(error, result) from error
-            message = error.response.get("Error", {}).get("Message", "")
-            errors = {index: (code, message) for index, _ in pending}
+            if not _retryable(error):
+                raise FirehoseSendError(error, result, [index for index, _ in pending]) from error
+            errors = {index: (_error_code(error), _error_message(error)) for index, _ in pending}
             continue
         except (BotocoreConnectionError, HTTPClientError) as error:
             errors = {index: ("ConnectionError", str(error)) for index, _ in pending}
             continue
-        # `RequestResponses` lines up with `Records`: an entry without a RecordId is a failed record.
+        # The responses line up with the records: an entry without a RecordId is a failed record.
         still_pending = []
         errors = {}
-        for (index, data), response in zip(pending, answer["RequestResponses"], strict=True):
+        for (index, data), response in zip(pending, responses, strict=True):
             if response.get("RecordId"):
                 result.sent += 1
             else:
@@ -174,3 +281,21 @@ def _send_batch(
         if not pending:
             return
     result.failed.extend(FailedRecord(index, *errors[index]) for index, _ in pending)
+
+
+def _pause(attempt: int, base_delay: float, max_delay: float, sleep: Callable[[float], None]) -> None:
+    # Full jitter: concurrent senders hitting the same throttled stream spread out.
+    sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+
+
+def _retryable(error: ClientError) -> bool:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return _error_code(error) in _RETRYABLE_CODES or status >= 500
+
+
+def _error_code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _error_message(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Message", "")

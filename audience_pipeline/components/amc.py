@@ -744,7 +744,11 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
         }
         if config.dry_run:
             metadata["planned_calls"] = dg.MetadataValue.json(
-                ["GET /amc/audiences/query (find by name)", "POST /amc/audiences/query (unless found)"]
+                [
+                    "GET /amc/audiences/query (find by name, or its latest _v<n> version)",
+                    "POST /amc/audiences/query (unless found with these settings), or "
+                    "PUT /amc/audiences/query/{id} (a FAILED one)",
+                ]
             )
             metadata["projected_audience_size"] = "computed by AMC; DSP needs at least 2,000 users"
             context.log.info(f"{where}: dry run, nothing sent: {_plain(metadata)}")
@@ -752,18 +756,27 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             return
         amc = self.amc_client(amazon_ads)
         try:
-            execution_id, action = ensure_audience(amc, name, create)
+            submitted = ensure_audience(amc, name, create)
         except AmcJobError as error:
             raise dg.Failure(f"{where}: {error}") from None
         except AmazonAdsApiError as error:
             raise dg.Failure(f"{where}: AMC refused the audience: {error.message}") from None
-        job = AmcJob("audience", (execution_id,))
+        job = AmcJob("audience", (submitted.execution_id,))
         metadata.update(
-            audience_execution_id=execution_id,
-            action=action,
+            audience_execution_id=submitted.execution_id,
+            amc_audience_name=submitted.name,
+            action=submitted.action,
             retries=amc.api.retries,
             seconds=round(time.perf_counter() - started, 3),
         )
+        if submitted.action == "new_version":
+            note = (
+                f"the settings changed and AMC keeps a succeeded audience as it is, so it was submitted "
+                f"again as {submitted.name!r}; the earlier version ({submitted.previous_id}) stays in AMC, "
+                "which deletes only failed audiences, and the DSP audience id to use is the new one's"
+            )
+            metadata.update(previous_audience_execution_id=submitted.previous_id, note=note)
+            context.log.warning(f"{where}: {note}")
         yield from self._finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata)
 
 

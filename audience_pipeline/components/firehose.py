@@ -10,7 +10,13 @@ import time
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from audience_pipeline.clients.firehose import FirehoseSendError, firehose_client, send_records
+from audience_pipeline.clients.firehose import (
+    FirehoseSendError,
+    FirehoseStreamError,
+    check_stream,
+    firehose_client,
+    send_records,
+)
 from audience_pipeline.components.audiences import (
     SNAPSHOT_ASSET_KEY,
     AudiencesComponent,
@@ -189,10 +195,11 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
             """Membership changes of one audience, as JSON messages on the Firehose stream.
 
             Runs the audience's SQL for the identities as the source holds them (the snapshot only
-            has hashes), for the snapshot's members; diffs them against this stream's ledger; sends
-            one message per change (PutRecordBatch, failed records retried); commits the confirmed
-            changes. Undelivered changes stay pending and fail the run ("Retry Limit Exceeded").
-            Metadata holds counts only.
+            has hashes), for the snapshot's members; diffs them against this stream's ledger; checks
+            the stream (DescribeDeliveryStream: exists, ACTIVE, Direct PUT); sends one message per
+            change (PutRecordBatch, or PutRecord where the IAM policy denies batches; failed records
+            retried); commits the confirmed changes. Undelivered changes stay pending and fail the
+            run ("Retry Limit Exceeded"). Metadata holds counts, and `put_mode` names the API call.
             """
             if context.partition_key not in delivered:
                 context.log.info(f"audience {context.partition_key} is not delivered to this stream")
@@ -240,6 +247,10 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
 
         client = firehose_client(self.region, self.endpoint_url, *self._credentials())
         try:
+            check_stream(client, self.delivery_stream_name)
+        except FirehoseStreamError as error:
+            raise dg.Failure(f"Firehose setting `delivery_stream_name`: {error}; nothing was sent") from None
+        try:
             outcome = deliver(
                 plan, ledger, cipher, lambda records: send_records(client, self.delivery_stream_name, records)
             )
@@ -262,6 +273,7 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
             "rejected": outcome.rejected,
             "batches": outcome.batches,
             "calls": outcome.calls,
+            "put_mode": outcome.put_mode,
             "ledger_version": outcome.ledger_version,
             "seconds": round(time.perf_counter() - started, 3),
         }

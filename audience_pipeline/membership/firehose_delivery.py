@@ -2,7 +2,7 @@
 
     members (raw identities) ─ diff vs ledger ─► added / removed / identity changed
         ─► one JSON message per change (two for an identity change with remove-on-change)
-        ─► PutRecordBatch (the caller's `send`) ─► ledger commit of the fully confirmed changes
+        ─► PutRecordBatch or PutRecord (the caller's `send`) ─► ledger commit of the fully confirmed changes
 
 - A member's identities are compared by fingerprint: the SHA-256 of the `UserIdentities` object the
   stream receives, so changing what is forwarded (a toggle, an exclusion) is an identity change too.
@@ -165,7 +165,8 @@ def _oversize() -> pl.Expr:
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """What a delivery did, in numbers only."""
+    """What a delivery did, in numbers only, and `put_mode`: the Firehose API call that carried the
+    messages (`PutRecordBatch` or `PutRecord`; None when nothing was sent)."""
 
     added: int
     removed: int
@@ -179,6 +180,7 @@ class DeliveryOutcome:
     calls: int
     seconds: float
     ledger_version: int
+    put_mode: str | None
 
 
 def deliver(
@@ -230,4 +232,5 @@ def deliver(
         calls=result.calls,
         seconds=round(time.perf_counter() - started, 3),
         ledger_version=state.version,
+        put_mode=result.put_mode,
     )

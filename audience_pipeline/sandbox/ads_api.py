@@ -1,7 +1,7 @@
 """The Amazon Ads API emulator: a Flask app with one blueprint per API family.
 
-Every call but the token endpoint needs a bearer token; errors come in the family's own body
-shape; the app sits behind `SandboxMiddleware` for faults, the journal and reset.
+Every call but the token endpoint and the consent page needs a bearer token; errors come in the
+family's own body shape; the app sits behind `SandboxMiddleware` for faults, the journal and reset.
 """
 
 import json
@@ -12,7 +12,16 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
-from audience_pipeline.sandbox import adm, amc, amc_accounts, auth, dsp, profiles, rule_based
+from audience_pipeline.sandbox import (
+    adm,
+    amc,
+    amc_accounts,
+    auth,
+    dsp,
+    manager_accounts,
+    profiles,
+    rule_based,
+)
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.errors import STATUS_CODES, ApiError, error_response, family_of
 from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
@@ -37,12 +46,13 @@ def create_app(sandbox: AdsSandbox) -> SandboxMiddleware:
     """The WSGI application of the Amazon Ads API emulator."""
     app = Flask(__name__)
     app.config["SANDBOX"] = sandbox
-    for family in (auth, profiles, amc, amc_accounts, rule_based, adm, dsp):
+    for family in (auth, profiles, manager_accounts, amc, amc_accounts, rule_based, adm, dsp):
         app.register_blueprint(family.blueprint)
 
     @app.before_request
     def authenticate() -> None:
-        if not request.path.startswith("/auth/"):
+        # The token endpoint and the consent page are where a caller gets a token.
+        if not request.path.startswith("/auth/") and request.path != "/ap/oa":
             auth.require_token()
 
     @app.errorhandler(ApiError)

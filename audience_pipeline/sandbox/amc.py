@@ -1,32 +1,69 @@
-"""Amazon Marketing Cloud advertiser data upload: datasets, uploads (ingested from S3), user deletion."""
+"""Amazon Marketing Cloud advertiser data upload: datasets, uploads (ingested from S3), user deletion.
+
+Shapes per AdvertiserDataUpload_prod_3p.json: each resource answers in its own media type
+(`application/vnd.amcadvertiserdataset.v1+json`, `...dataupload...`, `...userdeletionrequest...`),
+errors as `application/json`. Requests are read as JSON whatever their Content-Type: Amazon's own
+uploader sends `application/json`, the definition names the vendor types.
+"""
 
 import re
 import uuid
 from typing import Any
 
 import duckdb
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
-from audience_pipeline.sandbox.amc_datasets import create_table_sql, is_fact, new_table_name, validate_dataset
+from audience_pipeline.sandbox.amc_datasets import (
+    create_table_sql,
+    is_fact,
+    new_table_name,
+    stored_columns,
+    validate_dataset,
+)
 from audience_pipeline.sandbox.amc_deletion import delete_identities, validate_targets
 from audience_pipeline.sandbox.amc_ingest import UploadFailed, ingest
-from audience_pipeline.sandbox.amc_jobs import new_job, now_iso, page, poll, public, require_headers
+from audience_pipeline.sandbox.amc_jobs import (
+    answer_as,
+    new_job,
+    now_iso,
+    page,
+    poll,
+    public,
+    require_headers,
+)
 from audience_pipeline.sandbox.errors import ApiError, json_body
 
 blueprint = Blueprint("amc", __name__, url_prefix="/amc/advertiserData/<instance_id>")
 
 STRATEGIES = ("ADDITIVE", "FULL_REPLACE", "OVERLAP_REPLACE", "OVERLAP_KEEP")
-COMPRESSIONS = ("GZIP", "BZIP", "SNAPPY", "NONE")
+COMPRESSIONS = ("GZIP", "BZIP", "SNAPPY", "NONE", "ZIP")
 UPLOAD_STATUSES = ("SUBMITTED", "IN_PROGRESS", "SUCCESS", "FAILED")
+# What an upload request says about reading its files, kept out of the upload record AMC shows.
+_READ_SETTINGS = ("updateStrategy", "compressionFormat", "fileFormat")
 _SOURCES = ("sourceFileS3Key", "sourceS3Prefix", "sourceManifestS3Key")
 _FORMATS = ("csvDataFormat", "jsonDataFormat", "parquetDataFormat")
 _COUNTRY = re.compile(r"[A-Z]{2}")
+# The media type of each resource's answers, by the path segment after the instance id.
+MEDIA_TYPES = {
+    "dataSets": "application/vnd.amcadvertiserdataset.v1+json",
+    "uploads": "application/vnd.amcadvertiserdataupload.v1+json",
+    "userDeletionRequest": "application/vnd.amcadvertiseruserdeletionrequest.v1+json",
+}
 
 
 @blueprint.before_request
 def require_account_headers() -> None:
     """Every data upload call names the AMC account and marketplace."""
     require_headers("Amazon-Advertising-API-AdvertiserId", "Amazon-Advertising-API-MarketplaceId")
+
+
+@blueprint.after_request
+def label_answer(response: Response) -> Response:
+    """Successful answers in the resource's media type; errors stay `application/json`."""
+    resource = request.path.split("/")[4] if request.path.count("/") >= 4 else ""
+    if response.status_code < 400 and resource in MEDIA_TYPES:
+        return answer_as(response, MEDIA_TYPES[resource])
+    return response
 
 
 def _sandbox():
@@ -63,8 +100,7 @@ def create_dataset(instance_id: str):
             raise _bad(f"Dataset {dataset['dataSetId']} already exists")
         table = new_table_name()
         state.cursor().execute(create_table_sql(table, dataset))
-        stamp = now_iso()
-        datasets[dataset["dataSetId"]] = {**dataset, "createdAt": stamp, "updatedAt": stamp, "_table": table}
+        datasets[dataset["dataSetId"]] = {**dataset, "_table": table}
         state.save()
     return {"dataSetId": dataset["dataSetId"], "instanceId": instance_id}
 
@@ -80,8 +116,7 @@ def get_dataset(instance_id: str, dataset_id: str):
 def list_datasets(instance_id: str):
     """The instance's datasets, a page at a time."""
     with _sandbox().state.lock:
-        items, token = page([public(d) for d in _instance(instance_id)["dataSets"].values()])
-    return {"dataSets": items, "nextToken": token}
+        return page("dataSets", [public(d) for d in _instance(instance_id)["dataSets"].values()])
 
 
 @blueprint.delete("/dataSets/<dataset_id>")
@@ -110,6 +145,7 @@ def _validate_upload(body: Any, dataset: dict[str, Any]) -> dict[str, Any]:
         )
     if body.get("compressionFormat") not in COMPRESSIONS:
         raise _bad(f"compressionFormat must be one of {', '.join(COMPRESSIONS)}")
+    # Amazon's uploader sends `"countryCode": null` when the manifest's key names none: no country.
     country = body.get("countryCode")
     if country is not None and not (isinstance(country, str) and _COUNTRY.fullmatch(country)):
         raise _bad("countryCode must match ^[A-Z]{2}$")
@@ -134,7 +170,7 @@ def _validate_file_format(file_format: Any) -> None:
         options = file_format["csvDataFormat"]
         if not isinstance(options, dict):
             raise _bad("fileFormat.csvDataFormat must be an object")
-        for field in ("fieldDelimiter", "quoteCharacter"):
+        for field in ("fieldDelimiter", "quoteCharacter", "quoteEscapeCharacter", "commentCharacter"):
             if field in options and not (isinstance(options[field], str) and len(options[field]) == 1):
                 raise _bad(f"fileFormat.csvDataFormat.{field} must be one character")
         if "recordDelimiter" in options and options["recordDelimiter"] not in ("\n", "\r\n"):
@@ -155,6 +191,7 @@ def start_upload(instance_id: str, dataset_id: str):
         upload_request = _validate_upload(body, dataset)
         upload_id = str(uuid.uuid4())
         stamp = now_iso()
+        country = upload_request.get("countryCode") or dataset.get("countryCode")
         _instance(instance_id)["uploads"][upload_id] = new_job(
             "SUBMITTED",
             uploadId=upload_id,
@@ -162,11 +199,9 @@ def start_upload(instance_id: str, dataset_id: str):
             instanceId=instance_id,
             createdAt=stamp,
             updatedAt=stamp,
-            countryCode=upload_request.get("countryCode") or dataset.get("countryCode"),
+            **({"countryCode": country} if country else {}),
             dataSource=upload_request["dataSource"],
-            updateStrategy=upload_request["updateStrategy"],
-            compressionFormat=upload_request["compressionFormat"],
-            fileFormat=upload_request["fileFormat"],
+            _request={key: upload_request[key] for key in _READ_SETTINGS},
         )
         state.save()
     return {"uploadId": upload_id, "status": "SUBMITTED"}
@@ -194,21 +229,26 @@ def _step_upload(instance_id: str, upload: dict[str, Any]) -> str | None:
     upload["updatedAt"] = now_iso()
     dataset = _instance(instance_id)["dataSets"].get(upload["dataSetId"])
     if dataset is None:
-        upload.update(message=f"Dataset {upload['dataSetId']} was deleted", metrics={"OutputRowCount": 0})
+        upload.update(message=f"Dataset {upload['dataSetId']} was deleted", metrics={})
         return "FAILED"
     sandbox = _sandbox()
     cursor = sandbox.state.cursor()
     try:
-        result = ingest(cursor, sandbox.config.aws_endpoint_url, dataset, dataset["_table"], upload)
+        # The identity resolution columns (user_id, user_type) hold what AMC resolves, not file data.
+        stored = {**dataset, "columns": stored_columns(dataset)}
+        job = {**upload, **upload["_request"]}
+        result = ingest(cursor, sandbox.config.aws_endpoint_url, stored, dataset["_table"], job)
     except (UploadFailed, duckdb.Error) as error:
-        upload.update(message=str(error), metrics={"OutputRowCount": 0})
+        # As the guide's failed uploads show: a message and empty metrics.
+        upload.update(message=str(error), metrics={})
         return "FAILED"
     finally:
         cursor.close()
     dropped = result.input_rows - result.output_rows
     upload.update(
         message=f"{result.output_rows} rows stored; {dropped} rows dropped (null or invalid values)",
-        metrics={"OutputRowCount": result.output_rows, "InputRowCount": result.input_rows},
+        # OutputRowCount is the one metric Amazon's material shows; the message tells the rest.
+        metrics={"OutputRowCount": result.output_rows},
     )
     return "SUCCESS"
 
@@ -225,8 +265,7 @@ def list_uploads(instance_id: str):
             for u in _instance(instance_id)["uploads"].values()
             if dataset_id in (None, u["dataSetId"]) and status in (None, u["status"])
         ]
-    items, token = page(uploads)
-    return {"uploads": items, "nextToken": token}
+    return page("uploads", uploads)
 
 
 # --- user deletion ------------------------------------------------------------------------------------

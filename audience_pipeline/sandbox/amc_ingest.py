@@ -53,8 +53,7 @@ def ingest(
 ) -> IngestResult:
     """Load the upload's files into `table` per its update strategy, or raise `UploadFailed`.
 
-    Like AMC, it reads only objects (manifest included) tagged `instanceId=<the upload's instance>`
-    and stored with server-side encryption.
+    Like AMC, it reads only objects (manifest included) tagged `instanceId=<the upload's instance>`.
     """
     cursor.execute("SET TimeZone = 'UTC'")
     with tempfile.TemporaryDirectory(prefix="amc-upload-") as folder:
@@ -111,11 +110,13 @@ def _download(
 
 
 def _read(s3: Any, bucket: str, key: str, instance_id: str) -> bytes:
-    """An object's bytes, if AMC's data-upload role may read it: tagged with the instance, encrypted."""
+    """An object's bytes, if AMC's data-upload role may read it: tagged with the instance.
+
+    Every object is encrypted at rest, as S3 has done by default since January 2023 (the sandbox's S3
+    too, see `s3_encryption`), so there is no unencrypted object to refuse.
+    """
     location = f"s3://{bucket}/{key}"
     response = s3.get_object(Bucket=bucket, Key=key)
-    if not response.get("ServerSideEncryption"):
-        raise UploadFailed(f"{location} is not encrypted server-side (store it with ServerSideEncryption)")
     tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
     if tags.get("instanceId") != instance_id:
         raise UploadFailed(f"{location} is not tagged instanceId={instance_id}; AMC reads only such objects")
@@ -155,6 +156,8 @@ def _decompress(data: bytes, compression: str, location: str) -> bytes:
             return bz2.decompress(data)
     except (OSError, EOFError, ValueError, zlib.error):
         raise UploadFailed(f"{location} is not valid {compression} data") from None
+    if compression == "ZIP":
+        raise UploadFailed("ZIP compression is deprecated since 2025-01-01; use GZIP, BZIP or NONE")
     if compression == "SNAPPY":
         raise UploadFailed("SNAPPY-compressed files are not supported by the sandbox; use GZIP or NONE")
     return data

@@ -1,4 +1,4 @@
-"""What the AMC handlers share: asynchronous job stepping, pagination, timestamps, required headers.
+"""What the AMC handlers share: job stepping, pagination, media types, timestamps, required headers.
 
 A job is a record with a `status`; its bookkeeping lives in `_`-prefixed keys that `public()` strips.
 """
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import request
+from flask import Response, request
 
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.errors import ApiError
@@ -45,8 +45,13 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if not key.startswith("_")}
 
 
-def page(items: list[Any]) -> tuple[list[Any], str | None]:
-    """One page of `items` per the request's `maxResults` and `nextToken` query parameters."""
+def page(key: str, items: list[Any]) -> dict[str, Any]:
+    """A list answer: one page of `items` under `key`, per the request's `maxResults` and `nextToken`
+    query parameters.
+
+    `nextToken` is there only when another page follows: Amazon's own AMC uploader pages with
+    `while 'nextToken' in response`, so a last page with `"nextToken": null` would never end.
+    """
     try:
         size = int(request.args.get("maxResults", MAX_RESULTS))
         start = int(request.args.get("nextToken") or 0)
@@ -57,7 +62,14 @@ def page(items: list[Any]) -> tuple[list[Any], str | None]:
     if not 1 <= size <= MAX_RESULTS or start < 0:
         raise ApiError(400, "BAD_REQUEST", f"maxResults must be between 1 and {MAX_RESULTS}")
     end = start + size
-    return items[start:end], (str(end) if end < len(items) else None)
+    return {key: items[start:end], **({"nextToken": str(end)} if end < len(items) else {})}
+
+
+def answer_as(response: Response, media_type: str) -> Response:
+    """`response` (a JSON answer) labelled with the media type Amazon documents for it."""
+    if response.mimetype == "application/json":
+        response.mimetype = media_type
+    return response
 
 
 def require_headers(*names: str) -> list[str]:

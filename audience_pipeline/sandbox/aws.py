@@ -10,6 +10,8 @@ from werkzeug.wrappers import Request, Response
 
 from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
 from audience_pipeline.sandbox.firehose_records import FirehoseRecords
+from audience_pipeline.sandbox.iam import IamPolicies
+from audience_pipeline.sandbox.s3_encryption import DefaultEncryption
 
 
 def _reset_moto() -> None:
@@ -34,10 +36,24 @@ def _respond_fault(request: Request, decision: Decision) -> Response:
 
 
 def create_aws_app(faults: Faults | None = None, journal: Journal | None = None) -> Callable:
-    """The WSGI application serving S3 and Firehose the way AWS does, with sandbox faults."""
-    # The Firehose layer sits inside the middleware so it sees the fault decision for each call.
-    app = FirehoseRecords(DomainDispatcherApplication(create_backend_app))
-    return SandboxMiddleware(app, faults or Faults(), journal or Journal(), _reset_moto, _respond_fault)
+    """The WSGI application serving S3 and Firehose the way AWS does, with sandbox faults and the
+    IAM policies registered through `POST /_sandbox/iam` (see `sandbox.iam`)."""
+    # The Firehose layer sits inside the middleware so it sees the fault decision for each call; the
+    # IAM layer in front of it, so a denied call neither reaches moto nor draws record failures.
+    app = IamPolicies(FirehoseRecords(DefaultEncryption(DomainDispatcherApplication(create_backend_app))))
+
+    def reset() -> None:
+        _reset_moto()
+        app.clear()
+
+    return SandboxMiddleware(
+        app,
+        faults or Faults(),
+        journal or Journal(),
+        reset,
+        _respond_fault,
+        admin_routes={("POST", "/_sandbox/iam"): app.register},
+    )
 
 
 def create_firehose_stream(firehose, s3, name: str, bucket: str) -> None:

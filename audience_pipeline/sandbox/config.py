@@ -9,6 +9,9 @@ class SandboxConfig(BaseModel):
     """Everything a sandbox run can be tuned with; the defaults behave like Amazon, only faster."""
 
     token_ttl_seconds: int = Field(default=3600, ge=1, description="Login with Amazon access token lifetime")
+    auth_code_ttl_seconds: int = Field(
+        default=300, ge=0, description="Login with Amazon authorization code lifetime (0: expired at once)"
+    )
     # An async job (upload, deletion, audience) moves to its next state once it has been in the
     # current one for `job_step_seconds` and answered `job_step_polls` status polls there.
     job_step_seconds: float = Field(default=1.0, ge=0, description="Least seconds a job stays in each state")

@@ -7,6 +7,8 @@ from typing import Any
 from flask import Response, jsonify, request
 
 AMC, ADM, DSP, LWA = "amc", "adm", "dsp", "lwa"
+# Rule-based audiences and AMC accounts document error bodies of their own (see `error_body`).
+AMC_AUDIENCES, AMC_ACCOUNTS = "amc_audiences", "amc_accounts"
 
 
 class ApiError(Exception):
@@ -27,6 +29,10 @@ def json_body() -> Any:
 
 def family_of(path: str) -> str:
     """Which API family a path belongs to (decides the error body shape)."""
+    if path == "/amc/audiences/query" or path.startswith("/amc/audiences/query/"):
+        return AMC_AUDIENCES
+    if path == "/amc/accounts":
+        return AMC_ACCOUNTS
     if path.startswith("/amc/"):
         return AMC
     if path.startswith("/adm/"):
@@ -41,22 +47,29 @@ def error_body(family: str, status: int, code: str, details: str, field: str | N
     request_id = str(uuid.uuid4())
     if family == AMC:
         return {"code": code, "details": details, "errors": [details], "requestId": request_id}
+    # Rule-BasedAudiences_prod_3p.json: `{code, details, requestId}`, no `errors` list.
+    if family == AMC_AUDIENCES:
+        return {"code": code, "details": details, "requestId": request_id}
+    # AMCAdministration_prod_3p.json, `GET /amc/accounts`: `{message, requestId}`.
+    if family == AMC_ACCOUNTS:
+        return {"message": details, "requestId": request_id}
+    # AdsDataManager_prod_3p.json: `code` is "the HTTP status code" (a string) and `DetailedError`'s
+    # `errorCode` a number; the name of the error travels as `errorType`.
     if family == ADM:
         return {
-            "code": code,
+            "code": str(status),
             "details": details,
-            "errors": [{"errorCode": code, "errorMessage": details, "errorType": code}],
+            "errors": [{"errorCode": status, "errorMessage": details, "errorType": code}],
             "message": details,
         }
     if family == LWA:
         return {"error": code, "error_description": details}
+    # Data Provider (DataProvider_openapi.yaml): `fieldName` is a string when there is one, never
+    # null, and the 413 body defines none.
+    error = {"errorType": code, "message": details, **({"fieldName": field} if field else {})}
     return {
         "requestId": request_id,
-        "error": {
-            "httpStatusCode": str(status),
-            "description": details,
-            "errors": [{"errorType": code, "message": details, "fieldName": field}],
-        },
+        "error": {"httpStatusCode": str(status), "description": details, "errors": [error]},
     }
 
 

@@ -5,6 +5,7 @@ The admin API lives under `/_sandbox/`, outside every Amazon path:
 - `POST /_sandbox/faults` `{"route": "<METHOD> <path prefix>" | "<X-Amz-Target>", "status": 429|500|503,
   "rate": 0..1, "count": n?, "retry_after": seconds?, "latency_ms": n?, "record_failure_rate": 0..1?}`
 - `DELETE /_sandbox/faults`, `GET /_sandbox/journal`, `POST /_sandbox/reset`.
+- Routes of one server's own, such as the AWS server's `POST /_sandbox/iam` (`sandbox.iam`).
 """
 
 import io
@@ -12,7 +13,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,13 +114,16 @@ class Journal:
 
 
 FaultResponder = Callable[[Request, Decision], Response]
+# A server's own admin route: the request in, the JSON body and status of the answer out.
+AdminRoute = Callable[[Request], tuple[Any, int]]
 
 
 class SandboxMiddleware:
     """Serves `/_sandbox/*`, applies faults, and journals every other request of the wrapped app.
 
     `respond_fault` builds the API family's own error response for a fault; `journal_body` says
-    which request bodies the journal keeps (hashed APIs only: never secrets or raw PII).
+    which request bodies the journal keeps (hashed APIs only: never secrets or raw PII);
+    `admin_routes` maps `(METHOD, /_sandbox/... path)` to the server's own admin routes.
     """
 
     def __init__(
@@ -130,9 +134,11 @@ class SandboxMiddleware:
         reset: Callable[[], None],
         respond_fault: FaultResponder,
         journal_body: Callable[[Request], Any] = lambda request: None,
+        admin_routes: Mapping[tuple[str, str], AdminRoute] | None = None,
     ):
         self.app, self.faults, self.journal, self.reset = app, faults, journal, reset
         self.respond_fault, self.journal_body = respond_fault, journal_body
+        self.admin_routes = dict(admin_routes or {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
@@ -181,6 +187,8 @@ class SandboxMiddleware:
             self.faults.clear()
             self.journal.clear()
             return _json({"reset": True})
+        if route in self.admin_routes:
+            return _json(*self.admin_routes[route](request))
         return _json({"error": f"no sandbox admin route {request.method} {request.path}"}, 404)
 
 

@@ -44,6 +44,10 @@ class FirehoseRecords:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         target = environ.get("HTTP_X_AMZ_TARGET")
+        if target == _DESCRIBE:
+            return _with_destination_defaults(self._forward(environ, Request(environ).get_data()))(
+                environ, start_response
+            )
         if target not in (_PUT_RECORD, _PUT_RECORD_BATCH):
             return self.app(environ, start_response)
         request = Request(environ)
@@ -104,6 +108,26 @@ class FirehoseRecords:
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         return Response.from_app(self.app, environ, buffered=True)
+
+
+# What AWS fills in for an S3 destination created without them; botocore's model makes them required
+# in DescribeDeliveryStream's answer, and moto answers only what the stream was created with.
+_S3_DESTINATION_DEFAULTS = {
+    "BufferingHints": {"SizeInMBs": 5, "IntervalInSeconds": 300},
+    "CompressionFormat": "UNCOMPRESSED",
+    "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+}
+
+
+def _with_destination_defaults(answer: Response) -> Response:
+    if answer.status_code != 200:
+        return answer
+    body = json.loads(answer.get_data())
+    for destination in body["DeliveryStreamDescription"].get("Destinations", []):
+        for kind in ("S3DestinationDescription", "ExtendedS3DestinationDescription"):
+            if kind in destination:
+                destination[kind] = {**_S3_DESTINATION_DEFAULTS, **destination[kind]}
+    return Response(json.dumps(body), status=200, mimetype=_JSON)
 
 
 def _over_limits(sizes: list[int]) -> str | None:

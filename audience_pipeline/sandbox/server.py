@@ -32,11 +32,16 @@ class RunningSandbox:
     def token_url(self) -> str:
         return f"{self.ads_url}/auth/o2/token"
 
+    @property
+    def auth_url(self) -> str:
+        return f"{self.ads_url}/ap/oa"
+
     def env(self) -> dict[str, str]:
         """The environment that points the pipeline (and boto3) at the sandbox."""
         return {
             "AMAZON_ADS_API_URL": self.ads_url,
             "AMAZON_ADS_TOKEN_URL": self.token_url,
+            "AMAZON_ADS_AUTH_URL": self.auth_url,
             "AWS_ENDPOINT_URL": self.aws_url,
             **DUMMY_AWS_KEYS,
         }

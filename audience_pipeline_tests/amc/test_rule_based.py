@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
+from audience_pipeline.amc.jobs import AmcJobError, ensure_audience
 from audience_pipeline.amc.rule_based import (
     MINIMUM_AUDIENCE_SIZE,
     RuleBasedAudienceSettings,
@@ -46,7 +47,7 @@ def problem_with(**changes) -> tuple[str, str]:
 
 def test_the_seed_example_becomes_the_create_call():
     assert settings().to_create_kwargs() == {
-        "advertiser_id": 123,
+        "advertiser_id": "123",  # Rule-BasedAudiences_prod_3p.json types advertiserId as a string
         "query": "SELECT user_id FROM dsp_impressions",
         "time_window_start": "2023-06-25T00:00:00Z",
         "time_window_end": "2023-07-25T00:00:00Z",
@@ -186,7 +187,7 @@ def test_audience_size_check(audience, passed, description):
 def test_the_create_call_is_accepted_and_the_audience_reaches_the_minimum(amc):
     audience_settings = settings(
         advertiser_id="1152921504606846977",
-        sql="SELECT user_id FROM amazon_attributed_events_for_audiences;",
+        sql="SELECT user_id FROM amazon_attributed_events_by_conversion_time_for_audiences;",
         time_window_start=datetime(2025, 1, 1, tzinfo=UTC),
         time_window_end="2025-03-31",
         time_window_relative="TRUE",
@@ -219,3 +220,45 @@ def test_a_small_audience_fails_the_size_check_with_amcs_reason(amc):
     audience = wait(lambda: amc.get_audience(execution_id))
     passed, description = audience_size_check(audience)
     assert not passed and "below the 2,000-user minimum" in description
+
+
+def test_ensure_audience_makes_only_the_calls_amc_allows(amc):
+    """AMC updates and deletes only FAILED audiences and keeps a succeeded one as it is."""
+    failing = settings(sql="SELECT user_id FROM conversions_for_audiences", time_window_end="2025-03-31")
+    name = failing.audience_name
+    created = ensure_audience(amc, name, failing.to_create_kwargs())
+    assert (created.action, created.name) == ("created", name)
+    assert wait(lambda: amc.get_audience(created.execution_id))["status"] == "FAILED"
+
+    good = failing.model_copy(update={"sql": "SELECT user_id FROM dsp_impressions_for_audiences"})
+    updated = ensure_audience(amc, name, good.to_create_kwargs())
+    assert (updated.action, updated.execution_id) == ("updated", created.execution_id)
+    assert wait(lambda: amc.get_audience(created.execution_id))["status"] == "SUCCEEDED"
+    assert ensure_audience(amc, name, good.to_create_kwargs()).action == "reused"
+
+    other = good.model_copy(update={"time_window_start": "2025-02-01T00:00:00Z"})
+    versioned = ensure_audience(amc, name, other.to_create_kwargs())
+    assert (versioned.action, versioned.name, versioned.previous_id) == (
+        "new_version",
+        f"{name}_v2",
+        created.execution_id,
+    )
+    assert amc.get_audience(created.execution_id)["status"] == "SUCCEEDED", "the first version stays"
+    with pytest.raises(AmcJobError, match="run again once it has finished"):
+        ensure_audience(amc, name, good.to_create_kwargs())
+    wait(lambda: amc.get_audience(versioned.execution_id))
+    again = ensure_audience(amc, name, other.to_create_kwargs())
+    assert (again.action, again.execution_id) == ("reused", versioned.execution_id)
+    third = ensure_audience(amc, name, good.to_create_kwargs())
+    assert (third.action, third.name) == ("new_version", f"{name}_v3")
+
+
+def test_a_failed_audience_with_another_refresh_rate_is_replaced(amc):
+    # The PUT takes no refreshRateDays: a FAILED audience is deleted (allowed) and submitted again.
+    failing = settings(sql="SELECT user_id FROM conversions_for_audiences", time_window_end="2025-03-31")
+    first = ensure_audience(amc, failing.audience_name, failing.to_create_kwargs())
+    wait(lambda: amc.get_audience(first.execution_id))
+    other = failing.model_copy(update={"refresh_rate_days": 7})
+    replaced = ensure_audience(amc, failing.audience_name, other.to_create_kwargs())
+    assert replaced.action == "replaced" and replaced.execution_id != first.execution_id
+    assert [a["audienceExecutionId"] for a in amc.list_audiences()] == [replaced.execution_id]

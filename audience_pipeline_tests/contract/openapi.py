@@ -163,7 +163,8 @@ def request_problems(op: Operation, exchange: Exchange) -> list[str]:
 def response_problems(op: Operation, exchange: Exchange) -> list[str]:
     """What is wrong with the response side of an exchange."""
     responses = op.definition.get("responses", {})
-    answer = responses.get(str(exchange.status)) or responses.get("default")
+    # A documented answer without a body (a 204) is an empty mapping: still documented.
+    answer = responses.get(str(exchange.status), responses.get("default"))
     if answer is None:
         return [f"status {exchange.status} is not one Amazon documents ({', '.join(responses)})"]
     content = answer.get("content")

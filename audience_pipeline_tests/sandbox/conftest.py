@@ -40,7 +40,7 @@ def fact_dataset(dataset_id: str = "purchases") -> dict:
                 "dataType": "TIMESTAMP",
                 "isMainEventTime": True,
             },
-            {"name": "amount", "columnType": "METRIC", "dataType": "DECIMAL", "isNullable": False},
+            {"name": "amount", "columnType": "METRIC", "dataType": "DECIMAL", "nullable": False},
         ],
     }
 
@@ -67,7 +67,8 @@ def purchases(n: int, day: str = "2025-03-01", start: int = 0) -> pl.DataFrame:
 
 
 def s3_client(sandbox):
-    """Plain boto3 S3 at the sandbox: objects are stored as the call says, untagged and unencrypted."""
+    """Plain boto3 S3 at the sandbox: objects are stored as the call says, untagged (and SSE-S3
+    encrypted unless the call names another encryption, as S3 does)."""
     return boto3.client(
         "s3",
         endpoint_url=sandbox.aws_url,

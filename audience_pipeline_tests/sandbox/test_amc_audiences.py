@@ -26,11 +26,12 @@ def run(amc, query: str, name: str = "buyers") -> dict:
 
 
 def test_an_audience_of_2500_users_succeeds(amc):
-    audience = run(amc, "SELECT user_id FROM amazon_attributed_events_for_audiences;")
+    audience = run(amc, "SELECT user_id FROM amazon_attributed_events_by_conversion_time_for_audiences;")
     assert succeeded(audience["status"]), audience
     assert audience["audienceCount"] == 2500
     assert int(audience["dspAudienceId"]) > 2**53
-    assert audience["advertiserId"] == 2**60 + 1
+    # Rule-BasedAudiences_prod_3p.json types advertiserId as a string.
+    assert audience["advertiserId"] == str(2**60 + 1)
     assert audience["lastRefreshedTime"].endswith("Z") and audience["refreshRateDays"] == 21
 
 
@@ -75,6 +76,8 @@ def test_failing_audiences_say_why(amc, query, reason):
         {"timeWindowRelative": "maybe"},
         {"audienceName": ""},
         {"query": None},
+        {"advertiserId": 123},
+        {"countryCode": "GB"},
     ],
 )
 def test_invalid_audiences_are_400(amc, change):
@@ -82,7 +85,8 @@ def test_invalid_audiences_are_400(amc, change):
     with pytest.raises(AmazonAdsApiError) as error:
         amc.api.request("POST", "/amc/audiences/query", json_body=body, headers=amc._audience_headers)
     assert error.value.status == 400
-    assert set(error.value.body) >= {"code", "details", "requestId"}
+    # Rule-BasedAudiences_prod_3p.json: `{code, details, requestId}`, in the v1 media type.
+    assert set(error.value.body) == {"code", "details", "requestId"}
 
 
 def test_time_window_relative_is_taken_as_a_string_too(amc):
@@ -101,6 +105,13 @@ def test_audiences_are_listed_found_by_name_and_deleted_once_finished(amc):
         "GET", "/amc/audiences/query", params={"maxResults": 2}, headers=amc._audience_headers
     )
     assert len(page["executionMetadata"]) == 2 and page["nextToken"]
+    last = amc.api.request(
+        "GET",
+        "/amc/audiences/query",
+        params={"maxResults": 2, "nextToken": page["nextToken"]},
+        headers=amc._audience_headers,
+    )
+    assert len(last["executionMetadata"]) == 1 and "nextToken" not in last
     assert amc.find_audience("audience-2")["audienceExecutionId"] == ids[2]
     assert amc.find_audience("nobody") is None
     with pytest.raises(AmazonAdsApiError) as error:
@@ -149,3 +160,64 @@ def test_an_audience_never_refreshed_is_deactivated_after_30_days(sandbox, amc):
                 audiences[execution_id]["createTime"] = "2020-01-01T00:00:00Z"
     time.sleep(0.1)  # a state lasts at least the sandbox's job step
     assert amc.get_audience(execution_id)["status"] == "DEACTIVATED"
+
+
+def test_only_failed_audiences_are_updated_or_deleted_and_an_update_runs_it_again(amc):
+    # The guide: "Only FAILED audiences can be updated (PUT) or deleted".
+    good = "SELECT user_id FROM dsp_impressions_for_audiences"
+    advertiser = str(2**60 + 1)  # as `run` creates them
+    done = run(amc, good, name="done")
+    assert done["status"] == "SUCCEEDED"
+    for call in (
+        lambda: amc.delete_audience(done["audienceExecutionId"]),
+        lambda: amc.update_audience(
+            done["audienceExecutionId"], "done", advertiser_id=advertiser, query=good, **WINDOW
+        ),
+    ):
+        with pytest.raises(AmazonAdsApiError, match="only FAILED audiences can be") as error:
+            call()
+        assert error.value.status == 400
+    broken = run(amc, "SELECT user_id FROM conversions_for_audiences", name="broken")
+    assert broken["status"] == "FAILED"
+    with pytest.raises(AmazonAdsApiError, match="audienceName of an audience cannot be changed"):
+        amc.update_audience(
+            broken["audienceExecutionId"], "renamed", advertiser_id=advertiser, query=good, **WINDOW
+        )
+    amc.update_audience(
+        broken["audienceExecutionId"], "broken", advertiser_id=advertiser, query=good, **WINDOW
+    )
+    assert amc.get_audience(broken["audienceExecutionId"])["status"] in ("PENDING", "RUNNING")
+    fixed = wait(lambda: amc.get_audience(broken["audienceExecutionId"]))
+    assert fixed["status"] == "SUCCEEDED" and fixed["query"] == good and "statusReason" not in fixed
+
+
+@pytest.mark.parametrize(
+    ("accept", "added", "absent"),
+    [
+        (None, set(), {"audienceCount", "deletable"}),
+        ("application/json", set(), {"audienceCount", "deletable"}),
+        ("application/vnd.amcquerybasedaudience.v1+json", set(), {"audienceCount", "deletable"}),
+        ("application/vnd.amcquerybasedaudience.v1.1+json", {"audienceCount"}, {"deletable"}),
+        (
+            "application/vnd.amcquerybasedaudience.v1.2+json",
+            {"audienceCount", "deletable", "audienceType"},
+            set(),
+        ),
+    ],
+)
+def test_an_audience_is_answered_in_the_version_the_accept_header_asks_for(amc, accept, added, absent):
+    done = run(amc, "SELECT user_id FROM dsp_impressions_for_audiences")
+    path = f"{amc.api.base_url}/amc/audiences/query/{done['audienceExecutionId']}"
+    headers = {
+        **amc._audience_headers,
+        "Authorization": f"Bearer {amc.api.access_token()}",
+        "Amazon-Advertising-API-ClientId": amc.api.client_id,
+        **({"Accept": accept} if accept else {}),
+    }
+    for url, key in ((path, None), (path.rsplit("/", 1)[0], "executionMetadata")):
+        response = amc.api.session.get(url, headers=headers, timeout=10)
+        expected = accept if accept and "vnd" in accept else "application/vnd.amcquerybasedaudience.v1+json"
+        assert response.headers["Content-Type"] == expected
+        body = response.json()
+        audience = body[key][0] if key else body
+        assert added <= set(audience) and not absent & set(audience)

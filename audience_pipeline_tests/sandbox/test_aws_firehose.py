@@ -5,6 +5,7 @@ import json
 
 import boto3
 import pytest
+import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -15,6 +16,8 @@ from ..conftest import add_fault, journal
 STREAM = "audience-changes"
 BUCKET = "audience-changes-bucket"
 PUT_RECORD_BATCH = "Firehose_20150804.PutRecordBatch"
+PUT_RECORD = "Firehose_20150804.PutRecord"
+STREAM_ARN = f"arn:aws:firehose:us-east-1:123456789012:deliverystream/{STREAM}"
 
 
 def aws_clients(sandbox) -> tuple:
@@ -36,6 +39,33 @@ def delivered_objects(s3) -> list[bytes]:
 def delivered_messages(s3) -> list[dict]:
     """The JSON Lines messages that reached the bucket, in no particular order."""
     return [json.loads(line) for data in delivered_objects(s3) for line in data.splitlines()]
+
+
+def set_policy(sandbox, access_key_id: str, *statements: dict) -> None:
+    """Make every Firehose call signed with `access_key_id` subject to an IAM policy of `statements`."""
+    policy = {"Version": "2012-10-17", "Statement": list(statements)}
+    answer = requests.post(
+        f"{sandbox.aws_url}/_sandbox/iam", json={"access_key_id": access_key_id, "policy": policy}, timeout=10
+    )
+    answer.raise_for_status()
+
+
+def statement(effect: str, *actions: str, resource: str | list[str] = STREAM_ARN) -> dict:
+    """A policy statement over Firehose `actions` (`PutRecord` stands for `firehose:PutRecord`)."""
+    return {"Effect": effect, "Action": [f"firehose:{a}" for a in actions], "Resource": resource}
+
+
+def firehose_as(sandbox, access_key_id: str):
+    """A Firehose client of the sandbox signing with `access_key_id`, without botocore retries."""
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+    return boto3.client(
+        "firehose",
+        endpoint_url=sandbox.aws_url,
+        region_name="us-east-1",
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key="secret",
+        config=config,
+    )
 
 
 def message(i: int) -> bytes:
@@ -144,3 +174,63 @@ def test_the_journal_keeps_no_record_data(sandbox, aws):
     entries = journal(sandbox.aws_url)
     assert entries and all(entry["body"] is None for entry in entries)
     assert base64.b64encode(message(0)).decode() not in json.dumps(entries)
+
+
+def test_a_call_the_policy_does_not_allow_is_denied_as_aws_denies_it(sandbox, aws):
+    _, s3 = aws
+    set_policy(sandbox, "seed-user", statement("Allow", "DescribeDeliveryStream", "PutRecord"))
+    firehose = firehose_as(sandbox, "seed-user")
+    with pytest.raises(ClientError) as error:
+        firehose.put_record_batch(DeliveryStreamName=STREAM, Records=[{"Data": message(0)}])
+    response = error.value.response
+    assert response["Error"]["Code"] == "AccessDeniedException"
+    assert response["Error"]["Message"] == (
+        "User: arn:aws:iam::123456789012:user/seed-user is not authorized to perform: "
+        f"firehose:PutRecordBatch on resource: {STREAM_ARN} because no identity-based policy allows "
+        "the firehose:PutRecordBatch action"
+    )
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert response["ResponseMetadata"]["HTTPHeaders"]["content-type"] == "application/x-amz-json-1.1"
+    assert delivered_objects(s3) == []
+    # What the policy allows goes through.
+    assert firehose.describe_delivery_stream(DeliveryStreamName=STREAM)["DeliveryStreamDescription"]
+    assert firehose.put_record(DeliveryStreamName=STREAM, Record={"Data": message(1)})["RecordId"]
+    assert delivered_objects(s3) == [message(1)]
+
+
+def test_an_explicit_deny_is_named_and_beats_an_allow(sandbox, aws):
+    set_policy(sandbox, "user", statement("Allow", "*", resource="*"), statement("Deny", "PutRecordBatch"))
+    firehose = firehose_as(sandbox, "user")
+    with pytest.raises(ClientError, match="with an explicit deny in an identity-based policy"):
+        firehose.put_record_batch(DeliveryStreamName=STREAM, Records=[{"Data": message(0)}])
+    assert firehose.put_record(DeliveryStreamName=STREAM, Record={"Data": message(0)})["RecordId"]
+
+
+def test_keys_without_a_policy_are_unrestricted_and_reset_forgets_policies(sandbox, aws):
+    firehose, _ = aws  # signs with the key `sandbox`
+    set_policy(sandbox, "seed-user", statement("Allow", "DescribeDeliveryStream", "PutRecord"))
+    firehose.put_record_batch(DeliveryStreamName=STREAM, Records=[{"Data": message(0)}])
+    requests.post(f"{sandbox.aws_url}/_sandbox/reset", timeout=10).raise_for_status()
+    firehose, _ = aws_clients(sandbox)
+    firehose_as(sandbox, "seed-user").put_record_batch(
+        DeliveryStreamName=STREAM, Records=[{"Data": message(0)}]
+    )
+
+
+def test_a_policy_iam_would_read_differently_is_refused(sandbox):
+    conditional = {**statement("Allow", "PutRecord"), "Condition": {"Bool": {"aws:SecureTransport": "true"}}}
+    policy = {"Version": "2012-10-17", "Statement": [conditional]}
+    answer = requests.post(
+        f"{sandbox.aws_url}/_sandbox/iam", json={"access_key_id": "user", "policy": policy}, timeout=10
+    )
+    assert answer.status_code == 400 and "Condition" in answer.text
+
+
+def test_put_record_draws_record_failures_only_once_allowed(sandbox, aws):
+    _, s3 = aws
+    set_policy(sandbox, "seed-user", statement("Allow", "DescribeDeliveryStream"))
+    add_fault(sandbox.aws_url, route=PUT_RECORD, record_failure_rate=1.0)
+    with pytest.raises(ClientError) as error:
+        firehose_as(sandbox, "seed-user").put_record(DeliveryStreamName=STREAM, Record={"Data": message(0)})
+    assert error.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert delivered_objects(s3) == []

@@ -19,7 +19,6 @@ from audience_pipeline.sandbox.profiles import PROFILES
 from ..conftest import add_fault, journal
 
 PROFILE_ID = PROFILES[0]["profileId"]
-SCOPE = {"Amazon-Advertising-API-Scope": str(PROFILE_ID)}
 
 
 def maids(count: int, seed: int = 0) -> list[str]:
@@ -40,6 +39,12 @@ def error_field(error: AmazonAdsApiError) -> str:
     return error.body["error"]["errors"][0]["fieldName"]
 
 
+def held(sandbox, audience_id: int, record_type: str = "MAID") -> set[str]:
+    """The records of one type the sandbox's DSP audience holds."""
+    members = sandbox.ads.state.family("dsp").get("members", {})
+    return set(members.get(str(audience_id), {}).get(record_type, {}))
+
+
 def test_audience_ids_exceed_2_to_the_53_and_stay_exact(sandbox, dsp):
     audience = create(dsp)
     assert isinstance(audience.id, int) and audience.id > 2**53
@@ -55,6 +60,7 @@ def test_audience_ids_exceed_2_to_the_53_and_stay_exact(sandbox, dsp):
     ("change", "field"),
     [
         ({"name": "too short"}, "name"),
+        ({"description": None}, "description"),
         ({"advertiserId": "123"}, "advertiserId"),
         (
             {"metadata": {"type": "ADVERTISER", "externalAudienceId": "a", "dataSourceCountry": ["US"]}},
@@ -86,18 +92,48 @@ def test_invalid_audiences_are_refused_naming_the_field(ads_client, change, fiel
         **change,
     }
     with pytest.raises(AmazonAdsApiError) as error:
-        ads_client.request("POST", "/v2/dp/audiencemetadata/", json_body=body, headers=SCOPE)
+        ads_client.request("POST", "/v2/dp/audiencemetadata/", json_body=body)
     assert error.value.status == 400
     assert error_field(error.value) == field
 
 
-def test_the_profile_scope_is_required_and_must_be_known(ads_client):
+def test_ttl_0_and_audience_fees_are_taken_as_defined(ads_client):
+    metadata = {
+        "type": "DATA_PROVIDER",
+        "externalAudienceId": "a",
+        "dataSourceCountry": ["US"],
+        "ttl": 0,
+        "audienceFees": [{"cpmCents": 150, "currency": "USD"}],
+    }
+    body = {"name": "Valid audience name", "description": "", "advertiserId": 1, "metadata": metadata}
+    created = ads_client.request("POST", "/v2/dp/audiencemetadata/", json_body=body)
+    assert created["audience"]["metadata"] == metadata
+
+
+def test_the_profile_scope_is_optional_but_must_be_known(ads_client):
+    # The definition lists no Amazon-Advertising-API-Scope header: without one, the call goes through.
     with pytest.raises(AmazonAdsApiError) as error:
         ads_client.request("GET", "/v2/dp/audiencemetadata/1")
-    assert (error.value.status, error_field(error.value)) == (400, "Amazon-Advertising-API-Scope")
+    assert (error.value.status, error_field(error.value)) == (404, "audienceId")
     with pytest.raises(AmazonAdsApiError) as error:
         ads_client.request("GET", "/v2/dp/audiencemetadata/1", headers={"Amazon-Advertising-API-Scope": "42"})
     assert error.value.status == 403
+
+
+def test_a_body_must_come_as_json(sandbox, ads_client, dsp):
+    audience = create(dsp)
+    body = json.dumps({"patches": [maid_patch("add", maids(1)[0], audience.id)]})
+    auth = {
+        "Authorization": f"Bearer {ads_client.access_token()}",
+        "Amazon-Advertising-API-ClientId": ads_client.client_id,
+    }
+    for content_type in ({}, {"Content-Type": "text/plain"}):
+        response = ads_client.session.patch(
+            f"{sandbox.ads_url}/v2/dp/audience", data=body, headers={**auth, **content_type}, timeout=10
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["errors"][0]["fieldName"] == "Content-Type"
+    assert held(sandbox, audience.id) == set()
 
 
 def test_patches_add_and_remove_maids(sandbox, dsp):
@@ -106,9 +142,8 @@ def test_patches_add_and_remove_maids(sandbox, dsp):
     assert dsp.patch_audiences([maid_patch("add", maid, audience.id) for maid in ids])
     dsp.patch_audiences([maid_patch("remove", maid.upper(), audience.id) for maid in ids[:3]])
     dsp.patch_audiences([maid_patch("add", ids[0], other.id), maid_patch("add", ids[0], other.id)])
-    held = sandbox.ads.state.family("dsp")["maids"]
-    assert held[str(audience.id)] == sorted(ids[3:])
-    assert held[str(other.id)] == [ids[0]]
+    assert held(sandbox, audience.id) == set(ids[3:])
+    assert held(sandbox, other.id) == {ids[0]}
     assert dsp.get_audience(audience.id).metadata.audience_size.received_record_size == 7
 
 
@@ -122,8 +157,9 @@ def test_more_than_2000_patches_or_1_mb_is_413(ads_client, dsp):
         {"patches": [{**p, "consent": {"padding": "x" * 1_000}} for p in patches[:1_500]]},
     ):
         with pytest.raises(AmazonAdsApiError) as error:
-            ads_client.request("PATCH", "/v2/dp/audience", json_body=body, headers=SCOPE)
+            ads_client.request("PATCH", "/v2/dp/audience", json_body=body)
         assert error.value.status == 413
+        assert "fieldName" not in error.value.body["error"]["errors"][0]
 
 
 @pytest.mark.parametrize(
@@ -134,6 +170,12 @@ def test_more_than_2000_patches_or_1_mb_is_413(ads_client, dsp):
         ({"path": "/MAID-123e4567-e89b-12d3-a456-426614174000/audiences\n"}, "patches[1].path"),
         ({"op": "replace"}, "patches[1].op"),
         ({"value": [12345]}, "patches[1].value"),
+        ({"value": ["12345"]}, "patches[1].value"),
+        ({"path": "/COOKIE-/audiences"}, "patches[1].path"),
+        (
+            {"consent": {"consentType": "Amazon", "amazonConsent": {"amazonAdStorage": "GRANTED"}}},
+            "patches[1].consent.amazonConsent",
+        ),
     ],
 )
 def test_a_bad_patch_refuses_the_request_naming_the_field(sandbox, dsp, bad, field):
@@ -142,7 +184,24 @@ def test_a_bad_patch_refuses_the_request_naming_the_field(sandbox, dsp, bad, fie
     with pytest.raises(AmazonAdsApiError) as error:
         dsp.patch_audiences([first, {**second, **bad}])
     assert (error.value.status, error_field(error.value)) == (400, field)
-    assert sandbox.ads.state.family("dsp")["maids"][str(audience.id)] == []
+    assert held(sandbox, audience.id) == set()
+
+
+def test_cookies_and_external_user_ids_are_kept_apart_from_maids(sandbox, dsp):
+    audience = create(dsp)
+    maid = maids(1)[0]
+    patches = [
+        maid_patch("add", maid, audience.id),
+        {"op": "add", "path": "/COOKIE-EMpBAI0GRcK4nBNGpPGg5g/audiences", "value": [audience.id]},
+        {"op": "add", "path": f"/EXTERNAL_USER_ID-{maid}/audiences", "value": [audience.id]},
+    ]
+    dsp.patch_audiences(patches)
+    assert held(sandbox, audience.id) == {maid}
+    assert held(sandbox, audience.id, "COOKIE") == {"EMpBAI0GRcK4nBNGpPGg5g"}
+    assert held(sandbox, audience.id, "EXTERNAL_USER_ID") == {maid}
+    dsp.patch_audiences([{**patches[2], "op": "remove"}])
+    assert held(sandbox, audience.id) == {maid} and held(sandbox, audience.id, "EXTERNAL_USER_ID") == set()
+    assert dsp.get_audience(audience.id).metadata.audience_size.received_record_size == 2
 
 
 def test_match_rate_follows_the_identity_graph(sandbox, dsp):
