@@ -12,7 +12,12 @@ from pydantic import ValidationError
 from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent, dataset_name
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.identity import normalize_identities
-from audience_pipeline.membership.adm_delivery import TARGET_IDENTITIES, MemberRules, adm_members
+from audience_pipeline.membership.adm_delivery import (
+    TARGET_IDENTITIES,
+    MemberRules,
+    adm_members,
+    request_slices,
+)
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
@@ -133,7 +138,8 @@ def test_first_run_makes_the_dataset_hold_the_audience_and_a_rerun_sends_nothing
     held = pipeline.held()
     assert sorted(held) == ["u1", "u2", "u3", "u4"]
     assert held["u1"]["externalIdentities"] == [{"liveRampId": "LR-1"}]
-    assert set(held["u1"]["hashedPiis"][0]) == {"em", "ph", "fn", "country"}
+    # Amazon's hashedPiis has no country key: the country goes as the consent country (`geo`).
+    assert set(held["u1"]["hashedPiis"][0]) == {"em", "ph", "fn"}
     assert held["u2"]["externalIdentities"] == [{"maId": "6d92078a-8246-4ba4-ae5b-76104861e7dc"}]
     assert (first["added"], first["members_sent"], first["rejected"], first["requests"]) == (4, 4, 0, 1)
     assert first["accepted_count"] == 4 and 0 <= first["match_rate"] <= 100
@@ -255,7 +261,8 @@ def test_no_raw_pii_reaches_the_sandbox(pipeline, sandbox):
     pipeline.run()
 
     entries = journal(sandbox.ads_url)
-    text = json.dumps(entries)
+    # The dataset's random id (in paths) may hold "555" by chance; it is no PII.
+    text = json.dumps(entries).replace(pipeline.datasets()[0]["dataSetId"], "")
     assert not [value for value in RAW_VALUES if value in text]
     for members in member_requests(sandbox):
         for member in members:
@@ -301,6 +308,8 @@ def test_dataset_names_are_valid_for_amazon():
         ({"consent": "MAYBE"}, "consent"),
         ({"country_code": "Atlantis"}, "country_code"),
         ({"identities": ["email"]}, "identities"),
+        ({"identities": ["country"]}, "identities"),
+        ({"advertiser_account_id": "has space"}, "advertiser_account_id"),
         ({"audiences": [7, "7"]}, "audiences"),
         ({"manager_account_id": "has space"}, "manager_account_id"),
     ],
@@ -318,3 +327,26 @@ def test_unknown_audiences_fail_at_load():
 
     with pytest.raises(dg.DagsterInvalidDefinitionError, match="audiences"):
         component.build_asset(audiences)
+
+
+def test_requests_hold_at_most_5000_members_and_10_mb():
+    small = pl.Series(["{}"] * 12_001)
+    assert request_slices(small) == [(0, 5_000), (5_000, 5_000), (10_000, 2_001)]
+    # Members of 3 MB each (as sent: `json.dumps` adds a space after each `:`): three per request.
+    big = pl.Series(['{"a":"' + "x" * 3_000_000 + '"}'] * 7)
+    assert request_slices(big) == [(0, 3), (3, 3), (6, 1)]
+    assert request_slices(pl.Series([], dtype=pl.String)) == []
+
+
+def test_the_country_identity_sends_no_hashed_pii_only_the_consent_country():
+    snapshot = normalize_identities(
+        pl.DataFrame({"user_id": ["a"], "email": ["a@example.com"], "country_code": ["Germany"]})
+    ).frame
+
+    [payload] = adm_members(snapshot, MemberRules(("email_lc_sha256", "country"), "GRANTED", "US")).frame[
+        "payload"
+    ]
+
+    member = json.loads(payload)
+    assert [set(entry) for entry in member["userIdentity"]["hashedPiis"]] == [{"em"}]
+    assert member["userConsent"]["geo"] == {"countryCode": "DE"}

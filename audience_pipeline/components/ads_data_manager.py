@@ -27,6 +27,8 @@ from audience_pipeline.components.audiences import (
 from audience_pipeline.components.ui import OWNERS, name_part
 from audience_pipeline.identity import normalize_country
 from audience_pipeline.membership.adm_delivery import (
+    COUNTRY,
+    SENT_IDENTITIES,
     TARGET_IDENTITIES,
     DeliveryInterrupted,
     MemberRules,
@@ -39,6 +41,7 @@ from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.state_store import StateStore
 
 MEMBERS_ACCEPTED_CHECK = "members_accepted"
+# Amazon's name pattern with its minLength 5 folded in.
 _DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,99}")
 
 
@@ -52,9 +55,9 @@ class AdsDataManagerDeliveryConfig(dg.Config):
 
 
 def dataset_name(audience: Audience) -> str:
-    """The ADM audience dataset name of an audience: its destination name made valid for
-    `^[A-Za-z][A-Za-z0-9_-]{4,99}$` (other characters become `_`; too short or not starting with a
-    letter gets an `audience_` prefix)."""
+    """The ADM audience dataset name of an audience: its destination name made valid for Amazon's
+    `^[A-Za-z][A-Za-z0-9_-]{0,99}$` of 5 to 100 characters (other characters become `_`; too short or
+    not starting with a letter gets an `audience_` prefix)."""
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", audience.destination_name).strip("_")
     if not _DATASET_NAME.fullmatch(name[:100]):
         name = f"audience_{name}"
@@ -69,6 +72,13 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     """
 
     manager_account_id: str = Field(description="The target manager account (Amazon-Ads-Manager-Account-ID).")
+    advertiser_account_id: str | None = Field(
+        default=None,
+        description=(
+            "Optional DSP advertiser account the calls act for, sent as Amazon-Ads-AccountId on the "
+            "dataset and member calls (for credentials whose audience rights are on the advertiser)."
+        ),
+    )
     consent: Literal["GRANTED", "DENIED"] = Field(
         description=(
             "All audience members sent to Amazon are consented for use for advertising: GRANTED or "
@@ -77,7 +87,10 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     country_code: str = Field(
         default="US",
-        description="Country of the audience datasets (ISO alpha-2), and of members without one.",
+        description=(
+            "Country of the audience datasets (their countryCode, ISO alpha-2), and the consent country "
+            "(userConsent.geo) of members without one."
+        ),
     )
     audiences: list[int | str] = Field(
         min_length=1,
@@ -85,7 +98,11 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     identities: list[str] = Field(
         default_factory=lambda: list(TARGET_IDENTITIES),
-        description=f"The seed's target identities to map (default: all): {', '.join(TARGET_IDENTITIES)}.",
+        description=(
+            f"The seed's target identities to map (default: all): {', '.join(TARGET_IDENTITIES)}. "
+            f"`{COUNTRY}` has no key in Amazon's member identity and sends nothing of its own: a member's "
+            "country always goes as its consent country, and the dataset's country is `country_code`."
+        ),
     )
 
     @field_validator("manager_account_id")
@@ -93,6 +110,13 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
     def _check_account(cls, value: str) -> str:
         if not value.strip() or any(c.isspace() for c in value):
             raise ValueError("must be a manager account id such as amzn1.ads-account.g.xxxx, without spaces")
+        return value
+
+    @field_validator("advertiser_account_id")
+    @classmethod
+    def _check_advertiser(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError("must be a DSP advertiser account id without spaces, or left out")
         return value
 
     @field_validator("country_code")
@@ -113,8 +137,10 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
             raise ValueError(
                 f"{', '.join(unknown)} not target identities (known: {', '.join(TARGET_IDENTITIES)})"
             )
-        if not value:
-            raise ValueError("choose at least one target identity")
+        if not set(value) & set(SENT_IDENTITIES):
+            raise ValueError(
+                f"choose at least one target identity Amazon takes ({COUNTRY} alone sends no identity)"
+            )
         return value
 
     @property
@@ -197,7 +223,7 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
 
             Builds each snapshot member's `userIdentity` (hashed PII, partner IDs) and `userConsent`;
             diffs them against this account's ledger; finds or creates the dataset; sends removals
-            as DELETE and additions and identity changes as CREATE, ≤10,000 per request; commits the
+            as DELETE and additions and identity changes as CREATE, ≤5,000 and ≤10 MB per request; commits the
             members Amazon accepted (refused ones are rejects by Amazon's reason and stay pending);
             records the dataset's match metrics. Metadata holds counts only.
             """
@@ -256,7 +282,7 @@ class AdsDataManagerComponent(dg.Component, dg.Model, dg.Resolvable):
             )
 
         api = amazon_ads.client()
-        adm = AdmClient(api, self.manager_account_id)
+        adm = AdmClient(api, self.manager_account_id, self.advertiser_account_id)
         try:
             # The description names the audience by its immutable id, never by its internal name.
             description = f"audience_pipeline audience {audience.partition_key}"

@@ -2,10 +2,12 @@
 
     snapshot (hashed identities + consent) ─► one member object per user (`userIdentity`, `userConsent`)
         ─ diff vs ledger ─► added / identity changed ─► CREATE;  removed ─► DELETE
-        ─► requests of ≤10,000 (the caller's `send`) ─► ledger commit of the members Amazon accepted
+        ─► requests of ≤5,000 members and ≤10 MB (the caller's `send`) ─► ledger commit of the accepted
 
-- The snapshot's identities are already normalized and hashed by the identity engine; only the
-  member's country is hashed here, because the snapshot keeps `country_code` as given.
+- The snapshot's identities are already normalized and hashed by the identity engine.
+- The seed's `country` target identity has no key in Amazon's `hashedPiis` (`ad, cty, em, fn, ln,
+  ph, st, zip`): the member's country travels as `userConsent.geo.countryCode` (every member,
+  whatever identities are chosen), and the dataset's `countryCode` is the component's country.
 - A member's payload is the JSON object sent for it, minus `externalUserId` and `action`: hashes,
   partner IDs and consent signals only, so the ledger keeps it in plain text. A removal sends the
   payload the dataset was given, with `DELETE`. The fingerprint covers the whole payload, so a
@@ -32,8 +34,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from audience_pipeline.clients.adm import MAX_MEMBERS_PER_REQUEST, MembersResult
-from audience_pipeline.identity import normalize_identities
+from audience_pipeline.clients.adm import MAX_REQUEST_BYTES, RECOMMENDED_MEMBERS_PER_REQUEST, MembersResult
 from audience_pipeline.identity.countries import alpha2
 from audience_pipeline.membership.diff import MembershipDiff, diff
 from audience_pipeline.membership.fingerprints import fingerprint
@@ -41,7 +42,7 @@ from audience_pipeline.membership.ledger import Ledger, LedgerState
 
 USER_ID = "user_id"
 
-# The seed's target identities, in its order: each maps to (ADM key, snapshot columns, first non-null).
+# The seed's target identities: each maps to (ADM key, snapshot columns, first non-null).
 HASHED_PII: dict[str, tuple[str, tuple[str, ...]]] = {
     "phone_sha256": ("ph", ("phone",)),
     "email_lc_sha256": ("em", ("email",)),
@@ -51,8 +52,9 @@ HASHED_PII: dict[str, tuple[str, tuple[str, ...]]] = {
     "city": ("cty", ("city",)),
     "state": ("st", ("state",)),
     "zip": ("zip", ("zip",)),
-    "country": ("country", ("country_code",)),
 }
+# A target identity of the seed that Amazon's member schema has no key for (see the module docstring).
+COUNTRY = "country"
 EXTERNAL_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "experianId": ("experianId", ("experian_id",)),
     "kantarId": ("kantarId", ("kantar_id",)),
@@ -63,9 +65,12 @@ EXTERNAL_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "realId": ("realId", ("real_id",)),
     "sambaTvId": ("sambaTvId", ("samba_tv_id",)),
 }
-TARGET_IDENTITIES: tuple[str, ...] = (*HASHED_PII, *EXTERNAL_IDENTITIES)
+TARGET_IDENTITIES: tuple[str, ...] = (*HASHED_PII, COUNTRY, *EXTERNAL_IDENTITIES)
+# The target identities that put something in `userIdentity`.
+SENT_IDENTITIES: tuple[str, ...] = (*HASHED_PII, *EXTERNAL_IDENTITIES)
 CONSENT_VALUES = ("GRANTED", "DENIED", "NOT_APPLICABLE", "UNKNOWN")
 CREATE, DELETE = "CREATE", "DELETE"
+_ENVELOPE_BYTES = len('{"members": []}')
 
 
 @dataclass(frozen=True)
@@ -121,18 +126,12 @@ def _consent(snapshot: pl.DataFrame, column: str, default: str) -> pl.Expr:
 
 def adm_members(snapshot: pl.DataFrame, rules: MemberRules) -> Members:
     """Each snapshot member as the ADM member object it is sent as (vectorized JSON building)."""
-    frame = snapshot
-    if "country" in rules.identities and "country_code" in snapshot.columns:
-        # The snapshot keeps the country as given; Amazon wants it hashed like the other PII.
-        hashed = normalize_identities(snapshot.select("country_code"), fields=["country_code"]).frame
-        frame = snapshot.with_columns(__country_hash=hashed.get_column("country_code"))
-    pii = {**HASHED_PII, "country": ("country", ("__country_hash",))}
 
     def entries(mapping: dict[str, tuple[str, tuple[str, ...]]]) -> pl.Expr:
         chosen = [(key, columns) for name, (key, columns) in mapping.items() if name in rules.identities]
-        return _json_object([_json_field(key, _column(frame, columns)) for key, columns in chosen])
+        return _json_object([_json_field(key, _column(snapshot, columns)) for key, columns in chosen])
 
-    hashed_piis, external = entries(pii), entries(EXTERNAL_IDENTITIES)
+    hashed_piis, external = entries(HASHED_PII), entries(EXTERNAL_IDENTITIES)
     identity = _json_object(
         [
             pl.when(hashed_piis.is_not_null()).then(_text('"hashedPiis":[', hashed_piis, "]")),
@@ -140,18 +139,18 @@ def adm_members(snapshot: pl.DataFrame, rules: MemberRules) -> Members:
         ]
     )
     country = (
-        alpha2(pl.col("country_code").cast(pl.String)) if "country_code" in frame.columns else pl.lit(None)
+        alpha2(pl.col("country_code").cast(pl.String)) if "country_code" in snapshot.columns else pl.lit(None)
     )
     signals = [
         _text(
             '"amzn":{"amznAdStorage":"',
-            _consent(frame, "amzn_ad_storage", rules.consent),
+            _consent(snapshot, "amzn_ad_storage", rules.consent),
             '","amznUserData":"',
-            _consent(frame, "amzn_user_data", rules.consent),
+            _consent(snapshot, "amzn_user_data", rules.consent),
             '"}',
         ),
-        _json_field("tcf", _column(frame, ("tcf_string",))),
-        _json_field("gpp", _column(frame, ("gpp_string",))),
+        _json_field("tcf", _column(snapshot, ("tcf_string",))),
+        _json_field("gpp", _column(snapshot, ("gpp_string",))),
     ]
     consent = _text(
         '"userConsent":{"geo":{"countryCode":"',
@@ -161,7 +160,7 @@ def adm_members(snapshot: pl.DataFrame, rules: MemberRules) -> Members:
         "}",
     )
     payload = pl.when(identity.is_not_null()).then(_text('{"userIdentity":', identity, ",", consent, "}"))
-    built = frame.select(pl.col(USER_ID).cast(pl.String), payload.alias("payload"))
+    built = snapshot.select(pl.col(USER_ID).cast(pl.String), payload.alias("payload"))
     sendable = built.filter(pl.col("payload").is_not_null())
     members = sendable.select(USER_ID, fingerprint(sendable, ["payload"]), "payload")
     return Members(members, built.height - sendable.height)
@@ -182,8 +181,8 @@ class DeliveryPlan:
 
     @property
     def requests(self) -> int:
-        """How many requests of at most 10,000 members the plan needs."""
-        return -(-self.outgoing.height // MAX_MEMBERS_PER_REQUEST)
+        """How many requests the plan needs (see `request_slices`)."""
+        return len(request_slices(self.outgoing.get_column("member")))
 
     def counts(self) -> dict[str, int]:
         """The plan in numbers: changes, CREATEs and DELETEs, requests, members skipped."""
@@ -208,6 +207,36 @@ def _json_field_value(column: str) -> pl.Expr:
     """A string column as a JSON string literal (quoted and escaped)."""
     encoded = pl.struct(pl.col(column).alias("v")).struct.json_encode()
     return encoded.str.slice(5, encoded.str.len_chars() - 6)
+
+
+def _wire_bytes(members: pl.Series) -> list[int]:
+    """At least the bytes each member's JSON takes in the request: it is sent as `json.dumps` writes
+    it, with a space after every `:` and `,` and non-ASCII characters as `\\uXXXX` escapes (up to
+    12 bytes for a 4-byte character), and a separator after it."""
+    frame = pl.DataFrame({"m": members})
+    size = (
+        pl.col("m").str.len_bytes()
+        + pl.col("m").str.count_matches("[:,]")
+        + 8 * pl.col("m").str.count_matches(r"[^\x00-\x7f]")
+        + 2
+    )
+    return frame.select(size.cast(pl.Int64)).to_series().to_list()
+
+
+def request_slices(members: pl.Series) -> list[tuple[int, int]]:
+    """`(offset, length)` of each request over the members' JSON texts, in order: at most the 5,000
+    members Amazon recommends and at most its 10 MB per request (a member alone over 10 MB still
+    goes alone, for Amazon to refuse)."""
+    slices, start, size = [], 0, _ENVELOPE_BYTES
+    for index, member_size in enumerate(_wire_bytes(members)):
+        full = index - start >= RECOMMENDED_MEMBERS_PER_REQUEST or size + member_size > MAX_REQUEST_BYTES
+        if index > start and full:
+            slices.append((start, index - start))
+            start, size = index, _ENVELOPE_BYTES
+        size += member_size
+    if start < members.len():
+        slices.append((start, members.len() - start))
+    return slices
 
 
 def plan_delivery(members: Members, state: LedgerState) -> DeliveryPlan:
@@ -256,8 +285,8 @@ class DeliveryInterrupted(RuntimeError):
 def deliver(
     plan: DeliveryPlan, ledger: Ledger, send: Callable[[list[dict]], MembersResult]
 ) -> DeliveryOutcome:
-    """Send the plan's members with `send` in requests of ≤10,000 and commit every member Amazon
-    accepted; refused members are counted by Amazon's reason and stay pending.
+    """Send the plan's members with `send` in requests (`request_slices`) and commit every member
+    Amazon accepted; refused members are counted by Amazon's reason and stay pending.
 
     `send` is `AdmClient.upload_members` bound to the dataset. When a request fails for good, what
     was accepted so far is committed and `DeliveryInterrupted` raised from the error. Raises
@@ -267,13 +296,14 @@ def deliver(
     started = time.perf_counter()
     progress = _Progress()
     try:
-        for chunk in plan.outgoing.iter_slices(MAX_MEMBERS_PER_REQUEST):
+        for offset, length in request_slices(plan.outgoing.get_column("member")):
+            chunk = plan.outgoing.slice(offset, length)
             # One JSON parse per request: the members were built as JSON text, column-wise.
             result = send(json.loads("[" + ",".join(chunk.get_column("member")) + "]"))
             progress.requests += 1
             progress.sent += chunk.height
             refused = {error.index for error in result.errors}
-            progress.rejects.update(error.details or error.code for error in result.errors)
+            progress.rejects.update(error.reason for error in result.errors)
             user_ids = chunk.get_column(USER_ID).to_list()
             progress.accepted += [user for index, user in enumerate(user_ids) if index not in refused]
     except Exception as error:

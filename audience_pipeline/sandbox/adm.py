@@ -1,8 +1,16 @@
 """Amazon Ads Data Manager: audiences, members (CREATE/DELETE), metrics, identity deletion.
 
-Records live in `state.family("adm")`: `datasets` (by dataSetId, each with its manager account),
-`members` (dataSetId → externalUserId → userIdentity) and `stats` (dataSetId → upload counters).
-Every call needs `Amazon-Ads-Manager-Account-ID`; a dataset of another manager account is a 404.
+Held to `AdsDataManager_prod_3p.json` for shapes, statuses and content types, and to Amazon's ADM
+guide for behaviour. Records live in `state.family("adm")`: `datasets` (by dataSetId: the fields
+Amazon answers, plus the owning `account`), `members` (dataSetId → externalUserId → userIdentity)
+and `stats` (dataSetId → upload counters).
+
+Accounts: the definition makes `Amazon-Ads-Manager-Account-ID` optional on every call but identity
+deletion, and authorizes a DSP advertiser named by `Amazon-Ads-AccountId` on create, list and member
+uploads (their descriptions; the parameter itself is listed on members and metrics; the guide sends
+it on create). Amazon has to know whose datasets a call means, so the sandbox keys datasets by the
+manager account the call names, else by the advertiser account; a call naming neither is a 400. A
+dataset of another account is a 404, or a 400 on metrics, which documents no 404.
 """
 
 import re
@@ -11,36 +19,82 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-from flask import Blueprint, current_app, request
+import pycountry
+from flask import Blueprint, Response, current_app, request
 
 from audience_pipeline.sandbox import identity_graph
+from audience_pipeline.sandbox.amc_jobs import answer_as
 from audience_pipeline.sandbox.errors import ApiError, json_body
 
 blueprint = Blueprint("adm", __name__)
 
 MANAGER_HEADER = "Amazon-Ads-Manager-Account-ID"
+ADVERTISER_HEADER = "Amazon-Ads-AccountId"
+# The definition's media types: members in and out, metrics (errors too), identity deletion in.
+MEMBERS_MEDIA_TYPE = "application/vnd.admAudiences.v1+json"
+METRICS_MEDIA_TYPE = "application/vnd.admmetrics.v1+json"
+DELETION_MEDIA_TYPE = "application/vnd.admDataDeletion.v1+json"
+# `name`: pattern `^[A-Za-z][A-Za-z0-9_-]{0,99}$` with minLength 5, i.e. 5..100 characters.
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,99}")
-COUNTRY = re.compile(r"[A-Z]{2}")
+# The definition's `CountryCode` enum: ISO 3166-1 alpha-2, Kosovo, the retired AN, and UNKNOWN.
+COUNTRY_CODES = frozenset({country.alpha_2 for country in pycountry.countries} | {"XK", "AN", "UNKNOWN"})
 HEX64 = re.compile(r"[0-9a-f]{64}")
-HASHED_PII_KEYS = frozenset({"em", "ph", "fn", "ln", "ad", "cty", "st", "zip", "country"})
+HASHED_PII_KEYS = frozenset({"ad", "cty", "em", "fn", "ln", "ph", "st", "zip"})
 EXTERNAL_ID_KEYS = frozenset(
     {"liveRampId", "experianId", "kantarId", "maId", "merkleId", "neustarId", "realId", "sambaTvId"}
 )
-# Keys that single out a person: a name, city or country hash alone resolves nobody.
+# Keys that single out a person: a name or city hash alone resolves nobody.
 MATCH_KEYS = frozenset({"em", "ph"}) | EXTERNAL_ID_KEYS
 CONSENT_VALUES = frozenset({"GRANTED", "DENIED", "NOT_APPLICABLE", "UNKNOWN"})
 MAX_MEMBERS = 10_000
 MAX_IDENTITIES_PER_KIND = 10
 MAX_DELETION_TARGETS = 1_000
+MAX_DETAILED_ERRORS = 100
+# The guide's file limit; the definition documents no 413, so a larger body is a 400 like any other.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1_000
+# `CdxDataSetWithoutSchema`, what list answers per dataset; create answers these and `schema`.
+LISTED_FIELDS = (
+    "clientName",
+    "countryCode",
+    "createdBy",
+    "dataSetId",
+    "dataSetType",
+    "dateCreated",
+    "description",
+    "idRetention",
+    "lastModified",
+    "lastModifiedBy",
+    "name",
+)
 
 
-def _manager_account() -> str:
+@blueprint.after_request
+def label_answer(response: Response) -> Response:
+    """Member upload answers and metrics (errors included) in the media types the definition gives."""
+    if request.endpoint == "adm.dataset_metrics":
+        return answer_as(response, METRICS_MEDIA_TYPE)
+    if request.endpoint == "adm.upload_members" and response.status_code == 200:
+        return answer_as(response, MEMBERS_MEDIA_TYPE)
+    return response
+
+
+def _account(*, manager_only: bool = False) -> str:
+    """Whose datasets the call means: the manager account, else the advertiser account."""
     account = request.headers.get(MANAGER_HEADER)
+    if not account and not manager_only:
+        account = request.headers.get(ADVERTISER_HEADER)
     if not account:
-        raise ApiError(400, "BAD_REQUEST", f"Missing {MANAGER_HEADER} header")
+        named = MANAGER_HEADER if manager_only else f"{MANAGER_HEADER} or {ADVERTISER_HEADER}"
+        raise ApiError(400, "BAD_REQUEST", f"Missing {named} header")
     return account
+
+
+def _require_media_type(media_type: str) -> None:
+    # No operation documents 415: a body in another media type is a bad request. (Media types are
+    # case-insensitive, and werkzeug lowercases them.)
+    if request.mimetype != media_type.lower():
+        raise ApiError(400, "BAD_REQUEST", f"Content-Type must be {media_type}")
 
 
 def _records() -> dict[str, Any]:
@@ -50,17 +104,27 @@ def _records() -> dict[str, Any]:
     return adm
 
 
-def _dataset(records: dict[str, Any], data_set_id: str, account: str) -> dict[str, Any]:
+def _dataset(records: dict[str, Any], data_set_id: str, account: str, *, status: int = 404) -> dict[str, Any]:
     dataset = records["datasets"].get(data_set_id)
-    if dataset is None or dataset["managerAccountId"] != account:
-        raise ApiError(404, "NOT_FOUND", f"Dataset {data_set_id} not found")
+    if dataset is None or dataset["account"] != account:
+        raise ApiError(
+            status, "NOT_FOUND" if status == 404 else "BAD_REQUEST", f"Dataset {data_set_id} not found"
+        )
     return dataset
+
+
+def _listed(dataset: dict[str, Any]) -> dict[str, Any]:
+    return {key: dataset[key] for key in LISTED_FIELDS if key in dataset}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @blueprint.post("/adm/audiences")
 def create_audience():
-    """Create an audience dataset; names are unique per manager account."""
-    account = _manager_account()
+    """Create an audience dataset (201); names are unique per account (else 400)."""
+    account = _account()
     body = json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "BAD_REQUEST", "Request body must be a JSON object")
@@ -69,27 +133,35 @@ def create_audience():
         raise ApiError(400, "BAD_REQUEST", f"Unknown fields: {', '.join(sorted(unknown))}")
     name = body.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ApiError(400, "BAD_REQUEST", f"name must match {NAME.pattern}")
-    if not isinstance(body.get("countryCode"), str) or not COUNTRY.fullmatch(body["countryCode"]):
-        raise ApiError(400, "BAD_REQUEST", "countryCode must be an ISO 3166 alpha-2 code")
-    if not isinstance(body.get("description", ""), str):
-        raise ApiError(400, "BAD_REQUEST", "description must be a string")
+        raise ApiError(
+            400, "BAD_REQUEST", "name must match ^[A-Za-z][A-Za-z0-9_-]{0,99}$ and have 5..100 characters"
+        )
+    if body.get("countryCode") not in COUNTRY_CODES:
+        raise ApiError(400, "BAD_REQUEST", "countryCode must be an ISO 3166 alpha-2 code or UNKNOWN")
+    description = body.get("description")
+    if description is not None and not (isinstance(description, str) and 1 <= len(description) <= 1_000):
+        raise ApiError(400, "BAD_REQUEST", "description must be a string of 1..1000 characters")
     if not isinstance(body.get("idRetention", False), bool):
         raise ApiError(400, "BAD_REQUEST", "idRetention must be a boolean")
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
         records = _records()
-        if any(d["name"] == name and d["managerAccountId"] == account for d in records["datasets"].values()):
-            raise ApiError(400, "BAD_REQUEST", f"An audience named {name} already exists")
+        if any(d["name"] == name and d["account"] == account for d in records["datasets"].values()):
+            raise ApiError(400, "DuplicateDatasetName", f"An audience named {name} already exists")
+        now = _now()
         dataset = {
             "dataSetId": str(uuid.uuid4()),
             "name": name,
             "countryCode": body["countryCode"],
-            "description": body.get("description", ""),
+            **({"description": description} if description is not None else {}),
             "idRetention": body.get("idRetention", False),
             "dataSetType": "AUDIENCE",
-            "managerAccountId": account,
-            "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "clientName": request.headers["Amazon-Advertising-API-ClientId"],
+            "createdBy": account,
+            "dateCreated": now,
+            "lastModified": now,
+            "lastModifiedBy": account,
+            "account": account,
         }
         records["datasets"][dataset["dataSetId"]] = dataset
         records["members"][dataset["dataSetId"]] = {}
@@ -100,34 +172,38 @@ def create_audience():
             "ignoredDeleteCount": 0,
         }
         sandbox.state.save()
-    return dataset, 201
+    # An audience dataset has no columns of its own; `schema` is required all the same.
+    return {**_listed(dataset), "schema": []}, 201
 
 
 @blueprint.get("/adm/audiences")
 def list_audiences():
-    """The manager account's audience datasets, oldest first, a page at a time."""
-    account = _manager_account()
+    """The account's audience datasets, oldest first, a page at a time (`nextToken` only when more follow)."""
+    account = _account()
     try:
         limit = int(request.args.get("limit", DEFAULT_PAGE_SIZE))
         start = int(request.args.get("nextToken") or 0)
     except ValueError:
-        raise ApiError(400, "BAD_REQUEST", "limit and nextToken must be integers") from None
+        raise ApiError(
+            400, "BAD_REQUEST", "limit must be a number and nextToken the value the API gave"
+        ) from None
     if not 1 <= limit <= MAX_PAGE_SIZE or start < 0:
         raise ApiError(400, "BAD_REQUEST", f"limit must be 1..{MAX_PAGE_SIZE} and nextToken valid")
     with current_app.config["SANDBOX"].state.lock:
-        mine = [d for d in _records()["datasets"].values() if d["managerAccountId"] == account]
-    page = mine[start : start + limit]
-    more = start + limit < len(mine)
-    return {"dataSets": page, "nextToken": str(start + limit) if more else None}
+        mine = [_listed(d) for d in _records()["datasets"].values() if d["account"] == account]
+    end = start + limit
+    return {"dataSets": mine[start:end], **({"nextToken": str(end)} if end < len(mine) else {})}
+
+
+def _unknown(obj: dict[str, Any], known: set[str] | frozenset[str], where: str) -> list[str]:
+    return [f"{where}.{key} is not a known field" for key in sorted(set(obj) - known)]
 
 
 def _identity_problems(identity: Any, where: str) -> list[str]:
     """What is wrong with a `userIdentity` object; never echoes a value (it may be raw PII)."""
     if not isinstance(identity, dict):
         return [f"{where} must be an object"]
-    problems = [
-        f"{where}.{key} is not a known field" for key in set(identity) - {"hashedPiis", "externalIdentities"}
-    ]
+    problems = _unknown(identity, {"hashedPiis", "externalIdentities"}, where)
     for kind, allowed, hashed in (
         ("hashedPiis", HASHED_PII_KEYS, True),
         ("externalIdentities", EXTERNAL_ID_KEYS, False),
@@ -150,22 +226,32 @@ def _identity_problems(identity: Any, where: str) -> list[str]:
     return problems
 
 
+def _object(value: Any, where: str) -> tuple[dict[str, Any], list[str]]:
+    return (value, []) if isinstance(value, dict) else ({}, [f"{where} must be an object"])
+
+
 def _consent_problems(consent: Any) -> list[str]:
-    if not isinstance(consent, dict):
-        return ["userConsent must be an object"]
-    problems = [f"userConsent.{key} is not a known field" for key in set(consent) - {"geo", "consent"}]
-    geo = consent.get("geo", {})
-    if not isinstance(geo, dict) or ("countryCode" in geo and not COUNTRY.fullmatch(str(geo["countryCode"]))):
-        problems.append("userConsent.geo.countryCode must be an ISO 3166 alpha-2 code")
-    signals = consent.get("consent", {})
-    if not isinstance(signals, dict):
-        return [*problems, "userConsent.consent must be an object"]
-    amzn = signals.get("amzn", {})
-    if not isinstance(amzn, dict):
-        return [*problems, "userConsent.consent.amzn must be an object"]
+    consent, problems = _object(consent, "userConsent")
+    problems += _unknown(consent, {"geo", "consent"}, "userConsent")
+    geo, found = _object(consent.get("geo", {}), "userConsent.geo")
+    problems += found + _unknown(geo, {"countryCode", "ipAddress"}, "userConsent.geo")
+    if "countryCode" in geo and geo["countryCode"] not in COUNTRY_CODES:
+        problems.append("userConsent.geo.countryCode must be an ISO 3166 alpha-2 code or UNKNOWN")
+    if not isinstance(geo.get("ipAddress", ""), str):
+        problems.append("userConsent.geo.ipAddress must be a string")
+    signals, found = _object(consent.get("consent", {}), "userConsent.consent")
+    problems += found + _unknown(signals, {"amzn", "tcf", "gpp"}, "userConsent.consent")
+    problems += [
+        f"userConsent.consent.{key} must be a string"
+        for key in ("tcf", "gpp")
+        if not isinstance(signals.get(key, ""), str)
+    ]
+    amzn, found = _object(signals.get("amzn", {}), "userConsent.consent.amzn")
+    keys = ("amznAdStorage", "amznUserData")
+    problems += found + _unknown(amzn, set(keys), "userConsent.consent.amzn")
     problems += [
         f"userConsent.consent.amzn.{key} must be one of {', '.join(sorted(CONSENT_VALUES))}"
-        for key in ("amznAdStorage", "amznUserData")
+        for key in keys
         if key in amzn and amzn[key] not in CONSENT_VALUES
     ]
     return problems
@@ -175,7 +261,7 @@ def _member_problems(member: Any) -> list[str]:
     if not isinstance(member, dict):
         return ["member must be an object"]
     known = {"externalUserId", "action", "userIdentity", "userConsent"}
-    problems = [f"{key} is not a known field" for key in set(member) - known]
+    problems = [f"{key} is not a known field" for key in sorted(set(member) - known)]
     if not isinstance(member.get("externalUserId"), str) or not member["externalUserId"]:
         problems.append("externalUserId is required")
     if member.get("action") not in ("CREATE", "DELETE"):
@@ -190,13 +276,14 @@ def _member_problems(member: Any) -> list[str]:
 
 
 def _member_error(index: int, problems: list[str]) -> dict[str, Any]:
+    """A `ValidationError`: `code` is the HTTP status as a string, `index` and `errorCode` numbers."""
     return {
         "index": index,
-        "code": "INVALID_ARGUMENT",
+        "code": "400",
         "details": "; ".join(problems),
         "errors": [
-            {"errorCode": "INVALID_ARGUMENT", "errorMessage": problem, "errorType": "VALIDATION_ERROR"}
-            for problem in problems
+            {"errorCode": 400, "errorMessage": problem, "errorType": "VALIDATION_ERROR"}
+            for problem in problems[:MAX_DETAILED_ERRORS]
         ],
     }
 
@@ -210,15 +297,16 @@ def _delete_consented(member: dict[str, Any]) -> bool:
 @blueprint.post("/adm/audiences/<data_set_id>/members")
 def upload_members(data_set_id: str):
     """CREATE or DELETE members; invalid members are answered by index, the rest are applied."""
-    account = _manager_account()
+    account = _account()
+    _require_media_type(MEMBERS_MEDIA_TYPE)
     if len(request.get_data()) > MAX_BODY_BYTES:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Request body exceeds {MAX_BODY_BYTES} bytes")
+        raise ApiError(400, "BAD_REQUEST", f"Request body exceeds {MAX_BODY_BYTES} bytes")
     body = json_body()
     members = body.get("members") if isinstance(body, dict) else None
-    if not isinstance(members, list) or not members:
-        raise ApiError(400, "BAD_REQUEST", "members must be a non-empty list")
-    if len(members) > MAX_MEMBERS:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"At most {MAX_MEMBERS} members per request")
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+        raise ApiError(400, "BAD_REQUEST", f"members must be a list of 1..{MAX_MEMBERS} members")
+    if set(body) != {"members"}:
+        raise ApiError(400, "BAD_REQUEST", f"Unknown fields: {', '.join(sorted(set(body) - {'members'}))}")
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
         records = _records()
@@ -239,7 +327,8 @@ def upload_members(data_set_id: str):
         stats["invalidRecordCount"] += len(errors)
         stats["acceptedCount"] += len(members) - len(errors)
         sandbox.state.save()
-    return {"ingressId": str(uuid.uuid4()), "errors": errors}
+    # `errors` has minItems 1: a request without refused members answers none.
+    return {"ingressId": str(uuid.uuid4()), **({"errors": errors} if errors else {})}
 
 
 def _identity_pairs(identity: dict[str, Any]) -> list[tuple[str, str]]:
@@ -249,12 +338,13 @@ def _identity_pairs(identity: dict[str, Any]) -> list[tuple[str, str]]:
 
 @blueprint.get("/adm/datasets/<data_set_id>/metrics")
 def dataset_metrics(data_set_id: str):
-    """Upload counters, and how many stored members carry an identity and resolve in the graph."""
-    account = _manager_account()
+    """The dataset, its upload counters, and how many stored members carry an identity and resolve
+    in the identity graph."""
+    account = _account()
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
         records = _records()
-        _dataset(records, data_set_id, account)
+        dataset = _listed(_dataset(records, data_set_id, account, status=400))
         members = list(records["members"][data_set_id].values())
         stats = dict(records["stats"][data_set_id])
     pairs = [
@@ -270,6 +360,10 @@ def dataset_metrics(data_set_id: str):
     )
     resolved = matchable.filter(known)["member"].n_unique()
     return {
+        **dataset,
+        # Required here although optional on create; the dataset came through this API.
+        "description": dataset.get("description", ""),
+        "dataSetSource": "API",
         "acceptedCount": stats["acceptedCount"],
         "invalidRecordCount": stats["invalidRecordCount"],
         "matchRecordPercentage": round(100 * resolved / with_identity, 2) if with_identity else 0.0,
@@ -279,11 +373,8 @@ def dataset_metrics(data_set_id: str):
     }
 
 
-@blueprint.post("/adm/identities/delete")
-def delete_identities():
-    """Remove the targeted users from every dataset of the manager account."""
-    account = _manager_account()
-    body = json_body()
+def _deletion_targets(body: Any) -> tuple[set[str], set[tuple[str, str]]]:
+    """The user ids and identity pairs a deletion request names, or a 400."""
     targets = body.get("targetIdentities") if isinstance(body, dict) else None
     if not isinstance(targets, list) or not 1 <= len(targets) <= MAX_DELETION_TARGETS:
         raise ApiError(400, "BAD_REQUEST", f"targetIdentities must hold 1..{MAX_DELETION_TARGETS} entries")
@@ -302,11 +393,20 @@ def delete_identities():
         if problems:
             raise ApiError(400, "BAD_REQUEST", "; ".join(problems))
         pairs.update(_identity_pairs(target["identity"]))
+    return user_ids, pairs
+
+
+@blueprint.post("/adm/identities/delete")
+def delete_identities():
+    """Remove the targeted users from every dataset of the manager account (200, no body)."""
+    account = _account(manager_only=True)
+    _require_media_type(DELETION_MEDIA_TYPE)
+    user_ids, pairs = _deletion_targets(json_body())
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
         records = _records()
         for data_set_id, dataset in records["datasets"].items():
-            if dataset["managerAccountId"] != account:
+            if dataset["account"] != account:
                 continue
             stored = records["members"][data_set_id]
             doomed = [
@@ -317,4 +417,4 @@ def delete_identities():
             for user in doomed:
                 del stored[user]
         sandbox.state.save()
-    return {}
+    return Response(status=200)

@@ -226,17 +226,21 @@ def list_audiences():
     return _answer(page("executionMetadata", audiences), media_type)
 
 
+def _failed_audience(execution_id: str, done: str) -> dict[str, Any]:
+    """The audience, if it FAILED: Amazon updates and deletes no other (rule-based audiences guide)."""
+    audience = _audience(execution_id)
+    if audience["status"] != "FAILED":
+        raise _bad(f"Audience {execution_id} is {audience['status']}: only FAILED audiences can be {done}")
+    return audience
+
+
 @blueprint.put("/<execution_id>")
 def update_audience(execution_id: str):
     """Change a FAILED audience's query, time window or description, and run it again."""
     settings = _validate(json_body(), ("audienceType",))
     state = _sandbox().state
     with state.lock:
-        audience = _audience(execution_id)
-        if audience["status"] != "FAILED":
-            raise _bad(
-                f"Audience {execution_id} is {audience['status']}: only FAILED audiences can be updated"
-            )
+        audience = _failed_audience(execution_id, "updated")
         for field in ("audienceName", "advertiserId"):
             if settings[field] != audience[field]:
                 raise _bad(f"{field} of an audience cannot be changed")
@@ -258,11 +262,7 @@ def delete_audience(execution_id: str):
     """Delete a FAILED audience (Amazon deletes no other)."""
     state = _sandbox().state
     with state.lock:
-        audience = _audience(execution_id)
-        if audience["status"] != "FAILED":
-            raise _bad(
-                f"Audience {execution_id} is {audience['status']}: only FAILED audiences can be deleted"
-            )
+        _failed_audience(execution_id, "deleted")
         del _audiences()[execution_id]
         state.save()
     return Response(status=204)

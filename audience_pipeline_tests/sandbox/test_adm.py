@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from audience_pipeline.clients.adm import AdmClient
+from audience_pipeline.clients.adm import MEMBERS_MEDIA_TYPE, AdmClient
 from audience_pipeline.clients.ads_api import AmazonAdsApiError, ServerError
 from audience_pipeline.sandbox.identity_graph import is_known
 
@@ -43,6 +43,9 @@ def test_audience_is_created_once_per_name(adm):
     with pytest.raises(AmazonAdsApiError) as error:
         adm.create_audience("High_Value-Buyers", "US")
     assert error.value.status == 400
+    # The definition: `code` is the HTTP status as a string, `errorCode` a number.
+    assert error.value.body["code"] == "400"
+    assert error.value.body["errors"][0]["errorCode"] == 400
     assert error.value.body["errors"][0]["errorMessage"] == error.value.body["message"]
     # The same name in another manager account is a different audience.
     assert AdmClient(adm.api, "another-manager").create_audience("High_Value-Buyers", "DE")
@@ -65,11 +68,24 @@ def test_invalid_audiences_are_refused(ads_client, body):
     assert error.value.status == 400
 
 
-def test_the_manager_account_header_is_required(ads_client):
+def test_an_account_header_is_required_and_the_advertiser_header_will_do(ads_client):
     with pytest.raises(AmazonAdsApiError) as error:
         ads_client.request("GET", "/adm/audiences")
     assert error.value.status == 400
     assert "Amazon-Ads-Manager-Account-ID" in error.value.body["details"]
+    assert "Amazon-Ads-AccountId" in error.value.body["details"]
+    advertiser = {"Amazon-Ads-AccountId": "ENTITY1"}
+    ads_client.request(
+        "POST", "/adm/audiences", json_body={"name": "By_Advertiser", "countryCode": "US"}, headers=advertiser
+    )
+    assert [
+        d["name"] for d in ads_client.request("GET", "/adm/audiences", headers=advertiser)["dataSets"]
+    ] == ["By_Advertiser"]
+    # Identity deletion is the one call that requires the manager account.
+    with pytest.raises(AmazonAdsApiError) as error:
+        AdmClient(ads_client, "", "ENTITY1").delete_identities([{"externalUserId": "u1"}])
+    assert error.value.status == 400
+    assert "Amazon-Ads-AccountId" not in error.value.body["details"]
 
 
 def test_audiences_are_listed_page_by_page(sandbox, adm):
@@ -131,18 +147,23 @@ def test_invalid_members_are_refused_by_index_while_the_rest_apply(adm):
         member("bad-action", "UPSERT"),
         member("upper-hex", em=sha("x@example.com").upper()),
         member("bad-pii-key", email=sha("y@example.com")),
+        # `hashedPiis` has no `country` key in Amazon's definition, hashed or not.
         member("country-hashed", country=sha("us")),
         member("country-raw", country="US"),
         {**member("too-many"), "userIdentity": {"hashedPiis": [{"em": sha(str(i))} for i in range(11)]}},
         member("ok1"),
+        # The unverified third-party example's `amazonConsent` is not the definition's `amzn`.
+        {**member("third-party-consent"), "userConsent": {"consent": {"amazonConsent": {}}}},
     ]
     result = adm.upload_members(audience.data_set_id, members)
-    assert [e.index for e in result.errors] == [1, 2, 3, 4, 5, 6, 8, 9]
-    assert all(e.code and e.details and e.errors for e in result.errors)
+    assert [e.index for e in result.errors] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+    assert all(e.code == "400" and e.details and e.errors for e in result.errors)
+    assert all(detail.error_code == 400 for e in result.errors for detail in e.errors)
     assert "userIdentity.hashedPiis[0].em" in result.errors[0].details
+    assert "userIdentity.hashedPiis[0].country is not a known field" in result.errors[6].details
     assert raw_email not in json.dumps([e.model_dump() for e in result.errors])
     metrics = adm.metrics(audience.data_set_id)
-    assert (metrics.records_with_identity, metrics.accepted_count, metrics.invalid_record_count) == (3, 3, 8)
+    assert (metrics.records_with_identity, metrics.accepted_count, metrics.invalid_record_count) == (2, 2, 10)
 
 
 def test_more_than_10000_members_are_refused(ads_client, adm):
@@ -152,24 +173,28 @@ def test_more_than_10000_members_are_refused(ads_client, adm):
         adm.upload_members(audience.data_set_id, members)
     path = f"/adm/audiences/{audience.data_set_id}/members"
     headers = {"Amazon-Ads-Manager-Account-ID": MANAGER}
+    # The definition's `maxItems` 10,000 and `minItems` 1; it documents no 413, so both are 400.
+    for body in ({"members": members}, {"members": []}):
+        with pytest.raises(AmazonAdsApiError) as error:
+            ads_client.request("POST", path, json_body=body, headers=headers, media_type=MEMBERS_MEDIA_TYPE)
+        assert error.value.status == 400
+    # Members come in the definition's media type, not plain JSON.
     with pytest.raises(AmazonAdsApiError) as error:
-        ads_client.request("POST", path, json_body={"members": members}, headers=headers)
-    assert error.value.status == 413
-    with pytest.raises(AmazonAdsApiError) as error:
-        ads_client.request("POST", path, json_body={"members": []}, headers=headers)
-    assert error.value.status == 400
+        ads_client.request("POST", path, json_body={"members": members[:1]}, headers=headers)
+    assert error.value.status == 400 and MEMBERS_MEDIA_TYPE in error.value.message
     assert adm.upload_members(audience.data_set_id, members[:10_000]).errors == []
 
 
-def test_unknown_or_foreign_datasets_are_404(adm):
+def test_unknown_or_foreign_datasets_are_404_or_400_on_metrics(adm):
     audience = AdmClient(adm.api, "another-manager").create_audience("Foreign_Audience", "US")
     for data_set_id in ("no-such-dataset", audience.data_set_id):
         with pytest.raises(AmazonAdsApiError) as error:
             adm.upload_members(data_set_id, [member("u1")])
         assert error.value.status == 404
+        # The metrics operation documents no 404.
         with pytest.raises(AmazonAdsApiError) as error:
             adm.metrics(data_set_id)
-        assert error.value.status == 404
+        assert error.value.status == 400
 
 
 def test_match_rate_follows_the_identity_graph(sandbox, adm):
@@ -197,12 +222,7 @@ def test_identities_are_deleted_by_user_id_or_hashed_identity(adm):
     assert adm.metrics(first.data_set_id).records_with_identity == 2
     assert adm.metrics(second.data_set_id).records_with_identity == 2
     with pytest.raises(AmazonAdsApiError) as error:
-        adm.api.request(
-            "POST",
-            "/adm/identities/delete",
-            json_body={"targetIdentities": [{"identity": {"hashedPiis": [{"em": "raw@example.com"}]}}]},
-            headers={"Amazon-Ads-Manager-Account-ID": MANAGER},
-        )
+        adm.delete_identities([{"identity": {"hashedPiis": [{"em": "raw@example.com"}]}}])
     assert error.value.status == 400
     with pytest.raises(ValueError):
         adm.delete_identities([{"externalUserId": str(i)} for i in range(1_001)])
