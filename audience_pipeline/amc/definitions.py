@@ -5,6 +5,7 @@ with a message naming the offending field instead of a failed run after the quer
 """
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -29,6 +30,8 @@ ExternalIdentityType = Literal[
 ConsentType = Literal["TCF", "GPP", "AMZN_AD_STORAGE", "AMZN_USER_DATA"]
 Period = Literal["PT1H", "P1D", "P1M"]
 DatasetKind = Literal["FACT", "DIMENSION"]
+DATASET_ID = re.compile(r"[a-z0-9_]+")
+"""What AMC takes as a dataset id (whole string): lowercase letters, digits and _."""
 
 
 class InvalidDefinition(ValueError):
@@ -95,7 +98,7 @@ class Column(_Model):
 class DatasetDefinition(_Model):
     """An AMC advertiser dataset: FACT when a column is the main event time, DIMENSION otherwise."""
 
-    data_set_id: str = Field(alias="dataSetId", pattern=r"^[a-z0-9_]+$")
+    data_set_id: str = Field(alias="dataSetId", pattern=rf"^{DATASET_ID.pattern}$")
     description: str | None = None
     period: Period | None = None
     country_code: str | None = Field(default=None, alias="countryCode", pattern=r"^[A-Z]{2}$")

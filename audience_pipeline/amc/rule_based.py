@@ -7,7 +7,8 @@ the final SELECT, not whether the tables exist (they live in the AMC instance).
 """
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -157,6 +158,20 @@ def _output_name(expression: Mapping[str, Any]) -> str:
     if expression["class"] == "STAR":
         return "*"
     return f"an unnamed {expression['class'].lower()} expression (add AS {AUDIENCE_COLUMN})"
+
+
+def datasets_named(sql: str, dataset_ids: Iterable[str]) -> list[str]:
+    """The dataset ids `sql` names as whole words: the datasets an audience reads unless told which."""
+    return [dataset_id for dataset_id in dataset_ids if re.search(rf"\b{re.escape(dataset_id)}\b", sql)]
+
+
+def planned_audience_calls() -> list[str]:
+    """The AMC calls that submitting an audience may make (`ensure_audience`), as a dry run reports them."""
+    return [
+        "GET /amc/audiences/query (find by name, or its latest _v<n> version)",
+        "POST /amc/audiences/query (unless found with these settings), or "
+        "PUT /amc/audiences/query/{id} (a FAILED one)",
+    ]
 
 
 def audience_size_check(audience: Mapping[str, Any]) -> tuple[bool, str]:

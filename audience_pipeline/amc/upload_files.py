@@ -427,6 +427,21 @@ def delete_upload_files(s3_client: Any, location: S3Location, files: UploadFiles
             )
 
 
+def check_key_prefix(prefix: str) -> str:
+    """`prefix` if the keys it begins stay inside the bucket's folders; a ValueError otherwise."""
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise ValueError(f"{prefix!r} must be a relative path inside the bucket")
+    return prefix
+
+
+def check_file_name_prefix(prefix: str) -> str:
+    """`prefix` if AMC reads the files it names (see `_hidden`); a ValueError otherwise."""
+    check_key_prefix(prefix)
+    if _hidden(prefix):
+        raise ValueError("AMC skips files whose names start with '.' or '_'; choose another prefix")
+    return prefix
+
+
 def _hidden(name: str) -> bool:
     """Whether AMC skips a file of this name, as it does hidden and marker files (`.keep`, `_SUCCESS`)."""
     return posixpath.basename(name).startswith((".", "_"))

@@ -17,7 +17,7 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from audience_pipeline.amc.jobs import AmcJob, JobOutcome, check_job
-from audience_pipeline.amc.rule_based import audience_size_check
+from audience_pipeline.amc.rule_based import MINIMUM_AUDIENCE_SIZE, audience_size_check
 from audience_pipeline.amc.upload_files import S3Location, delete_upload_files
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.clients.amc import AmcClient
@@ -26,6 +26,10 @@ from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 JOB_CHECK = "amc_job_succeeded"
 AUDIENCE_SIZE_CHECK = "dsp_minimum_audience_size"
 JOB_METADATA_KEY = "amc_job"
+CHECK_DESCRIPTIONS = {
+    JOB_CHECK: "AMC finished the work of the latest run successfully; a failure carries AMC's message.",
+    AUDIENCE_SIZE_CHECK: f"The audience has at least the {MINIMUM_AUDIENCE_SIZE:,} users Amazon DSP needs.",
+}
 _WORK = {"upload": "upload", "deletion": "user deletion", "audience": "rule-based audience"}
 
 

@@ -2,10 +2,12 @@
 
 import functools
 import re
+from typing import Annotated
 
 import polars as pl
 import pycountry
 from phonenumbers import SUPPORTED_REGIONS
+from pydantic import AfterValidator
 
 # The nine countries with their own rules in the normalization spec; every other country gets the defaults.
 SPEC_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "IT", "ES", "JP", "IN")
@@ -77,3 +79,12 @@ def normalize_country(value: str, setting: str = "country") -> str:
             f"{setting}: unknown country {value!r} (use an ISO 3166-1 code such as 'US' or 'GB')"
         )
     return code
+
+
+def country_setting(value: str | None) -> str | None:
+    """A configured `country_code` as alpha-2, so a typo fails at load time rather than in every run."""
+    return normalize_country(value, "country_code") if value is not None else None
+
+
+CountrySetting = Annotated[str | None, AfterValidator(country_setting)]
+"""The type of a `country_code` setting: alpha-2 once validated, None when unset."""

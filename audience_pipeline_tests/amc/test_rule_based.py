@@ -10,6 +10,7 @@ from audience_pipeline.amc.rule_based import (
     MINIMUM_AUDIENCE_SIZE,
     RuleBasedAudienceSettings,
     audience_size_check,
+    datasets_named,
 )
 from audience_pipeline.clients.amc import AmcClient
 
@@ -262,3 +263,9 @@ def test_a_failed_audience_with_another_refresh_rate_is_replaced(amc):
     replaced = ensure_audience(amc, failing.audience_name, other.to_create_kwargs())
     assert replaced.action == "replaced" and replaced.execution_id != first.execution_id
     assert [a["audienceExecutionId"] for a in amc.list_audiences()] == [replaced.execution_id]
+
+
+def test_an_audience_reads_the_datasets_its_sql_names_as_whole_words():
+    sql = "SELECT user_id FROM purchases p JOIN purchases_2024 q USING (user_id)"
+    uploads = ["customers", "purchase", "purchases", "purchases_2024"]
+    assert datasets_named(sql, uploads) == ["purchases", "purchases_2024"]

@@ -16,6 +16,8 @@ from audience_pipeline.amc.definitions import DatasetDefinition
 from audience_pipeline.amc.upload_files import (
     NoRowsToUpload,
     S3Location,
+    check_file_name_prefix,
+    check_key_prefix,
     delete_upload_files,
     prepare_batch,
     write_upload_files,
@@ -530,3 +532,17 @@ def test_the_upload_country_reads_national_phones_unless_the_row_has_its_own():
     assert prepared.frame["phone"].to_list() == [sha("442079460958"), sha("12065550100")]
     assert prepared.frame["country"].to_list() == [None, "US"]
     assert prepared.rejects == {}
+
+
+@pytest.mark.parametrize("prefix", ["/uploads", "uploads/../other", ".."])
+def test_a_prefix_must_stay_inside_the_bucket(prefix):
+    with pytest.raises(ValueError, match="must be a relative path inside the bucket"):
+        check_key_prefix(prefix)
+    assert check_key_prefix("uploads/amc/") == "uploads/amc/"
+
+
+@pytest.mark.parametrize("prefix", ["_tmp-", ".hidden-", "folder/_tmp-"])
+def test_a_file_name_prefix_amc_would_skip_is_refused(prefix):
+    with pytest.raises(ValueError, match="AMC skips files whose names start with '.' or '_'"):
+        check_file_name_prefix(prefix)
+    assert check_file_name_prefix("audience-pipeline-") == "audience-pipeline-"
