@@ -57,15 +57,18 @@ def sample_data(profiles: int, out: Path, seed: int) -> None:
 def demo(profiles: int, as_json: bool, workdir: Path) -> None:
     """Run the whole pipeline on sample data and report what it did."""
     # Imported here so that the commands that do not run Dagster start without loading it.
-    from audience_pipeline.demo import format_report, run_demo
+    from audience_pipeline.demo import DemoError, format_report, run_demo
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
 
     # Whatever a library prints while the pipeline runs belongs with the logs on stderr, so that
     # stdout carries the report alone.
-    with contextlib.redirect_stdout(sys.stderr):
-        report = run_demo(workdir, profiles=profiles, progress=progress)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            report = run_demo(workdir, profiles=profiles, progress=progress)
+    except DemoError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(json.dumps(report) if as_json else format_report(report))
 
 

@@ -49,11 +49,16 @@ from audience_pipeline.sandbox.server import start_sandbox
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+class DemoError(Exception):
+    """The demo cannot run as the environment is set; the message says what to set, in one line."""
+
+
 def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate `profiles` sample profiles in `workdir`, materialize every audience, report counts.
 
     `progress` receives one line per step; the returned report holds counts only, never PII.
     """
+    _check_login_variables()
     started = time.perf_counter()
     workdir = workdir.resolve()
     source_path = write_sample_data(workdir / "data", profiles=profiles)
@@ -98,6 +103,20 @@ def run_demo(workdir: Path, profiles: int, progress: Callable[[str], None] = pri
         "state": str(state_root),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _check_login_variables() -> None:
+    """An Amazon Ads API the environment names (an external sandbox, or Amazon) is signed in to with
+    the Login with Amazon variables: all of them must be set."""
+    if not os.environ.get(API_URL_ENV_VAR):
+        return
+    names = (CLIENT_ID_ENV_VAR, CLIENT_SECRET_ENV_VAR, REFRESH_TOKEN_ENV_VAR)
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        raise DemoError(
+            f"{API_URL_ENV_VAR} is set, so the demo signs in with Login with Amazon: set "
+            f"{', '.join(missing)} (or unset {API_URL_ENV_VAR} to run against a sandbox of its own)"
+        )
 
 
 def _of(
@@ -346,17 +365,26 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines += [f"  {a['id']:<{width}}  {a['members']:>9,}  {a['name']}" for a in report["audiences"]]
     identity = report["identity"]
     rejects = ", ".join(f"{reason} {n:,}" for reason, n in identity["rejects"].items()) or "none"
-    firehose = report["firehose"]
+    firehose, adm, dsp = report["firehose"], report["adm"], report["dsp"]
     lines += [
         f"Identity: {identity['values_hashed']:,} values hashed; rejects: {rejects}",
         f"Firehose (two rounds): {firehose['messages_delivered']:,} messages delivered; "
         f"{firehose['added']:,} added, {firehose['removed']:,} removed, "
         f"{firehose['identity_changed']:,} identity changed",
+        f"Ads Data Manager: {adm['members_sent']:,} members sent, {adm['rejected']:,} rejected; "
+        f"match rate {_shown(adm['match_rate'], '{:.2f} %')}",
+        f"DSP mobile ad IDs: {dsp['patches_sent']:,} patches sent in {dsp['flushes']:,} flushes; "
+        f"match rate {_shown(dsp['match_rate'], '{:.1%}')}",
         *_amc_lines(report["amc"]),
         f"Snapshots (hashed, Parquet): {report['state']}",
         f"Done in {report['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _shown(rate: float | None, form: str) -> str:
+    """A match rate as `form` shows it; Amazon reports none before it has matched anything."""
+    return "not reported" if rate is None else form.format(rate)
 
 
 def _amc_lines(amc: Mapping[str, list[dict[str, Any]]]) -> list[str]:

@@ -3,11 +3,12 @@
 In a working folder it keeps everything a restart should find again: the sample data
 (`data/sample.duckdb`), the delivery state (`state/`), the sandbox's Amazon Ads API records
 (`.sandbox/`), the ledger key (`.ledger_key`) and the Dagster instance with its runs (`.dagster_home/`).
-The sandbox runs in this process; `dg dev` runs in its own process group with the sandbox's
+The sandbox runs in this process; `dagster dev` runs in its own process group with the sandbox's
 environment, so that stopping the group stops the webserver, the daemon, the code servers and any
 run they launched.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
 
 # Printed with their values: where things are, never credentials. Every other variable set for
-# `dg dev` is printed by name only.
+# `dagster dev` is printed by name only.
 _SHOWN_VALUES = frozenset(
     {
         API_URL_ENV_VAR,
@@ -56,6 +57,7 @@ _SHOWN_VALUES = frozenset(
 # dagster dev waits up to a minute for each of its services; a shutdown that takes longer than this
 # is stuck, and the rest of the process group is killed.
 _STOP_TIMEOUT_SECONDS = 20
+_DEFINITIONS_MODULE = f"{audience_pipeline.__name__}.definitions"
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -79,8 +81,8 @@ def run_dev(
     progress: Callable[[str], None],
     ready: Callable[[str], None],
 ) -> int:
-    """Sample data, a sandbox and `dg dev` on `host:port`, until SIGINT or SIGTERM (then 0) or until
-    `dg dev` ends on its own (then its exit code). `progress` receives one line per step, `ready` the
+    """Sample data, a sandbox and `dagster dev` on `host:port`, until SIGINT or SIGTERM (then 0) or until
+    it ends on its own (then its exit code). `progress` receives one line per step, `ready` the
     UI's address once the webserver answers. Everything started here is stopped before returning."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,11 @@ def run_dev(
         progress("environment for Dagster (secret values not shown):")
         for name, value in env.items():
             progress(f"  {name}={value}" if name in _SHOWN_VALUES else f"  {name}")
-        command, cwd = _dagster_dev_command(project, workdir, host, port)
+        # Run in the Dagster home, from a workspace file: `dg dev` always works in the project folder,
+        # and `dagster dev` warns that the dagster.yaml it finds there goes unused whenever DAGSTER_HOME
+        # is another folder (the home holds a copy of it).
+        cwd = Path(env.get("DAGSTER_HOME") or os.environ["DAGSTER_HOME"])
+        command = _dagster_dev_command(_workspace_file(workdir, project), host, port)
         progress(f"starting: {' '.join(command)} (in {cwd})")
         # Held back until `child` is assigned, so that an interrupt cannot leave it unknown and running.
         with interrupts.deferred():
@@ -133,11 +139,20 @@ def project_root() -> Path | None:
     """The dg project folder this package is run from (a checkout or an editable install): the one
     whose pyproject.toml names the package as its root module. None for an installed wheel."""
     folder = Path(audience_pipeline.__file__).resolve().parent.parent
+    return folder if _project_settings(folder).get("root_module") == audience_pipeline.__name__ else None
+
+
+def _project_settings(folder: Path) -> dict:
+    """`[tool.dg.project]` of the pyproject.toml in `folder`; empty when there is none."""
     pyproject = folder / "pyproject.toml"
     if not pyproject.is_file():
-        return None
-    project = tomllib.loads(pyproject.read_text()).get("tool", {}).get("dg", {}).get("project", {})
-    return folder if project.get("root_module") == audience_pipeline.__name__ else None
+        return {}
+    return tomllib.loads(pyproject.read_text()).get("tool", {}).get("dg", {}).get("project", {})
+
+
+def _location_name(project: Path) -> str:
+    """The project's code location name, as `dg` derives it."""
+    return _project_settings(project).get("code_location_name") or project.name
 
 
 def _sample_data(workdir: Path, profiles: int, progress: Callable[[str], None]) -> Path:
@@ -177,10 +192,14 @@ def _environment(
     project: Path | None,
     progress: Callable[[str], None],
 ) -> dict[str, str]:
-    """What `dg dev` needs on top of this process's environment: the sandbox's endpoints, throwaway
-    Login with Amazon credentials and the ledger key unless set, the sample data, a state folder and a
-    Dagster instance in `workdir` unless DAGSTER_HOME is set."""
+    """What `dagster dev` needs on top of this process's environment: the sandbox's endpoints, throwaway
+    Login with Amazon credentials and the ledger key unless set, the sample data, a state folder, a
+    Dagster instance in `workdir` unless DAGSTER_HOME is set, and the project's `.env` as `dg dev`
+    would load it."""
     env = {**sandbox.env(), SOURCE_ENV_VAR: str(source), STATE_ENV_VAR: str(workdir / "state")}
+    if project is not None:
+        # How `dg dev` has Dagster load the project's `.env` into its code location.
+        env["DAGSTER_PROJECT_ENV_FILE_PATHS"] = json.dumps({_location_name(project): str(project)})
     # The sandbox accepts any credentials; real ones someone set are kept.
     for name in (CLIENT_ID_ENV_VAR, CLIENT_SECRET_ENV_VAR, REFRESH_TOKEN_ENV_VAR):
         if not os.environ.get(name):
@@ -212,22 +231,29 @@ def _dagster_home(home: Path, project: Path | None, progress: Callable[[str], No
     settings = project / "dagster.yaml" if project is not None else None
     if settings is not None and settings.is_file():
         shutil.copyfile(settings, home / "dagster.yaml")
-        # dagster dev warns that the project's dagster.yaml is not used when DAGSTER_HOME is elsewhere.
         progress(f"Dagster instance: {home}, with the settings of {settings} (copied there)")
     else:
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return home
 
 
-def _dagster_dev_command(project: Path | None, workdir: Path, host: str, port: int) -> tuple[list[str], Path]:
-    """The command that serves the UI, and the folder to run it in: `dg dev` in the project, else
-    (no dg, or an installed package without its project folder) `dagster dev` on the package's module."""
-    address = ["--host", host, "--port", str(port)]
+def _workspace_file(workdir: Path, project: Path | None) -> Path:
+    """`<workdir>/.dagster_workspace.yaml`, loading the package's definitions as `dg dev` loads them:
+    in the project folder, under the project's code location name (without a project folder, an
+    installed package, under the module's name)."""
+    entry: dict[str, str] = {"module_name": _DEFINITIONS_MODULE}
+    if project is not None:
+        entry |= {"working_directory": str(project), "location_name": _location_name(project)}
+    path = workdir / ".dagster_workspace.yaml"
+    path.write_text(json.dumps({"load_from": [{"python_module": entry}]}, indent=2))  # JSON is YAML
+    return path
+
+
+def _dagster_dev_command(workspace: Path, host: str, port: int) -> list[str]:
+    """`dg dev` on the workspace file, or `dagster dev` where dg is not installed."""
     dg = Path(sys.executable).parent / "dg"
-    if project is not None and dg.is_file():
-        return [str(dg), "dev", *address], project
-    module = f"{audience_pipeline.__name__}.definitions"
-    return [sys.executable, "-m", "dagster", "dev", "-m", module, *address], workdir
+    command = [str(dg), "dev"] if dg.is_file() else [sys.executable, "-m", "dagster", "dev"]
+    return [*command, "--workspace", str(workspace), "--host", host, "--port", str(port)]
 
 
 def _wait_for_webserver(child: subprocess.Popen, url: str) -> bool:

@@ -6,6 +6,7 @@ file beside the target and moved into place only when complete.
 """
 
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ READERS = {
 }
 WRITERS = (".parquet", ".csv")
 BATCH_ROWS = 250_000
+_CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
 
 
 class HashFileError(Exception):
@@ -58,9 +60,24 @@ def _reader(path: Path) -> str:
     return reader
 
 
-def _first_line(error: Exception) -> str:
-    # DuckDB's later lines can quote the offending input line, which may be PII.
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+def _reason(error: Exception) -> str:
+    """DuckDB's reason for not reading the input, with the line for a CSV; never the input itself.
+
+    A CSV error reads "CSV Error on Line: N", the line quoted ("Original Line: ..."; PII, possibly
+    over several lines), the reason on one line, then suggestions and the reader's settings.
+    """
+    text = str(error)
+    first = text.splitlines()[0] if text else type(error).__name__
+    line = _CSV_LINE.search(first)
+    if line is None:
+        return first
+    # Searched from the end: the quoted line, before them, may hold anything.
+    ends = [text.rfind(marker) for marker in ("\n\nPossible Solution:", "\n\n  file = ")]
+    end = max(ends) if min(ends) == -1 else min(ends)
+    reason = text[:end].rsplit("\n", 1)[-1] if end > 0 else ""
+    if not reason or reason == first or reason.startswith("Original Line:"):
+        reason = "not readable as CSV"
+    return f"line {line[1]}: {reason}"
 
 
 def hash_file(
@@ -94,7 +111,7 @@ def hash_file(
         columns = relation.columns
         batches = frames(relation.to_arrow_reader(BATCH_ROWS), BATCH_ROWS)
     except duckdb.Error as error:
-        raise HashFileError(f"INPUT: cannot read {source.name}: {_first_line(error)}") from None
+        raise HashFileError(f"INPUT: cannot read {source.name}: {_reason(error)}") from None
     if fields is None:
         fields = [f for f in HASHED_FIELDS if f in columns and f != "country_code"]
     try:
@@ -112,8 +129,9 @@ def hash_file(
                 frame = next(batches)
             except StopIteration:
                 break
-            except duckdb.Error as error:
-                raise HashFileError(f"INPUT: cannot read {source.name}: {_first_line(error)}") from None
+            # DuckDB's errors while streaming reach us through Arrow's reader, as OSError.
+            except (duckdb.Error, OSError) as error:
+                raise HashFileError(f"INPUT: cannot read {source.name}: {_reason(error)}") from None
             result = normalize_identities(frame, summary.fields, default_country, row_offset=summary.rows + 1)
             out = result.frame
             if "country_code" in out.columns and "country_code" not in summary.fields:

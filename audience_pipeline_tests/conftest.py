@@ -1,10 +1,15 @@
 """Fixtures shared by every test package: the sandbox on loopback, started once per session."""
 
+import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import requests
+from click.testing import CliRunner
 
 from audience_pipeline.clients import ads_api
 from audience_pipeline.clients.ads_api import AdsApiClient
@@ -12,9 +17,12 @@ from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
 
+# Fewer than the 2,000 repeat purchasers DSP needs: AMC fails the example's rule-based audience.
+DEMO_PROFILES = 2000
+
 
 @pytest.fixture(scope="session")
-def sandbox_server() -> RunningSandbox:
+def sandbox_server() -> Iterator[RunningSandbox]:
     """Both sandbox servers on free loopback ports, with jobs that move fast enough for tests."""
     running = start_sandbox(
         config=SandboxConfig(job_step_seconds=0.05, job_step_polls=1, token_ttl_seconds=3600)
@@ -75,3 +83,41 @@ def add_fault(url: str, **rule) -> None:
 def journal(url: str) -> list[dict]:
     """What the sandbox server at `url` received, in order."""
     return requests.get(f"{url}/_sandbox/journal", timeout=10).json()["entries"]
+
+
+@dataclass
+class DemoRun:
+    """`audience-pipeline demo --json` run once for the session, against a sandbox of its own that the
+    environment names, with DAGSTER_HOME set to an empty folder: what it printed and left behind."""
+
+    report: dict
+    stderr: str
+    workdir: Path
+    dagster_home: Path
+    sandbox: RunningSandbox
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    """The demo's one run, for the tests that only read what it did (it takes the longest of all).
+    Its sandbox is not the session's: tests reset that one, and this one must keep what arrived."""
+    from audience_pipeline.cli import main
+
+    folder = tmp_path_factory.mktemp("demo")
+    dagster_home, workdir = folder / "dagster_home", folder / "demo"
+    dagster_home.mkdir()
+    running = start_sandbox(config=SandboxConfig(job_step_seconds=0.05, job_step_polls=1))
+    try:
+        with pytest.MonkeyPatch.context() as environment:
+            environment.setenv("DAGSTER_HOME", str(dagster_home))
+            for name, value in running.env().items():
+                environment.setenv(name, value)
+            for name in ("AMAZON_ADS_CLIENT_ID", "AMAZON_ADS_CLIENT_SECRET", "AMAZON_ADS_REFRESH_TOKEN"):
+                environment.setenv(name, "external-sandbox")
+            result = CliRunner().invoke(
+                main, ["demo", "--json", "--profiles", str(DEMO_PROFILES), "--workdir", str(workdir)]
+            )
+        assert result.exit_code == 0, result.output
+        yield DemoRun(json.loads(result.stdout), result.stderr, workdir, dagster_home, running)
+    finally:
+        running.stop()

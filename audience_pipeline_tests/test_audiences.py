@@ -15,6 +15,7 @@ from audience_pipeline.components.audiences import (
     find_audiences,
     snapshot_state_key,
 )
+from audience_pipeline.components.setting_errors import SettingError
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 
@@ -237,3 +238,38 @@ def test_destinations_get_the_name_to_send_and_find_the_project_audiences():
     cart = audiences.audience("1001")
     assert (cart.name, cart.destination_name) == ("cart_abandoners_30d", "Cart Abandoners (30 days)")
     assert Audience(id=1, name="plain", sql="SELECT 1").destination_name == "plain"
+
+
+def test_a_bad_setting_in_the_yaml_is_the_error_dagster_shows(tmp_path, monkeypatch):
+    # Dagster passes a SettingError on as it is: `dg check defs` shows its message first, once.
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.dg]\ndirectory_type = "project"\n\n'
+        '[tool.dg.project]\nroot_module = "bad_project"\ndefs_module = "bad_project_defs"\n'
+    )
+    folder = tmp_path / "bad_project_defs" / "audiences"
+    folder.mkdir(parents=True)
+    (folder / "defs.yaml").write_text(
+        "type: audience_pipeline.components.audiences.AudiencesComponent\n"
+        "attributes:\n"
+        '  refresh_schedule: "every hour"\n'
+        "  country_code: Atlantis\n"
+        "  audiences: [{id: 7, name: a, sql: SELECT 1 AS user_id}]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with pytest.raises(SettingError) as error:
+        dg.load_from_defs_folder(path_within_project=tmp_path / "bad_project_defs")
+
+    assert str(error.value) == (
+        "bad_project_defs/audiences/defs.yaml: country_code: unknown country 'Atlantis' "
+        "(use an ISO 3166-1 code such as 'US' or 'GB'); "
+        "refresh_schedule: 'every hour' is not a cron schedule such as '0 3 * * *'"
+    )
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+def test_a_destination_routing_an_unknown_audience_fails_with_a_setting_error():
+    audiences = component({"id": 7, "name": "a", "sql": "SELECT 1"})
+
+    with pytest.raises(SettingError, match=r"^Firehose s: `audiences` lists 8, which the audiences"):
+        audiences.routed([7, 8], "Firehose s")

@@ -165,6 +165,9 @@ def test_dev_serves_the_example_and_ctrl_c_stops_everything_it_started(tmp_path)
     output = dev.output()
     assert f"sample data: writing 300 profiles to {workdir / 'data' / 'sample.duckdb'}" in output
     assert "AUDIENCE_PIPELINE_LEDGER_KEY\n" in output
+    assert "will not be used to configure Dagster" not in output, (
+        "no warning about the project's dagster.yaml"
+    )
     key = (workdir / ".ledger_key").read_text()
     assert key not in output, "the ledger key is never printed"
     assert (workdir / ".ledger_key").stat().st_mode & 0o777 == 0o600

@@ -164,3 +164,31 @@ def test_hash_command_fails_clearly(tmp_path, args, message):
     result = CliRunner().invoke(main, ["hash", str(source), str(tmp_path / "out.csv"), *args])
     assert result.exit_code != 0
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rows_before", "bad_line", "reason"),
+    [
+        (1, b"\xff\xfesecret@example.com,2\n", "line 3: Invalid unicode (byte sequence mismatch) detected"),
+        # Past DuckDB's sniffing sample (within it, DuckDB counts a too-long line as line 1).
+        (
+            25_000,
+            b"secret@example.com," + b"9" * 2_100_000 + b"\n",
+            "line 25002: Maximum line size of 2000000 bytes exceeded",
+        ),
+    ],
+)
+def test_an_unreadable_csv_says_duckdbs_reason_and_line_but_not_the_line(
+    tmp_path, rows_before, bad_line, reason
+):
+    source = tmp_path / "in.csv"
+    rows = b"".join(f"user{i}@example.org,{i}\n".encode() for i in range(rows_before))
+    source.write_bytes(b"email,phone\n" + rows + bad_line + b"last@example.org,3\n")
+
+    with pytest.raises(HashFileError) as error:
+        hash_file(source, tmp_path / "out.csv")
+
+    message = str(error.value)
+    assert message.startswith(f"INPUT: cannot read in.csv: {reason}"), message
+    assert "\n" not in message and "example" not in message and "999" not in message
+    assert not (tmp_path / "out.csv").exists()

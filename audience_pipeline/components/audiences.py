@@ -17,9 +17,10 @@ import polars as pl
 from pydantic import AfterValidator, Field, field_validator
 
 from audience_pipeline.components.schedules import check_cron
+from audience_pipeline.components.setting_errors import CheckedSettings, SettingError
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
-from audience_pipeline.identity import normalize_country
+from audience_pipeline.identity.countries import country_setting
 from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.snapshot import MissingUserIdError, build_snapshot
@@ -31,11 +32,6 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 # These DuckDB errors describe the SQL text; any other kind may quote a source value.
 _SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
-
-
-def country_setting(value: str | None) -> str | None:
-    """A configured country as alpha-2, so a typo fails at load time rather than in every run."""
-    return normalize_country(value, "country_code") if value is not None else None
 
 
 class Audience(dg.Model):
@@ -113,7 +109,7 @@ def _check_unique_ids(audiences: list[Audience]) -> list[Audience]:
     return audiences
 
 
-class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
+class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
     """Declares the audiences and builds `audience_snapshot`, one partition per audience.
 
     Each partition runs its audience's SQL through the `source` resource, normalizes and hashes
@@ -153,7 +149,7 @@ class AudiencesComponent(dg.Component, dg.Model, dg.Resolvable):
         known = {a.partition_key for a in self.audiences}
         unknown = [str(a) for a in audience_ids if str(a) not in known]
         if unknown:
-            raise dg.DagsterInvalidDefinitionError(
+            raise SettingError(
                 f"{destination}: `audiences` lists {', '.join(unknown)}, which the audiences component "
                 f"does not declare (it has {', '.join(sorted(known))})"
             )
@@ -292,7 +288,7 @@ def find_audiences(context: dg.ComponentLoadContext) -> AudiencesComponent:
     """The project's audiences component, for components that deliver audiences."""
     found = context.component_tree.get_all_components(AudiencesComponent)
     if len(found) != 1:
-        raise dg.DagsterInvalidDefinitionError(
+        raise SettingError(
             f"expected exactly one {AudiencesComponent.__name__} instance under defs/, found {len(found)}"
         )
     return found[0]

@@ -8,6 +8,7 @@ shows which audiences and uploads read a table that changed.
 import dagster as dg
 from pydantic import Field, field_validator
 
+from audience_pipeline.components.setting_errors import CheckedSettings
 from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 
@@ -24,7 +25,7 @@ class SourceTable(dg.Model, dg.Resolvable):
     description: str | None = Field(default=None, description="What a row is, shown in the UI.")
 
 
-class SourceTablesComponent(dg.Component, dg.Model, dg.Resolvable):
+class SourceTablesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
     """Declares the source's tables (group `ingest`); assets whose SQL reads them depend on them."""
 
     tables: list[SourceTable] = Field(min_length=1, description="The tables audience and upload SQL reads.")

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,8 @@ from audience_pipeline.sample_data import write_sample_data
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Set by `.ci/run`, which installs Chromium: there a missing browser fails the test instead of skipping it.
+REQUIRE_BROWSER_ENV_VAR = "AUDIENCE_PIPELINE_REQUIRE_BROWSER"
 # Without the background-networking flags Chromium keeps calling Google's hosts, and the closed
 # network of CI refuses those connections; the other flags keep a headless root run quiet and stable.
 CHROMIUM_ARGS = [
@@ -120,8 +122,28 @@ def _wait_for_webserver(process: subprocess.Popen, url: str, log: Path) -> None:
         time.sleep(0.25)
 
 
+def check_chromium(chromium: Path, environ: Mapping[str, str]) -> None:
+    """Nothing when `chromium` is there; else skip the test, or fail it where the browser is required."""
+    if chromium.exists():
+        return
+    reason = (
+        f"{chromium} is missing: the browser tests need Debian's `chromium` package, which `.ci/run` "
+        "installs with apt-get (locally: `sudo apt-get install chromium`)"
+    )
+    if environ.get(REQUIRE_BROWSER_ENV_VAR):
+        pytest.fail(f"{reason}; {REQUIRE_BROWSER_ENV_VAR} is set, so the browser tests must run")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
-def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
+def chromium() -> Path:
+    """Debian's Chromium, checked before anything is started for it."""
+    check_chromium(CHROMIUM, os.environ)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def webserver(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     """`dagster-webserver` over the example project, its sample data and a sandbox of its own, with the
     Firehose streams and AMC buckets made; stopped with every run process it launched."""
     work = tmp_path_factory.mktemp("dagster_ui")
@@ -186,10 +208,7 @@ def _stop_group(process: subprocess.Popen) -> None:
 def chromium_page(name: str) -> Iterator[Page]:
     """A page in Debian's headless Chromium, driven by Playwright (whose own browser download is blocked
     here); if the block fails, a screenshot of the page goes to `artifacts/<name>-failure.png`."""
-    assert CHROMIUM.exists(), (
-        f"{CHROMIUM} is missing: the browser tests need Debian's `chromium` package, which `.ci/run` "
-        "installs with apt-get (locally: `sudo apt-get install chromium`)"
-    )
+    check_chromium(CHROMIUM, os.environ)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
