@@ -277,7 +277,7 @@ def _amc_entry(stage: str, target: Any, metadata: Mapping[str, Any]) -> dict[str
 
 
 _AMC_TIMEOUT_SECONDS = 600
-_FIREHOSE_COUNTS = ("messages_sent", "added", "removed", "identity_changed")
+_FIREHOSE_COUNTS = ("sent", "added", "removed", "identity_changed")
 
 
 def _firehose_report(rounds: Iterable[Mapping[dg.AssetKey, list[dg.AssetMaterialization]]]) -> dict[str, Any]:
@@ -288,7 +288,7 @@ def _firehose_report(rounds: Iterable[Mapping[dg.AssetKey, list[dg.AssetMaterial
         for materialization in (m for ms in found.values() for m in ms):
             for name in _FIREHOSE_COUNTS:
                 sums[name] += materialization.metadata[name].value
-        per_round.append({"messages_delivered": sums.pop("messages_sent"), **sums})
+        per_round.append({"messages_delivered": sums.pop("sent"), **sums})
     return {name: sum(r[name] for r in per_round) for name in per_round[0]} | {"rounds": per_round}
 
 
@@ -297,24 +297,27 @@ def _adm_report(rounds: Sequence[Mapping[dg.AssetKey, list[dg.AssetMaterializati
     audiences, percent)."""
     sent = [m for found in rounds for ms in found.values() for m in ms if not m.metadata["dry_run"].value]
     last = [
-        m.metadata["match_rate"].value for ms in rounds[-1].values() for m in ms if "match_rate" in m.metadata
+        m.metadata["match_rate_pct"].value
+        for ms in rounds[-1].values()
+        for m in ms
+        if "match_rate_pct" in m.metadata
     ]
     return {
-        "members_sent": sum(m.metadata["members_sent"].value for m in sent),
+        "members_sent": sum(m.metadata["sent"].value for m in sent),
         "rejected": sum(m.metadata["rejected"].value for m in sent),
-        "match_rate": round(sum(last) / len(last), 2) if last else None,
+        "match_rate_pct": round(sum(last) / len(last), 2) if last else None,
     }
 
 
 def _dsp_report(rounds: Sequence[Mapping[dg.AssetKey, list[dg.AssetMaterialization]]]) -> dict[str, Any]:
     """Patches sent and flushes made over every round, and DSP's match rate after the last flush of
-    each audience (mean over audiences, 0..1)."""
+    each audience (mean over audiences, percent)."""
     sent = [m for found in rounds for ms in found.values() for m in ms if not m.metadata["dry_run"].value]
-    last = {m.partition: m.metadata["match_rate"].value for m in sent if "match_rate" in m.metadata}
+    last = {m.partition: m.metadata["match_rate_pct"].value for m in sent if "match_rate_pct" in m.metadata}
     return {
-        "patches_sent": sum(m.metadata["patches_sent"].value for m in sent),
+        "patches_sent": sum(m.metadata["sent"].value for m in sent),
         "flushes": len(sent),
-        "match_rate": round(sum(last.values()) / len(last), 4) if last else None,
+        "match_rate_pct": round(sum(last.values()) / len(last), 2) if last else None,
     }
 
 
@@ -372,9 +375,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"{firehose['added']:,} added, {firehose['removed']:,} removed, "
         f"{firehose['identity_changed']:,} identity changed",
         f"Ads Data Manager: {adm['members_sent']:,} members sent, {adm['rejected']:,} rejected; "
-        f"match rate {_shown(adm['match_rate'], '{:.2f} %')}",
+        f"match rate {_shown(adm['match_rate_pct'], '{:.2f} %')}",
         f"DSP mobile ad IDs: {dsp['patches_sent']:,} patches sent in {dsp['flushes']:,} flushes; "
-        f"match rate {_shown(dsp['match_rate'], '{:.1%}')}",
+        f"match rate {_shown(dsp['match_rate_pct'], '{:.2f} %')}",
         *_amc_lines(report["amc"]),
         f"Snapshots (hashed, Parquet): {report['state']}",
         f"Done in {report['seconds']:.1f} s",

@@ -8,15 +8,17 @@
 * ``events``    - behavioural events in the 90 days before ``REFERENCE_TIME``, for audience queries;
 * ``purchases`` - orders in local currency, for an AMC FACT dataset.
 
-Nobody in it is real: names are random pairings from small per-country vocabularies, e-mail addresses
-live on ``example``-style domains, IPv6 addresses use the documentation prefix and every other value is
-random digits or bytes. Columns are built vectorised with polars from the bytes of a seeded Mersenne
+Nobody in it is real: names are random pairings from small per-country vocabularies (kept with the places
+and the address and phone formats in ``data/sample_vocabulary.json``), e-mail addresses live on
+``example``-style domains, IPv6 addresses use the documentation prefix and every other value is random
+digits or bytes. Columns are built vectorised with polars from the bytes of a seeded Mersenne
 Twister, so a seed and a profile count always give the same table contents; nothing depends on the
 hash or random-number algorithms of polars or DuckDB, which may change between releases.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -28,8 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 import polars as pl
@@ -163,18 +166,18 @@ _BUILTINS: dict[str, Callable[[_Rng, int], pl.Series]] = {
 def _fill(
     rng: _Rng,
     n: int,
-    formats: Sequence[tuple[str, float]],
+    formats: Mapping[str, float],
     vocab: Mapping[str, Sequence[str]] | None = None,
     **parts: pl.Series,
 ) -> pl.Series:
-    """One of the weighted `formats` per row, with each `{token}` replaced.
+    """One of `formats` per row, drawn by their weights, with each `{token}` replaced.
 
     A token is one of `parts`, a pick from `vocab`, a builtin (`num`, `n`, `L`, `l`, `D`, `h`, `o`) or
     `dK` for K random digits. Each repeat of a non-part token within a format gets its own draw.
     """
     columns: dict[str, pl.Series] = dict(parts)
     branches = []
-    for fmt, _ in formats:
+    for fmt in formats:
         seen: Counter[str] = Counter()
         args = []
         for token in _TOKEN.findall(fmt):
@@ -192,29 +195,19 @@ def _fill(
     frame = pl.DataFrame(columns, height=n)
     if len(branches) == 1:
         return frame.select(branches[0].alias("v")).to_series()
-    return _by_case(frame, rng.choice(n, [weight for _, weight in formats]), branches)
+    return _by_case(frame, rng.choice(n, list(formats.values())), branches)
 
 
-def _v(text: str) -> tuple[str, ...]:
-    """Split "a|b" into ("a", "b")."""
-    return tuple(text.split("|"))
-
-
-def _weighted(text: str) -> tuple[tuple[str, float], ...]:
-    """Split "a=3|b=1" into (("a", 3.0), ("b", 1.0))."""
-    return tuple((item.rpartition("=")[0], float(item.rpartition("=")[2])) for item in text.split("|"))
-
-
-def _rows(text: str) -> tuple[tuple[str | None, ...], ...]:
-    """Split "a/b|c/" into (("a", "b"), ("c", None))."""
-    return tuple(tuple(field or None for field in row.split("/")) for row in text.split("|"))
+def _weighted(text: str) -> dict[str, float]:
+    """Split "a=3|b=1" into {"a": 3.0, "b": 1.0}."""
+    return {item.rpartition("=")[0]: float(item.rpartition("=")[2]) for item in text.split("|")}
 
 
 class _Phone(NamedTuple):
     share: float
-    prefixes: tuple[str, ...]  # how the national significant number starts
+    prefixes: Sequence[str]  # how the national significant number starts
     digits: int  # random digits after the prefix
-    formats: tuple[tuple[str, float], ...]  # each "#" takes the next digit of the national number
+    formats: Mapping[str, float]  # each "#" takes the next digit of the national number
 
 
 @dataclass(frozen=True)
@@ -228,443 +221,46 @@ class _Country:
     currency: str
     price_scale: float  # local price of one US dollar's worth
     ios_share: float
-    first_names: tuple[str, ...]
-    last_names: tuple[str, ...]
-    cities: tuple[tuple[str | None, ...], ...]  # name, other spelling, state code, postcode prefix
-    states: Mapping[str, tuple[str | None, ...]]  # code -> (full local name, other name)
+    first_names: Sequence[str]
+    last_names: Sequence[str]
+    cities: Sequence[Sequence[str | None]]  # name, other spelling, state code, postcode prefix
+    states: Mapping[str, Sequence[str]]  # code -> (full local name, other name)
     # Shares of states written as full name, other name, lowercased code, junk, null; the rest as the code.
-    state_mix: tuple[float, float, float, float, float]
-    address_formats: tuple[tuple[str, float], ...]
-    address_vocab: Mapping[str, tuple[str, ...]]
-    zip_formats: tuple[tuple[str, float], ...]
+    state_mix: Sequence[float]
+    address_formats: Mapping[str, float]
+    address_vocab: Mapping[str, Sequence[str]]
+    zip_formats: Mapping[str, float]
     calling_code: str
-    phones: tuple[_Phone, ...]
-    domains: tuple[str, ...]
+    phones: Sequence[_Phone]
+    domains: Sequence[str]
     zip_lose_zero: float = 0.0  # share of leading zeros lost to a spreadsheet
     zip_lowercase: float = 0.0
 
 
-def _states(text: str) -> dict[str, tuple[str | None, ...]]:
-    return {code: names for code, *names in _rows(text)}
+def _country(
+    entry: Mapping[str, Any], north_america: Mapping[str, Any], common_domains: list[str]
+) -> _Country:
+    """A country of the vocabulary file, with what it shares with other countries added."""
+    fields = {**entry, "domains": common_domains + entry["domains"]}
+    if fields.pop("north_american", False):
+        fields["address_formats"] = north_america["address_formats"] | fields.get("address_formats", {})
+        fields["address_vocab"] = north_america["address_vocab"] | fields["address_vocab"]
+        # North American exchange codes never start with 0 or 1.
+        prefixes = [area + first for area in fields.pop("area_codes") for first in "23456789"]
+        phones = [_Phone(1, prefixes, 6, north_america["phone_formats"])]
+    else:
+        phones = [_Phone(**phone) for phone in fields.pop("phones")]
+    return _Country(**fields, phones=phones)
 
 
-_NO_STATES: dict[str, tuple[str | None, ...]] = {}
-_DOMAINS = _v("example.com|example.com|example.net|example.org|mail.example|inbox.example")
-_UNITS = tuple(
-    [f"Apt #{i}" for i in range(1, 25)]
-    + [f"Apt {i}{x}" for i in range(1, 13) for x in "ABC"]
-    + [f"Apt. {i}" for i in range(1, 13)]
-    + [f"Unit {i}" for i in range(1, 25)]
-    + [f"Suite {i}00" for i in range(1, 10)]
-    + [f"#{i}" for i in range(1, 25)]
+_VOCABULARY = json.loads(
+    (resources.files(__package__) / "data" / "sample_vocabulary.json").read_text(encoding="utf-8")
 )
-_NA_VOCAB = {
-    "sfx": _v("Street|St|St.|ST|Avenue|Ave|Ave.|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|Court|Ct|Way|Pl"),
-    "dir": _v("N|S|E|W|N.|S.|North|South|NE|NW|SE|SW"),
-    "unit": _UNITS,
-}
-_NA_ADDRESSES = (
-    "{num} {street} {sfx}=52|{num} {dir} {street} {sfx}=12|{num} {street} {sfx} {unit}=10|"
-    "{num} {street} {sfx}, {unit}=10|{num}-{L} {street} {sfx}=3|{num} {street} {sfx} {dir}=3|"
-    "{num}  {street} {sfx}=2|{num} {dir} {street} {sfx}, {unit}=5|PO Box {num}=3"
+_COUNTRIES = tuple(
+    _country(entry, _VOCABULARY["north_america"], _VOCABULARY["common_domains"])
+    for entry in _VOCABULARY["countries"]
 )
-_NANP_PHONES = _weighted(
-    "(###) ###-####=30|###-###-####=18|###.###.####=8|##########=10|1-###-###-####=5|1 ### ### ####=2|"
-    "+1 (###) ###-####=10|+1 ###-###-####=5|+1##########=10|+1.###.###.####=2"
-)
-_CONTINENTAL_STATE_MIX = (0.50, 0.12, 0.03, 0.02, 0.21)
-
-
-def _nanp_prefixes(area_codes: str) -> tuple[str, ...]:
-    # North American exchange codes never start with 0 or 1.
-    return tuple(area + first for area in _v(area_codes) for first in "23456789")
-
-
-_COUNTRIES = (
-    _Country(
-        code="US", alpha3="USA", english="United States", local="United States of America",
-        local_share=0.02, weight=40, currency="USD", price_scale=1.0, ios_share=0.5,
-        first_names=_v(
-            "James|Mary|Robert|Patricia|Michael|Jennifer|David|Linda|William|Elizabeth|José|María|Zoë|"
-            "Chloé|Renée|DeShawn|Mary-Kate|Aaliyah|Tyler|Brianna|Hiroshi|Priya|Dmitri"
-        ),
-        last_names=_v(
-            "Smith|Johnson|Williams|Brown|Jones|García|Miller|Davis|Rodríguez|Martínez|Hernández|O'Brien|"
-            "O'Connor|McDonald|Nguyen|Kim|Patel|Lee|Anderson|Thompson|De La Cruz|Walker"
-        ),
-        cities=_rows(
-            "New York/NYC/NY/100|Los Angeles/LA/CA/900|Chicago/Chicago/IL/606|Houston/Houston/TX/770|"
-            "Dallas/Dallas/TX/752|Phoenix/Phoenix/AZ/850|Philadelphia/Philly/PA/191|"
-            "San Antonio/San Antonio/TX/782|San Diego/San Diego/CA/921|Seattle/Seattle/WA/981|"
-            "Boston/Boston/MA/021|Newark/Newark/NJ/071|Hartford/Hartford/CT/061|"
-            "Washington/Washington DC/DC/200|Miami/Miami/FL/331|Atlanta/Atlanta/GA/303|Denver/Denver/CO/802|"
-            "Portland/Portland/OR/972|Coeur d'Alene/Coeur dAlene/ID/838"
-        ),
-        states=_states(
-            "NY/New York/N.Y.|CA/California/Calif.|IL/Illinois/Ill.|TX/Texas/Tex.|AZ/Arizona/Ariz.|"
-            "PA/Pennsylvania/Penn.|WA/Washington/Wash.|MA/Massachusetts/Mass.|NJ/New Jersey/N.J.|"
-            "CT/Connecticut/Conn.|DC/District of Columbia/Washington DC|FL/Florida/Fla.|GA/Georgia/Ga.|"
-            "CO/Colorado/Colo.|OR/Oregon/Ore.|ID/Idaho/Ida."
-        ),
-        state_mix=(0.30, 0.04, 0.05, 0.03, 0.13),
-        address_formats=_weighted(_NA_ADDRESSES),
-        address_vocab=_NA_VOCAB | {"street": _v(
-            "Main|Oak|Maple|Cedar|Pine|Elm|Washington|Lake|Hill|Park|Sunset|Lincoln|Jackson|Highland|Church|"
-            "Martin Luther King Jr|Mill|River|Spring|Willow|1st|2nd|3rd|42nd"
-        )},
-        zip_formats=_weighted("{p}{d2}=88|{p}{d2}-{d4}=9|{p}{d2}{d4}=2|{p}{d2}-=1"),
-        zip_lose_zero=0.35,
-        calling_code="1",
-        phones=(_Phone(1, _nanp_prefixes("206|212|213|312|305|404|415|512|617|702|713|718|917|303"), 6,
-                       _NANP_PHONES),),
-        domains=_DOMAINS + _v("example.us|mail.example.com"),
-    ),
-    _Country(
-        code="CA", alpha3="CAN", english="Canada", local="Canada", local_share=0.0,
-        weight=6, currency="CAD", price_scale=1.35, ios_share=0.5,
-        first_names=_v(
-            "Liam|Olivia|Noah|Emma|Étienne|Chloé|Gabrielle|Mathéo|Zoë|Jean-François|Marie-Ève|Amélie|"
-            "Benjamin|Charlotte|Raj|Mei"
-        ),
-        last_names=_v(
-            "Tremblay|Gagnon|Roy|Côté|Bouchard|Gauthier|Smith|Brown|Wilson|MacDonald|Leblanc|Bélanger|"
-            "O'Neill|Singh|Chen|Lévesque"
-        ),
-        cities=_rows(
-            "Toronto/Toronto/ON/M5V|Montréal/Montreal/QC/H2X|Vancouver/Vancouver/BC/V6B|"
-            "Calgary/Calgary/AB/T2P|Ottawa/Ottawa/ON/K1A|Québec/Quebec City/QC/G1R|Edmonton/Edmonton/AB/T5J|"
-            "Winnipeg/Winnipeg/MB/R3C|Halifax/Halifax/NS/B3H"
-        ),
-        states=_states(
-            "ON/Ontario/Ont.|QC/Québec/Quebec|BC/British Columbia/Colombie-Britannique|AB/Alberta/Alta.|"
-            "MB/Manitoba/Man.|NS/Nova Scotia/Nouvelle-Écosse"
-        ),
-        state_mix=(0.30, 0.10, 0.03, 0.02, 0.10),
-        address_formats=_weighted(
-            _NA_ADDRESSES + "|{num}, rue {street}=8|{num} rue {street}, app. {n}=3|{n}-{num} {street} {sfx}=8"
-        ),
-        address_vocab=_NA_VOCAB | {"street": _v(
-            "Yonge|King|Queen|Bloor|Dundas|Sainte-Catherine|Saint-Denis|Sherbrooke|Granville|Robson|Portage|"
-            "Jasper|Wellington"
-        )},
-        zip_formats=_weighted("{p} {D}{L}{D}=80|{p}{D}{L}{D}=15|{p}-{D}{L}{D}=5"),
-        zip_lowercase=0.08,
-        calling_code="1",
-        phones=(_Phone(1, _nanp_prefixes("416|514|604|403|613|418|780|204|902|647"), 6, _NANP_PHONES),),
-        domains=_DOMAINS + _v("example.ca"),
-    ),
-    _Country(
-        code="GB", alpha3="GBR", english="United Kingdom", local="UK", local_share=0.2,
-        weight=10, currency="GBP", price_scale=0.8, ios_share=0.5,
-        first_names=_v(
-            "Oliver|Amelia|George|Isla|Harry|Ava|Jack|Sophie|Siân|Zoë|Øyvind|Aoife|Rhys|Freya|Mohammed|Niamh"
-        ),
-        last_names=_v(
-            "Smith|Jones|Taylor|Brown|Williams|Wilson|Evans|O'Brien|O'Sullivan|Davies|Hughes|Fitzgerald-Hughes|"
-            "Patel|Khan|MacLeod|Ó Briain"
-        ),
-        cities=_rows(
-            "London/London//SW1A|London/LONDON//EC2A|London/London//W1D|Manchester/Manchester//M1|"
-            "Birmingham/B'ham//B1|Leeds/Leeds//LS1|Glasgow/Glasgow//G1|Edinburgh/Edinburgh//EH1|"
-            "Bristol/Bristol//BS1|Cardiff/Caerdydd//CF10|Belfast/Belfast//BT1"
-        ),
-        states=_NO_STATES,
-        state_mix=(0, 0, 0, 0, 0),
-        address_formats=_weighted(
-            "{num} {street} {sfx}=68|Flat {n}, {num} {street} {sfx}=12|Flat {n}{L} {num} {street} {sfx}=4|"
-            "{num}{L} {street} {sfx}=5|{house}, {street} {sfx}=8|{num} {street} {sfx},=3"
-        ),
-        address_vocab={
-            "street": _v("High|Station|Church|Victoria|Green|Manor|Park|Queen's|King's|Mill|St John's"),
-            "sfx": _v("Road|Rd|Rd.|Street|St|Lane|Close|Avenue|Ave|Gardens|Crescent|Way|Drive"),
-            "house": _v("Rose Cottage|The Old Rectory|Ivy House|The Barn|Orchard View|Mill House"),
-        },
-        zip_formats=_weighted("{p} {D}{L}{L}=85|{p}{D}{L}{L}=15"),
-        zip_lowercase=0.08,
-        calling_code="44",
-        phones=(
-            _Phone(55, _v("71|72|73|74|75|77|78|79"), 8, _weighted(
-                "0#### ######=45|0##########=20|0#### ### ###=8|+44 #### ######=12|+44##########=7|"
-                "0044 #### ######=4|+44 (0)#### ######=4"
-            )),
-            _Phone(25, _v("203|207|208"), 7, _weighted(
-                "0## #### ####=50|(0##) #### ####=10|0##########=12|+44 ## #### ####=14|0044 ## #### ####=6|"
-                "+44 (0)## #### ####=8"
-            )),
-            _Phone(20, tuple(a + d for a in _v("121|161|131|113|117|141") for d in "2345"), 6, _weighted(
-                "0### ### ####=60|0##########=15|+44 ### ### ####=15|0044 ### ### ####=5|"
-                "+44 (0)### ### ####=5"
-            )),
-        ),
-        domains=_DOMAINS + _v("example.co.uk|example.co.uk|example.uk"),
-    ),
-    _Country(
-        code="DE", alpha3="DEU", english="Germany", local="Deutschland", local_share=0.04,
-        weight=10, currency="EUR", price_scale=0.92, ios_share=0.35,
-        first_names=_v(
-            "Jürgen|Lukas|Leonie|Jörg|Björn|Bjørn|Günter|Anna|Lena|Maximilian|Sören|Hans-Peter|Karl-Heinz|"
-            "Anneliese|Mia|Felix|Özlem|Ayşe"
-        ),
-        last_names=_v(
-            "Müller|Schmidt|Schneider|Fischer|Weiß|Weber|Schäfer|Meyer|Wagner|Becker|Hoffmann|Schröder|Köhler|"
-            "Groß|von Berg|Müller-Lüdenscheidt|Yılmaz|Kowalski"
-        ),
-        cities=_rows(
-            "Berlin/Berlin/BE/10|Hamburg/Hamburg/HH/20|München/Munich/BY/80|Köln/Cologne/NW/50|"
-            "Frankfurt am Main/Frankfurt/HE/60|Stuttgart/Stuttgart/BW/70|Düsseldorf/Duesseldorf/NW/40|"
-            "Leipzig/Leipzig/SN/04|Nürnberg/Nuremberg/BY/90|Dresden/Dresden/SN/01"
-        ),
-        states=_states(
-            "BE/Berlin/Land Berlin|HH/Hamburg/Freie und Hansestadt Hamburg|BY/Bayern/Bavaria|"
-            "NW/Nordrhein-Westfalen/North Rhine-Westphalia|HE/Hessen/Hesse|"
-            "BW/Baden-Württemberg/Baden-Wuerttemberg|SN/Sachsen/Saxony"
-        ),
-        state_mix=_CONTINENTAL_STATE_MIX,
-        address_formats=_weighted(
-            "{stem}straße {num}=38|{stem}str. {num}=15|{stem}strasse {num}=8|{stem}straße {num}{l}=8|"
-            "{stem}weg {num}=8|Am {place} {num}=6|{stem}straße {num}, {n}. OG=5|{stem}allee {num}=5|"
-            "{stem}platz {num}=4|{stem}-Straße {num}=3"
-        ),
-        address_vocab={
-            "stem": _v("Haupt|Bahnhof|Schiller|Goethe|Garten|Berliner|Kirch|Linden|Schul|Dorf|Mozart|Rosen"),
-            "place": _v("Markt|Anger|Mühlbach|Schloßpark|Stadtgarten"),
-        },
-        zip_formats=_weighted("{p}{d3}=1"),
-        zip_lose_zero=0.2,
-        calling_code="49",
-        phones=(
-            _Phone(55, _v("151|152|157|160|162|170|171|172|173|174|175|176|177|178|179"), 8, _weighted(
-                "0### ########=45|0###-########=10|0###/########=10|0###########=10|+49 ### ########=15|"
-                "+49 (0)### ########=4|0049 ### ########=6"
-            )),
-            _Phone(45, _v("30|40|89|69"), 8, _weighted(
-                "0## ########=40|0##/########=15|(0##) ########=10|0##-########=5|+49 ## ########=15|"
-                "+49 (0)## ########=5|0049 ## ########=5"
-            )),
-        ),
-        domains=_DOMAINS + _v("example.de|example.de|beispiel.example"),
-    ),
-    _Country(
-        code="FR", alpha3="FRA", english="France", local="République française", local_share=0.01,
-        weight=8, currency="EUR", price_scale=0.92, ios_share=0.35,
-        first_names=_v(
-            "Jean|Marie|Léa|Chloé|Hélène|François|Étienne|Noémie|Zoé|Jérôme|Anaïs|Jean-Pierre|Marie-Claire|"
-            "Loïc|Gaëlle|Inès"
-        ),
-        last_names=_v(
-            "Martin|Bernard|Dubois|Thomas|Robert|Petit|Durand|Lefèvre|Lefebvre|Moreau|Girard|d'Almeida|"
-            "Le Goff|Bérenger|N'Diaye|Rousseau"
-        ),
-        cities=_rows(
-            "Paris/Paris/IF/75|Marseille/Marseilles/PR/13|Lyon/Lyons/RA/69|Toulouse/Toulouse/MP/31|"
-            "Nice/Nice/PR/06|Nantes/Nantes/PL/44|Strasbourg/Strasbourg/AA/67|Bordeaux/Bordeaux/AQ/33|"
-            "Lille/Lille/NP/59|Saint-Étienne/St-Etienne/RA/42"
-        ),
-        states=_states(
-            "IF/Île-de-France/Ile-de-France|PR/Provence-Alpes-Côte d'Azur/Provence-Alpes-Cote d'Azur|"
-            "RA/Rhône-Alpes/Rhone-Alpes|MP/Midi-Pyrénées/Midi-Pyrenees|"
-            "PL/Pays de la Loire/Pays-de-la-Loire|AA/Alsace/ALSACE|"
-            "AQ/Aquitaine/AQUITAINE|NP/Nord-Pas-de-Calais/Nord Pas de Calais"
-        ),
-        state_mix=_CONTINENTAL_STATE_MIX,
-        address_formats=_weighted(
-            "{num} {type} {name}=58|{num}, {type} {name}=15|{num} bis {type} {name}=6|"
-            "Appt {n}, {num} {type} {name}=8|{num} {type} {name}, Bât. {L}=5|{num} ter {type} {name}=2|"
-            "{num}{type} {name}=1|{num} {type} {name} =5"
-        ),
-        address_vocab={
-            "type": _v("rue|rue|Rue|avenue|av.|Avenue|boulevard|bd|place|allée|chemin|impasse|quai"),
-            "name": _v(
-                "de la Paix|Victor Hugo|Jean Jaurès|de la République|des Lilas|Pasteur|du Général Leclerc|"
-                "Saint-Michel|des Écoles|de l'Église|Émile Zola|du Moulin"
-            ),
-        },
-        zip_formats=_weighted("{p}{d3}=1"),
-        zip_lose_zero=0.25,
-        calling_code="33",
-        phones=(
-            _Phone(1, _v("1|2|3|4|5|6|6|6|7|7|9"), 8, _weighted(
-                "0# ## ## ## ##=55|0#########=12|0#.##.##.##.##=8|0#-##-##-##-##=3|+33 # ## ## ## ##=12|"
-                "+33#########=4|+33 (0)# ## ## ## ##=3|0033 # ## ## ## ##=3"
-            )),
-        ),
-        domains=_DOMAINS + _v("example.fr|example.fr|exemple.example"),
-    ),
-    _Country(
-        code="IT", alpha3="ITA", english="Italy", local="Italia", local_share=0.05,
-        weight=6, currency="EUR", price_scale=0.92, ios_share=0.3,
-        first_names=_v(
-            "Giuseppe|Maria|Giovanni|Francesca|Luca|Chiara|Niccolò|Nicolò|Sofia|Giulia|Andrea|Alessandro|"
-            "Lucia|Gianluca|Maria Grazia"
-        ),
-        last_names=_v(
-            "Rossi|Russo|Ferrari|Esposito|Bianchi|Romano|Colombo|Ricci|Marino|Greco|D'Angelo|Dell'Acqua|"
-            "De Luca|Galli|Fabbri|Cocco"
-        ),
-        cities=_rows(
-            "Roma/Rome/RM/00|Milano/Milan/MI/20|Napoli/Naples/NA/80|Torino/Turin/TO/10|Palermo/Palermo/PA/90|"
-            "Genova/Genoa/GE/16|Bologna/Bologna/BO/40|Firenze/Florence/FI/50|Forlì/Forli/FC/47"
-        ),
-        states=_states(
-            "RM/Roma/Rome|MI/Milano/Milan|NA/Napoli/Naples|TO/Torino/Turin|PA/Palermo/PALERMO|"
-            "GE/Genova/Genoa|BO/Bologna/BOLOGNA|FI/Firenze/Florence|"
-            "FC/Forlì-Cesena/Forli-Cesena"
-        ),
-        state_mix=_CONTINENTAL_STATE_MIX,
-        address_formats=_weighted(
-            "{type} {name} {num}=55|{type} {name}, {num}=28|{type} {name} {num}/{L}=5|"
-            "{type} {name} {num}, int. {n}=5|{type} {name} n. {num}=4|{type} {name}, {num} scala {L}=3"
-        ),
-        address_vocab={
-            "type": _v("Via|Via|Via|V.|Viale|V.le|Piazza|P.zza|Corso|C.so|Vicolo|Largo"),
-            "name": _v(
-                "Roma|Garibaldi|Giuseppe Mazzini|Dante Alighieri|Cavour|Vittorio Emanuele II|XX Settembre|"
-                "dei Mille|della Repubblica|San Francesco|Nazionale|Sant'Antonio"
-            ),
-        },
-        zip_formats=_weighted("{p}{d3}=1"),
-        zip_lose_zero=0.25,
-        calling_code="39",
-        phones=(
-            _Phone(60, _v("320|328|329|333|338|339|340|347|348|349|360|366|380|388|392"), 7, _weighted(
-                "### ### ####=45|##########=20|###-#######=8|+39 ### ### ####=15|+39##########=7|"
-                "0039 ### #######=5"
-            )),
-            # Italian landlines keep their leading 0 after the country code.
-            _Phone(40, _v("06|02"), 8, _weighted(
-                "## #### ####=45|##########=15|##/########=10|+39 ## #### ####=20|0039 ## ########=10"
-            )),
-        ),
-        domains=_DOMAINS + _v("example.it|esempio.example"),
-    ),
-    _Country(
-        code="ES", alpha3="ESP", english="Spain", local="España", local_share=0.05,
-        weight=6, currency="EUR", price_scale=0.92, ios_share=0.3,
-        first_names=_v(
-            "José|María|Antonio|Lucía|Carmen|Javier|Sofía|Martín|Ángel|Inés|José Luis|María José|Nuria|Íñigo|"
-            "Jordi|Begoña"
-        ),
-        last_names=_v(
-            "García|Fernández|González|Rodríguez|López|Martínez|Sánchez|Pérez|Gómez|Martín|Jiménez|Ruiz|Núñez|"
-            "Muñoz|Ibáñez|Gómez-Ruiz|de la Fuente"
-        ),
-        cities=_rows(
-            "Madrid/Madrid/M/28|Barcelona/Barcelona/B/08|Valencia/València/V/46|Sevilla/Seville/SE/41|"
-            "Zaragoza/Saragossa/Z/50|Málaga/Malaga/MA/29|Bilbao/Bilbo/BI/48|A Coruña/La Coruña/C/15|"
-            "Palma/Palma de Mallorca/PM/07"
-        ),
-        states=_states(
-            "M/Madrid/MADRID|B/Barcelona/BARCELONA|V/Valencia/València|SE/Sevilla/SEVILLA|"
-            "Z/Zaragoza/ZARAGOZA|MA/Málaga/Malaga|BI/Vizcaya/Bizkaia|C/A Coruña/La Coruña|"
-            "PM/Baleares/Balears"
-        ),
-        state_mix=_CONTINENTAL_STATE_MIX,
-        address_formats=_weighted(
-            "{type} {name} {num}=38|{type} {name}, {num}=25|{type} {name}, {num}, {n}º {L}=15|"
-            "{type} {name} {num} {n}º{L}=10|{type} {name}, s/n=3|{type} {name} nº {num}=9"
-        ),
-        address_vocab={
-            "type": _v("Calle|Calle|C/|c/|Avda.|Avenida|Plaza|Pl.|Paseo|Pº|Carrer|Camino|Ronda"),
-            "name": _v(
-                "Mayor|de Alcalá|Gran Vía|de la Constitución|Real|del Sol|San Juan|de España|Nueva|de Gràcia|"
-                "Colón|Doctor Fleming"
-            ),
-        },
-        zip_formats=_weighted("{p}{d3}=1"),
-        zip_lose_zero=0.25,
-        calling_code="34",
-        phones=(
-            _Phone(65, _v("60|61|62|63|64|65|66|67|68|69|71|72|73|74"), 7, _weighted(
-                "### ### ###=50|#########=18|### ## ## ##=10|+34 ### ### ###=14|+34#########=4|"
-                "0034 #########=4"
-            )),
-            _Phone(35, _v("91|93|95|96|94|98"), 7, _weighted(
-                "## ### ## ##=50|#########=20|### ### ###=10|+34 ## ### ## ##=12|0034 ## ### ## ##=8"
-            )),
-        ),
-        domains=_DOMAINS + _v("example.es|ejemplo.example"),
-    ),
-    _Country(
-        code="JP", alpha3="JPN", english="Japan", local="日本", local_share=0.03,
-        weight=7, currency="JPY", price_scale=150.0, ios_share=0.65,
-        first_names=_v("Haruto|Yui|Sota|Aoi|Yuto|Hina|Ren|Sakura|Yūki|Ryō|Shōta|Kenji|Emi|太郎|花子|陽翔|さくら"),
-        last_names=_v(
-            "Sato|Suzuki|Takahashi|Tanaka|Watanabe|Ito|Yamamoto|Nakamura|Kobayashi|Katō|Ōno|Saitō|佐藤|鈴木|"
-            "高橋|田中"
-        ),
-        cities=_rows(
-            "Tokyo/東京//100|Osaka/大阪//530|Yokohama/横浜//220|Nagoya/名古屋//450|Sapporo/札幌//060|"
-            "Fukuoka/福岡//810|Kyoto/京都//600|Kobe/神戸//650"
-        ),
-        states=_NO_STATES,
-        state_mix=(0, 0, 0, 0, 0),
-        address_formats=_weighted(
-            "{n}-{n}-{n} {district}=45|{district} {n}-{n}-{n}=20|{district} {n}-chōme {n}-{n}=10|"
-            "{kanji}{n}丁目{n}-{n}=15|{n}-{n}-{n} {district}, Room {num}=10"
-        ),
-        address_vocab={
-            "district": _v("Shibuya|Shinjuku|Minato-ku|Chiyoda|Nakano|Umeda|Namba|Sakae|Chūō-ku|Kita-ku"),
-            "kanji": _v("渋谷区神南|新宿区西新宿|港区六本木|千代田区丸の内|中央区銀座|北区梅田"),
-        },
-        zip_formats=_weighted("{p}-{d4}=80|{p}{d4}=15|〒{p}-{d4}=5"),
-        calling_code="81",
-        phones=(
-            _Phone(60, _v("90|80|70"), 8, _weighted(
-                "0##-####-####=55|0##########=15|0## #### ####=8|+81 ##-####-####=10|+81 ## #### ####=6|"
-                "+81##########=6"
-            )),
-            _Phone(40, _v("3|6"), 8, _weighted(
-                "0#-####-####=60|0#########=15|(0#) ####-####=5|+81 #-####-####=10|+81-#-####-####=5|"
-                "+81#########=5"
-            )),
-        ),
-        domains=_DOMAINS + _v("example.jp|example.co.jp|example.ne.jp"),
-    ),
-    _Country(
-        code="IN", alpha3="IND", english="India", local="Bharat", local_share=0.02,
-        weight=7, currency="INR", price_scale=83.0, ios_share=0.1,
-        first_names=_v(
-            "Aarav|Vivaan|Aditya|Ananya|Diya|Priya|Rahul|Rohan|Sneha|Arjun|Saanvi|Lakshmi|Venkatesh|"
-            "Sai Kiran|Fatima|Gurpreet"
-        ),
-        last_names=_v(
-            "Sharma|Verma|Patel|Reddy|Iyer|Nair|Singh|Kumar|Gupta|Das|Chatterjee|Menon|Rao|Khan|D'Souza|"
-            "Banerjee"
-        ),
-        cities=_rows(
-            "Mumbai/Bombay/MH/400|Delhi/New Delhi/DL/110|Bengaluru/Bangalore/KA/560|"
-            "Hyderabad/Hyderabad/TG/500|Chennai/Madras/TN/600|Kolkata/Calcutta/WB/700|Pune/Poona/MH/411|"
-            "Ahmedabad/Amdavad/GJ/380|Jaipur/Jaipur/RJ/302"
-        ),
-        states=_states(
-            "MH/Maharashtra/Maharastra|DL/Delhi/NCT of Delhi|KA/Karnataka/KAR|TG/Telangana/TS|"
-            "TN/Tamil Nadu/Tamilnadu|WB/West Bengal/W. Bengal|GJ/Gujarat/Gujrat|RJ/Rajasthan/Rajasthan"
-        ),
-        state_mix=(0.55, 0.08, 0.02, 0.02, 0.13),
-        address_formats=_weighted(
-            "{num}, {name} {type}=40|Flat {n}{L}, {bldg} Apartments, {name} {type}=20|"
-            "{num}/{n}, {name} {type}=15|H.No. {n}-{n}-{num}, {name} {type}=10|"
-            "{num} {name} {type}, Near {landmark}=15"
-        ),
-        address_vocab={
-            "name": _v("MG|Nehru|Gandhi|Linking|Station|Park|Temple|Brigade|Residency|Lake"),
-            "type": _v("Road|Rd|Marg|Street|Nagar|Main Road|Cross Road|Layout"),
-            "bldg": _v("Green Park|Sai Krupa|Shanti Niketan|Lakeview|Sunrise"),
-            "landmark": _v("City Mall|Railway Station|Bus Stand|Post Office|Hanuman Temple"),
-        },
-        zip_formats=_weighted("{p}{d3}=85|{p} {d3}=15"),
-        calling_code="91",
-        phones=(
-            _Phone(85, _v("6|7|8|9|9|9"), 9, _weighted(
-                "0##### #####=15|##### #####=25|##########=25|0##########=5|+91 ##### #####=15|"
-                "+91-##########=8|+91##########=5|0091 ##########=2"
-            )),
-            _Phone(15, _v("11"), 8, _weighted("0## #### ####=60|0##-########=20|+91 ## #### ####=20")),
-        ),
-        domains=_DOMAINS + _v("example.in|example.co.in"),
-    ),
-)  # fmt: skip
-_EU_GB = ["GB", "DE", "FR", "IT", "ES"]
+_CONSENT_LAW_COUNTRIES: list[str] = _VOCABULARY["consent_law_countries"]
 
 
 def _pattern(nsn: pl.Expr, fmt: str) -> pl.Expr:
@@ -687,10 +283,10 @@ def _phones(rng: _Rng, c: _Country, n: int) -> tuple[pl.Series, pl.Series]:
     for i, phone in enumerate(c.phones):
         nsn = pl.select(pl.concat_str([rng.pick(n, phone.prefixes), rng.digits(n, phone.digits)]))
         columns[f"nsn{i}"] = nsn.to_series()
-        chosen = rng.choice(n, [weight for _, weight in phone.formats]) + len(layouts)
+        chosen = rng.choice(n, list(phone.formats.values())) + len(layouts)
         layout = pl.select(pl.when(kind == i).then(chosen).otherwise(layout)).to_series()
         numbers.append(pl.col(f"nsn{i}"))
-        layouts += [_pattern(pl.col(f"nsn{i}"), fmt) for fmt, _ in phone.formats]
+        layouts += [_pattern(pl.col(f"nsn{i}"), fmt) for fmt in phone.formats]
     frame = pl.DataFrame(columns)
     return _by_case(frame, layout, layouts), c.calling_code + _by_case(frame, kind, numbers)
 
@@ -741,7 +337,7 @@ def _email(rng: _Rng, c: _Country, first: pl.Series, last: pl.Series) -> pl.Seri
             (0.04, _PAD),
         ],
         local=local,
-        tag=rng.pick(n, _v("news|shop|promo|amazon|2024|spam|x")),
+        tag=rng.pick(n, ["news", "shop", "promo", "amazon", "2024", "spam", "x"]),
         domain=domain,
     )
 
@@ -810,7 +406,7 @@ def _country_block(rng: _Rng, c: _Country, n: int) -> pl.DataFrame:
             list(zip((*c.state_mix, 0.02), exprs, strict=True)),
             full=full,
             other=other,
-            junk=rng.pick(n, _v("Unknown|N/A|XX|--|Other|0")),
+            junk=rng.pick(n, ["Unknown", "N/A", "XX", "--", "Other", "0"]),
         )
     else:
         state = pl.repeat(None, n, dtype=pl.String, eager=True)
@@ -825,7 +421,7 @@ def _country_block(rng: _Rng, c: _Country, n: int) -> pl.DataFrame:
             (c.zip_lose_zero, _V.str.strip_chars_start("0")),
             (0.01, _PAD),
         ],
-        junk=rng.pick(n, _v("00000|N/A|12|ABCDE|-|none|?")),
+        junk=rng.pick(n, ["00000", "N/A", "12", "ABCDE", "-", "none", "?"]),
     )
 
     country_code = _variants(
@@ -953,7 +549,7 @@ def _profiles(rng: _Rng, first_row: int, n: int, id_width: int) -> pl.DataFrame:
         columns[name] = _sparse(rng, rng.chance(n, share), make)
 
     # Consent is recorded far more often where the law asks for it.
-    in_eu = country.is_in(_EU_GB)
+    in_eu = country.is_in(_CONSENT_LAW_COUNTRIES)
     recorded = rng.chance(n, in_eu.cast(pl.Float64) * 0.25 + 0.55)
     ad_storage = pl.select(pl.when(recorded).then(rng.pick(n, ["GRANTED", "DENIED"], [3, 1]))).to_series()
     user_data = _variants(
@@ -979,16 +575,9 @@ def _profiles(rng: _Rng, first_row: int, n: int, id_width: int) -> pl.DataFrame:
     return people.with_columns(**columns)
 
 
-_CATEGORIES = {  # category -> (SKU prefix, typical unit price in US dollars)
-    "electronics": ("ELEC", 120.0), "books": ("BOOK", 15.0), "home_kitchen": ("HOME", 35.0),
-    "beauty": ("BEAU", 20.0), "toys": ("TOYS", 25.0), "grocery": ("GROC", 8.0), "apparel": ("APRL", 30.0),
-    "sports_outdoors": ("SPRT", 45.0), "pet_supplies": ("PETS", 22.0), "garden": ("GRDN", 30.0),
-    "automotive": ("AUTO", 40.0), "health": ("HLTH", 18.0),
-}  # fmt: skip
-_EVENT_TYPES = {
-    "page_view": 45, "product_view": 25, "add_to_cart": 10, "purchase": 4, "app_open": 14,
-    "newsletter_signup": 2,
-}  # fmt: skip
+# Category -> SKU prefix and typical unit price in US dollars.
+_CATEGORIES: dict[str, dict[str, Any]] = _VOCABULARY["categories"]
+_EVENT_TYPES: dict[str, float] = _VOCABULARY["event_types"]
 
 
 def _per_user(rng: _Rng, people: pl.DataFrame, mean: float) -> pl.DataFrame:
@@ -1000,7 +589,7 @@ def _per_user(rng: _Rng, people: pl.DataFrame, mean: float) -> pl.DataFrame:
 
 def _price(rng: _Rng, category: pl.Series) -> pl.Series:
     base = category.replace_strict(
-        {k: price for k, (_, price) in _CATEGORIES.items()}, return_dtype=pl.Float64
+        {name: category["usd_price"] for name, category in _CATEGORIES.items()}, return_dtype=pl.Float64
     )
     return base * (0.3 + 2.2 * rng.u(len(category)) ** 2)
 
@@ -1030,7 +619,7 @@ def _purchases(rng: _Rng, people: pl.DataFrame, first_id: int) -> pl.DataFrame:
     scale = country.replace_strict({c.code: c.price_scale for c in _COUNTRIES}, return_dtype=pl.Float64)
     price = _price(rng, category) * scale
     sku = category.replace_strict(
-        {k: prefix for k, (prefix, _) in _CATEGORIES.items()}, return_dtype=pl.String
+        {name: category["sku_prefix"] for name, category in _CATEGORIES.items()}, return_dtype=pl.String
     )
     return purchases.select(
         purchase_id=pl.int_range(first_id, first_id + m, dtype=pl.Int64),

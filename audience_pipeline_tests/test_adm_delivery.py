@@ -141,8 +141,8 @@ def test_first_run_makes_the_dataset_hold_the_audience_and_a_rerun_sends_nothing
     # Amazon's hashedPiis has no country key: the country goes as the consent country (`geo`).
     assert set(held["u1"]["hashedPiis"][0]) == {"em", "ph", "fn"}
     assert held["u2"]["externalIdentities"] == [{"maId": "6d92078a-8246-4ba4-ae5b-76104861e7dc"}]
-    assert (first["added"], first["members_sent"], first["rejected"], first["requests"]) == (4, 4, 0, 1)
-    assert first["accepted_count"] == 4 and 0 <= first["match_rate"] <= 100
+    assert (first["added"], first["sent"], first["rejected"], first["requests"]) == (4, 4, 0, 1)
+    assert first["accepted_count"] == 4 and 0 <= first["match_rate_pct"] <= 100
     assert first["ledger_version"] == 1 and sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]
     [members] = member_requests(sandbox)
     consent = {m["externalUserId"]: m["userConsent"] for m in members}
@@ -155,7 +155,7 @@ def test_first_run_makes_the_dataset_hold_the_audience_and_a_rerun_sends_nothing
 
     again = pipeline.metadata(pipeline.run())
 
-    assert (again["added"], again["members_sent"], again["requests"], again["ledger_version"]) == (0, 0, 0, 1)
+    assert (again["added"], again["sent"], again["requests"], again["ledger_version"]) == (0, 0, 0, 1)
     assert len(member_requests(sandbox)) == 1
     assert len(pipeline.datasets()) == 1  # found again by name, never duplicated
 
@@ -167,7 +167,7 @@ def test_a_renamed_audience_gets_a_new_dataset_holding_every_member(pipeline, tm
 
     result = renamed.metadata(renamed.run())
 
-    assert result["added"] == 4 and result["members_sent"] == 4
+    assert result["added"] == 4 and result["sent"] == 4
     datasets = {d["name"]: d["dataSetId"] for d in pipeline.datasets()}
     assert set(datasets) == {"Lucky_Seven", "Lucky_Seven_Renamed"}
     members = sandbox_env.ads.state.family("adm")["members"]
@@ -184,7 +184,7 @@ def test_removals_go_as_delete_and_identity_changes_as_create(pipeline, sandbox)
     result = pipeline.metadata(pipeline.run())
 
     assert (result["added"], result["removed"], result["identity_changed"]) == (0, 1, 1)
-    assert (result["members_sent"], result["ledger_version"]) == (2, 2)
+    assert (result["sent"], result["ledger_version"]) == (2, 2)
     latest = member_requests(sandbox)[-1]
     assert {(m["externalUserId"], m["action"]) for m in latest} == {("u1", "CREATE"), ("u4", "DELETE")}
     held = pipeline.held()
@@ -203,7 +203,7 @@ def test_a_delete_without_granted_consent_is_sent_and_committed_though_amazon_ig
 
     result = pipeline.metadata(pipeline.run())
 
-    assert (result["removed"], result["members_sent"], result["rejected"]) == (1, 1, 0)
+    assert (result["removed"], result["sent"], result["rejected"]) == (1, 1, 0)
     assert "u2" not in set(pipeline.ledger()["user_id"])
     assert "u2" in pipeline.held()  # Amazon's rule, not ours: the DELETE carried DENIED
 
@@ -241,7 +241,7 @@ def test_a_refused_member_is_a_reject_while_the_rest_advance(pipeline, sandbox):
     run = pipeline.run()
     result = pipeline.metadata(run)
 
-    assert (result["identity_changed"], result["members_sent"], result["rejected"]) == (2, 2, 1)
+    assert (result["identity_changed"], result["sent"], result["rejected"]) == (2, 2, 1)
     [reason] = result["rejects"]
     assert "64-character" in reason and result["rejects"][reason] == 1
     assert "not-a-hash" not in reason
@@ -276,7 +276,7 @@ def test_dry_run_reports_the_requests_and_sends_nothing(pipeline, sandbox):
     result = pipeline.metadata(pipeline.run(dry_run=True))
 
     assert result["dry_run"] is True
-    assert (result["added"], result["creates"], result["deletes"], result["requests"]) == (4, 4, 0, 1)
+    assert (result["added"], result["planned"], result["removed"], result["requests"]) == (4, 4, 0, 1)
     assert result["ledger_version"] == 0 and pipeline.ledger().is_empty()
     assert not [e for e in journal(sandbox.ads_url) if e["path"].startswith("/adm/")]
     assert pipeline.datasets() == []

@@ -36,9 +36,9 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(demo_run
     delivered = boto3.client("s3", endpoint_url=sandbox.aws_url).list_objects_v2(Bucket=FIREHOSE_BUCKET)
     assert delivered["KeyCount"] > 0 and report["firehose"]["messages_delivered"] > 0
     assert report["adm"]["members_sent"] > 0 and report["adm"]["rejected"] == 0
-    assert 0 < report["adm"]["match_rate"] <= 100
+    assert 0 < report["adm"]["match_rate_pct"] <= 100
     assert report["dsp"]["patches_sent"] > 0 and report["dsp"]["flushes"] >= 2
-    assert 0 < report["dsp"]["match_rate"] <= 1
+    assert 0 < report["dsp"]["match_rate_pct"] <= 100
     assert sandbox.ads.state.family("adm"), "the members went to the sandbox the environment named"
     amc = report["amc"]
     assert [(u["dataset_id"], u["status"]) for u in amc["uploads"]] == [
@@ -73,7 +73,7 @@ def test_demo_prints_a_summary_of_every_destination_for_people(demo_run: DemoRun
     for start, counts in [
         ("Identity:", ["values hashed"]),
         ("Firehose (two rounds):", [f"{demo_run.report['firehose']['messages_delivered']:,} messages"]),
-        ("Ads Data Manager:", [f"{adm['members_sent']:,} members sent", f"{adm['match_rate']:.2f} %"]),
+        ("Ads Data Manager:", [f"{adm['members_sent']:,} members sent", f"{adm['match_rate_pct']:.2f} %"]),
         ("DSP mobile ad IDs:", [f"{dsp['patches_sent']:,} patches", f"{dsp['flushes']} flushes"]),
         ("AMC upload sample_customer_identities: SUCCESS", []),
         ("AMC upload sample_purchases: SUCCESS", []),

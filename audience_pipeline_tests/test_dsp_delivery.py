@@ -1,14 +1,18 @@
 """The Amazon DSP destination end to end against the sandbox: the MAIDs the DSP audience holds."""
 
+import time
+
 import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+import requests
 from pydantic import ValidationError
 
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.components.dsp import DspMobileAdIdsComponent
 from audience_pipeline.membership.dsp_queue import DspQueue, audience_maids, enqueue
+from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.profiles import PROFILES
@@ -86,8 +90,8 @@ class Pipeline:
             "amazon_ads": amazon_ads_resource(),
         }
 
-    def _run(self, assets, selection, dry_run=False, raise_on_error=True):
-        ops = {key.to_python_identifier(): {"config": {"dry_run": dry_run}} for key in selection}
+    def _run(self, assets, selection, dry_run=False, raise_on_error=True, **config):
+        ops = {key.to_python_identifier(): {"config": {"dry_run": dry_run, **config}} for key in selection}
         return dg.materialize(
             assets,
             selection=selection,
@@ -103,9 +107,13 @@ class Pipeline:
         self._run(assets, [SNAPSHOT_ASSET_KEY])
         return metadata(self._run(assets, [self.component.queue_key], dry_run), self.component.queue_key)
 
-    def flush(self, dry_run=False, raise_on_error=True):
+    def flush(self, dry_run=False, raise_on_error=True, **config):
         return self._run(
-            [self.queue_asset, self.flush_asset], [self.component.flush_key], dry_run, raise_on_error
+            [self.queue_asset, self.flush_asset],
+            [self.component.flush_key],
+            dry_run,
+            raise_on_error,
+            **config,
         )
 
     def queue(self):
@@ -144,8 +152,8 @@ def test_a_flush_leaves_dsp_holding_the_audiences_maids_and_round_two_sends_the_
 
     first = metadata(pipeline.flush(), pipeline.component.flush_key)
     assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
-    assert (first["patches_sent"], first["adds"], first["removes"], first["requests"]) == (3, 3, 0, 1)
-    assert 0.0 <= first["match_rate"] <= 1.0 and first["received"] == 3
+    assert (first["sent"], first["added"], first["removed"], first["requests"]) == (3, 3, 0, 1)
+    assert 0.0 <= first["match_rate_pct"] <= 100.0 and first["received"] == 3
     assert pipeline.queue().frame.is_empty() and pipeline.queue().last_upload_at == int(pipeline.clock.now)
     [audience] = dsp_records(sandbox)["audiences"].values()
     assert (audience["advertiserId"], audience["metadata"]["externalAudienceId"]) == (123456789, "7")
@@ -155,8 +163,10 @@ def test_a_flush_leaves_dsp_holding_the_audiences_maids_and_round_two_sends_the_
     write_source(pipeline.source_path, [(u, IDFA_3_NEW if u == "u3" else i, g, m) for u, i, g, m in rows])
     again = pipeline.enqueue()
     assert (again["added"], again["removed"]) == (1, 2)
-    second = metadata(pipeline.flush(), pipeline.component.flush_key)
-    assert (second["adds"], second["removes"]) == (1, 2)
+    # Two of the three MAIDs held leave: more than the default 50 %, so only on request.
+    assert not pipeline.flush(raise_on_error=False).success
+    second = metadata(pipeline.flush(allow_mass_removal=True), pipeline.component.flush_key)
+    assert (second["added"], second["removed"]) == (1, 2)
     assert held(sandbox) == {IDFA_1, IDFA_3_NEW}
     sent = [p["op"] for e in journal(sandbox.ads_url) if e["method"] == "PATCH" for p in e["body"]["patches"]]
     assert sorted(sent) == ["add", "add", "add", "add", "remove", "remove"]
@@ -227,7 +237,7 @@ def test_throttling_and_server_errors_on_patch_lose_nothing(pipeline, sandbox):
     add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=429, count=1, retry_after=0)
     add_fault(sandbox.ads_url, route="PATCH /v2/dp/audience", status=503, count=1)
     result = metadata(pipeline.flush(), pipeline.component.flush_key)
-    assert result["retries"] == 2 and result["patches_sent"] == 3
+    assert result["retries"] == 2 and result["sent"] == 3
     assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
 
     write_source(pipeline.source_path, [r for r in ROWS if r[0] != "u1"])
@@ -239,7 +249,7 @@ def test_throttling_and_server_errors_on_patch_lose_nothing(pipeline, sandbox):
     assert list(pipeline.queue().frame["maid"]) == [IDFA_1]
 
     retried = metadata(pipeline.flush(), pipeline.component.flush_key)
-    assert (retried["removes"], retried["queued_left"]) == (1, 0)
+    assert (retried["removed"], retried["queued_left"]) == (1, 0)
     assert held(sandbox) == {GAID_2, IDFA_3}
     assert len(dsp_records(sandbox)["audiences"]) == 1
 
@@ -251,7 +261,7 @@ def test_dry_run_sends_and_writes_nothing(pipeline, sandbox):
 
     pipeline.enqueue()
     dry = metadata(pipeline.flush(dry_run=True), pipeline.component.flush_key)
-    assert (dry["dry_run"], dry["adds"], dry["requests"], dry["projected_audience_size"]) == (True, 3, 1, 3)
+    assert (dry["dry_run"], dry["added"], dry["requests"], dry["projected_audience_size"]) == (True, 3, 1, 3)
     assert [e for e in journal(sandbox.ads_url) if "/v2/" in e["path"]] == []
     assert pipeline.queue().frame.height == 3
 
@@ -297,3 +307,36 @@ def test_zeroed_and_malformed_maids_are_rejects_and_shared_maids_one_member():
         now=5,
     )
     assert sorted(queued.frame.select("maid", "op").rows()) == [(IDFA_1, "add"), (IDFA_3, "remove")]
+
+
+def test_a_lost_creation_answer_never_makes_a_second_dsp_audience(pipeline, sandbox, monkeypatch):
+    real_client = AmazonAdsApi.client
+
+    def impatient_client(self, region=None):
+        client = real_client(self, region)
+        client.timeout = 0.5
+        return client
+
+    monkeypatch.setattr(AmazonAdsApi, "client", impatient_client)
+    pipeline.enqueue()
+    # DSP creates the audience, but only after the client stopped waiting: the answer is lost.
+    add_fault(sandbox.ads_url, route="POST /v2/dp/audiencemetadata/", latency_ms=1500)
+
+    first = pipeline.flush(raise_on_error=False)
+    requests.delete(f"{sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+    second = pipeline.flush(raise_on_error=False)
+
+    record = pipeline.state.path("dsp_audiences/dsp/NA/123456789/7.parquet")
+    for failed in (first, second):
+        [event] = [e for e in failed.all_events if e.is_step_failure]
+        message = event.step_failure_data.error.message
+        assert "(externalAudienceId '7', requested " in message and "was lost" in message
+        assert f"then delete {record} so that the next flush creates it again" in message
+    for _ in range(50):  # the sandbox answers the lost request after its latency
+        if dsp_records(sandbox).get("audiences"):
+            break
+        time.sleep(0.1)
+    posts = [e for e in journal(sandbox.ads_url) if e["method"] == "POST" and "audiencemetadata" in e["path"]]
+    assert len(posts) == 1 and len(dsp_records(sandbox)["audiences"]) == 1
+    assert "members" not in dsp_records(sandbox) or not any(dsp_records(sandbox)["members"].values())
+    assert pipeline.queue().frame.height == 3

@@ -67,7 +67,7 @@ class Pipeline:
         self.state = tmp_path / "state"
         self.firehose, self.s3 = aws_clients(sandbox)
 
-    def run(self, dry_run: bool = False, raise_on_error: bool = True):
+    def run(self, dry_run: bool = False, raise_on_error: bool = True, **config):
         op = self.component.asset_key.to_python_identifier()
         return dg.materialize(
             self.assets,
@@ -76,7 +76,7 @@ class Pipeline:
                 "source": DuckDBSource(database=str(self.source_path)),
                 "state_store": StateStore(root=str(self.state)),
             },
-            run_config={"ops": {op: {"config": {"dry_run": dry_run}}}},
+            run_config={"ops": {op: {"config": {"dry_run": dry_run, **config}}}},
             raise_on_error=raise_on_error,
         )
 
@@ -136,7 +136,7 @@ def test_each_member_lands_once_as_the_source_holds_it_and_a_rerun_sends_nothing
     assert identity_sets(messages, True) == as_json(ALICE, BOB, {"MPID": "m3"}, CAROL)
     assert len({m["MessageId"] for m in messages}) == 4
     first = metadata(result)
-    assert (first["added"], first["removed"], first["identity_changed"], first["messages_sent"]) == (
+    assert (first["added"], first["removed"], first["identity_changed"], first["sent"]) == (
         4,
         0,
         0,
@@ -146,7 +146,7 @@ def test_each_member_lands_once_as_the_source_holds_it_and_a_rerun_sends_nothing
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]
 
     again = metadata(pipeline.run())
-    assert (again["added"], again["messages_sent"], again["ledger_version"]) == (0, 0, 1)
+    assert (again["added"], again["sent"], again["ledger_version"]) == (0, 0, 1)
     assert len(delivered_messages(pipeline.s3)) == 4
 
 
@@ -162,7 +162,7 @@ def test_joins_leaves_and_identity_changes(pipeline):
     result = metadata(pipeline.run())
 
     assert (result["added"], result["removed"], result["identity_changed"]) == (1, 1, 1)
-    assert result["messages_sent"] == 4  # add, remove, and remove + add for the identity change
+    assert result["sent"] == 4  # add, remove, and remove + add for the identity change
     latest = [m for m in delivered_messages(pipeline.s3) if m["MessageId"] not in first_ids]
     # Removals carry the identities the stream was given, decrypted from the ledger.
     assert identity_sets(latest, False) == as_json(ALICE, CAROL)
@@ -170,7 +170,7 @@ def test_joins_leaves_and_identity_changes(pipeline):
         {**ALICE, "Email": "alice.new@example.com"}, {"CustomerId": "c-5", "Email": "dave@example.com"}
     )
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u5"]
-    assert metadata(pipeline.run())["messages_sent"] == 0
+    assert metadata(pipeline.run())["sent"] == 0
 
 
 def test_without_remove_on_identity_change_only_the_new_identities_go(tmp_path, sandbox, env):
@@ -182,7 +182,7 @@ def test_without_remove_on_identity_change_only_the_new_identities_go(tmp_path, 
 
     result = metadata(pipeline.run())
 
-    assert (result["identity_changed"], result["messages_sent"]) == (1, 1)
+    assert (result["identity_changed"], result["sent"]) == (1, 1)
     messages = delivered_messages(pipeline.s3)
     assert all(m["IsMember"] for m in messages)
     assert all("CustomerId" not in m["UserIdentities"] for m in messages)
@@ -195,7 +195,7 @@ def test_throttling_and_failed_records_lose_nothing(pipeline, sandbox):
 
     result = metadata(pipeline.run())
 
-    assert result["retried"] > 0 and result["failed"] == 0
+    assert result["retries"] > 0 and result["failed"] == 0
     delivered = {m["MessageId"] for m in delivered_messages(pipeline.s3)}
     assert len(delivered) == 4
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]
@@ -212,7 +212,7 @@ def test_past_the_retry_limit_the_run_fails_and_the_changes_stay_pending(pipelin
     assert pipeline.ledger().is_empty()
     requests_cleared = __import__("requests").delete(f"{sandbox.aws_url}/_sandbox/faults", timeout=10)
     requests_cleared.raise_for_status()
-    assert metadata(pipeline.run())["messages_sent"] == 4
+    assert metadata(pipeline.run())["sent"] == 4
 
 
 def test_a_crash_before_the_commit_resends_the_same_message_ids(pipeline, monkeypatch):
@@ -230,7 +230,7 @@ def test_a_crash_before_the_commit_resends_the_same_message_ids(pipeline, monkey
     first = sorted(m["MessageId"] for m in delivered_messages(pipeline.s3))
     assert len(first) == 4 and pipeline.ledger().is_empty()
 
-    assert metadata(pipeline.run())["messages_sent"] == 4
+    assert metadata(pipeline.run())["sent"] == 4
 
     ids = [m["MessageId"] for m in delivered_messages(pipeline.s3)]
     assert sorted(set(ids)) == first and len(ids) == 8
@@ -252,7 +252,7 @@ def test_a_dry_run_reports_and_neither_sends_nor_commits(pipeline):
     result = metadata(pipeline.run(dry_run=True))
 
     assert result["dry_run"] is True
-    assert (result["added"], result["messages"], result["skipped"], result["rejected"]) == (4, 4, 0, 0)
+    assert (result["added"], result["planned"], result["skipped"], result["rejected"]) == (4, 4, 0, 0)
     assert delivered_messages(pipeline.s3) == []
     assert pipeline.ledger().is_empty()
 
@@ -292,3 +292,50 @@ def test_an_audience_the_project_does_not_declare_fails_at_load():
     audiences = AudiencesComponent(audiences=[Audience(id=7, name="seven", sql="SELECT 1 AS user_id")])
     with pytest.raises(dg.DagsterInvalidDefinitionError, match="`audiences` lists 8"):
         FirehoseComponent(delivery_stream_name=STREAM, audiences=[7, 8]).build_asset(audiences)
+
+
+def failure(result):
+    [event] = result.get_step_failure_events()
+    return event.step_failure_data.error
+
+
+def test_an_audience_query_that_suddenly_returns_nothing_wipes_nothing_unless_allowed(pipeline):
+    pipeline.run()
+    write_source(pipeline.source_path, [(*row[:5], False) for row in PROFILES])  # a broken upstream
+
+    stopped = pipeline.run(raise_on_error=False)
+
+    message = failure(stopped).message
+    assert "4 of the 4 members the destination holds would be removed (100%" in message
+    assert "`allow_mass_removal: true`" in message and "\n" not in message.split(": ", 1)[1].strip()
+    [event] = stopped.get_step_failure_events()
+    counts = {k: v.value for k, v in event.step_failure_data.user_failure_data.metadata.items()}
+    assert (counts["removed"], counts["held"], counts["removal_share"]) == (4, 4, 1.0)
+    assert len(delivered_messages(pipeline.s3)) == 4 and pipeline.ledger().height == 4
+
+    allowed = metadata(pipeline.run(allow_mass_removal=True))
+    assert (allowed["removed"], allowed["sent"]) == (4, 4) and pipeline.ledger().is_empty()
+
+
+def test_a_ledger_deleted_and_started_again_never_repeats_a_message_id(pipeline):
+    pipeline.run()
+    first = {m["MessageId"] for m in delivered_messages(pipeline.s3)}
+    (pipeline.state / ledger_key(DESTINATION, 7)).unlink()  # the recovery for a lost ledger key
+
+    assert metadata(pipeline.run())["sent"] == 4
+
+    again = {m["MessageId"] for m in delivered_messages(pipeline.s3)} - first
+    assert len(again) == 4
+
+
+def test_a_damaged_ledger_fails_naming_the_file_and_the_way_back(pipeline):
+    pipeline.run()
+    path = pipeline.state / ledger_key(DESTINATION, 7)
+    path.write_bytes(b"not a parquet file")
+
+    error = failure(pipeline.run(raise_on_error=False))
+
+    message = error.message.split(": ", 1)[1].strip()
+    assert message.startswith(f"Ledger {path} is not a readable Parquet file; nothing was sent.")
+    assert "delete it" in message and "\n" not in message
+    assert error.cause is None

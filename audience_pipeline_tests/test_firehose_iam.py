@@ -55,16 +55,16 @@ def test_the_seed_policy_delivers_every_message_with_put_record(pipeline, sandbo
     result = metadata(pipeline.run())
 
     assert result["put_mode"] == "PutRecord"
-    assert (result["messages_sent"], result["failed"], result["retried"]) == (4, 0, 0)
+    assert (result["sent"], result["failed"], result["retries"]) == (4, 0, 0)
     # One PutRecordBatch denied, then one PutRecord per message.
-    assert (result["calls"], result["batches"]) == (5, 5)
+    assert (result["requests"], result["batches"]) == (5, 5)
     messages = delivered_messages(pipeline.s3)
     assert identity_sets(messages, True) == as_json(ALICE, BOB, {"MPID": "m3"}, CAROL)
     assert len({m["MessageId"] for m in messages}) == len(messages) == 4
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]
 
     again = metadata(pipeline.run())
-    assert (again["messages_sent"], again["calls"], again["put_mode"]) == (0, 0, None)
+    assert (again["sent"], again["requests"], again["put_mode"]) == (0, 0, None)
 
 
 def test_with_put_record_batch_allowed_batches_are_used(pipeline, sandbox):
@@ -75,7 +75,7 @@ def test_with_put_record_batch_allowed_batches_are_used(pipeline, sandbox):
     result = metadata(pipeline.run())
 
     assert result["put_mode"] == "PutRecordBatch"
-    assert (result["messages_sent"], result["batches"], result["calls"]) == (4, 1, 1)
+    assert (result["sent"], result["batches"], result["requests"]) == (4, 1, 1)
     assert len(delivered_messages(pipeline.s3)) == 4
 
 
@@ -130,7 +130,7 @@ def test_put_record_retries_failed_records_and_delivers_each_exactly_once(pipeli
     result = metadata(pipeline.run())
 
     assert result["put_mode"] == "PutRecord"
-    assert result["retried"] == 4 and result["failed"] == 0 and result["messages_sent"] == 4
+    assert result["retries"] == 4 and result["failed"] == 0 and result["sent"] == 4
     ids = collections.Counter(m["MessageId"] for m in delivered_messages(pipeline.s3))
     assert len(ids) == 4 and set(ids.values()) == {1}
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]

@@ -11,7 +11,9 @@ neither its PATCH samples nor RudderStack's production client send it on PATCH, 
 ids say what is changed.
 
 Patches are idempotent (add/remove of a MAID), so they are retried on 429 and 5xx; creating an
-audience is not retried after a 5xx, and its id is what the caller remembers to find it again.
+audience is not retried after a 5xx or a lost connection. The API has no call that lists audiences,
+so the caller records its intent before creating one and Amazon's id after, and stops rather than
+create a second one when an answer was lost (`membership.dsp_audiences.DspAudienceRecord`).
 """
 
 import json

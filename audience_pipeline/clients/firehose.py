@@ -17,7 +17,7 @@
 import functools
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,21 +186,32 @@ def send_records(
         max_delay=max_delay,
         sleep=sleep,
     )
+    records = list(records)
+    result.rejected = [
+        RejectedRecord(index, f"record is {len(data)} bytes; Firehose accepts at most {MAX_RECORD_BYTES}")
+        for index, data in enumerate(records)
+        if len(data) > MAX_RECORD_BYTES
+    ]
+    for batch in record_batches(records):
+        send_batch(batch)
+    return result
+
+
+def record_batches(records: Iterable[bytes]) -> Iterator[list[tuple[int, bytes]]]:
+    """`records` with their positions, in batches within AWS's limits (500 records, 4 MiB); a record
+    over the 1,000 KiB record limit is left out (it can never be sent)."""
     batch: list[tuple[int, bytes]] = []
     batch_bytes = 0
     for index, data in enumerate(records):
         if len(data) > MAX_RECORD_BYTES:
-            reason = f"record is {len(data)} bytes; Firehose accepts at most {MAX_RECORD_BYTES}"
-            result.rejected.append(RejectedRecord(index, reason))
             continue
         if len(batch) == MAX_RECORDS_PER_CALL or batch_bytes + len(data) > MAX_CALL_BYTES:
-            send_batch(batch)
+            yield batch
             batch, batch_bytes = [], 0
         batch.append((index, data))
         batch_bytes += len(data)
     if batch:
-        send_batch(batch)
-    return result
+        yield batch
 
 
 def _send_batch(

@@ -6,22 +6,15 @@ like `audience_snapshot` and runs (eager automation) whenever an audience's snap
 
 import re
 import time
+from typing import Any, ClassVar
 
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from audience_pipeline.clients.firehose import (
-    FirehoseSendError,
-    FirehoseStreamError,
-    check_stream,
-    firehose_client,
-    send_records,
-)
+from audience_pipeline.clients.firehose import check_stream, firehose_client, send_records
 from audience_pipeline.components.audiences import (
-    SNAPSHOT_ASSET_KEY,
+    Audience,
     AudiencesComponent,
-    check_audience_ids,
-    find_audiences,
     read_snapshot,
     run_audience_query,
 )
@@ -31,38 +24,25 @@ from audience_pipeline.components.aws_settings import (
     check_region,
     env_secret,
 )
-from audience_pipeline.components.ui import OWNERS, name_part
-from audience_pipeline.membership.firehose_delivery import (
-    FirehoseTarget,
-    deliver,
-    plan_delivery,
-    stream_members,
-)
+from audience_pipeline.components.destination import DeliveryRunConfig, DestinationComponent
+from audience_pipeline.components.ui import name_part
+from audience_pipeline.membership.delivery import deliver
+from audience_pipeline.membership.firehose_delivery import FirehoseAdapter, FirehoseTarget, stream_members
 from audience_pipeline.membership.firehose_messages import ForwardingRules
-from audience_pipeline.membership.ledger import Ledger, LedgerConflict
-from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR, LedgerKeyError, PayloadCipher
-from audience_pipeline.resources.duckdb_source import DuckDBSource
-from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.membership.ledger import Ledger
+from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR, PayloadCipher
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
 
 
-class FirehoseDeliveryConfig(dg.Config):
-    """Run configuration of a Firehose delivery."""
-
-    dry_run: bool = Field(
-        default=False,
-        description="Compute and report the changes and messages without sending or committing anything.",
-    )
-
-
-class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
+class FirehoseComponent(DestinationComponent):
     """Sends one JSON message per membership change of the chosen audiences to a Firehose stream.
 
     The settings are mParticle's Kinesis settings (seed 002), with its defaults. Credentials are
     the names of environment variables, never the secrets; without them boto3's default chain applies.
     """
 
+    kind: ClassVar[str] = "Firehose"
     # A secret pasted where a variable name belongs must not be echoed back by the validation error.
     model_config = ConfigDict(hide_input_in_errors=True)
 
@@ -92,9 +72,6 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
     identities_to_exclude: list[str] = Field(
         default_factory=list,
         description="Identities never sent: Firehose keys (`FacebookId`) or column names (`facebook_id`).",
-    )
-    audiences: list[int | str] = Field(
-        min_length=1, description="Ids of the audiences (of the audiences component) sent to this stream."
     )
 
     @field_validator("delivery_stream_name")
@@ -127,11 +104,6 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
         ForwardingRules(identities_to_exclude=tuple(value))
         return value
 
-    @field_validator("audiences")
-    @classmethod
-    def _check_unique(cls, value: list[int | str]) -> list[int | str]:
-        return check_audience_ids(value)
-
     @model_validator(mode="after")
     def _check_key_pair(self) -> "FirehoseComponent":
         check_key_pair(self.access_key_id, self.secret_access_key)
@@ -159,138 +131,73 @@ class FirehoseComponent(dg.Component, dg.Model, dg.Resolvable):
             identities_to_exclude=tuple(self.identities_to_exclude),
         )
 
-    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        """The delivery asset over the project's audiences."""
-        job = dg.define_asset_job(
-            f"{self.asset_key.to_python_identifier()}_delivery",
-            selection=[self.asset_key],
-            description=f"Sends the chosen audiences' membership changes to Firehose stream "
-            f"{self.delivery_stream_name}.",
+    @property
+    def label(self) -> str:
+        """`Firehose <stream>`."""
+        return f"Firehose {self.delivery_stream_name}"
+
+    @property
+    def job_description(self) -> str:
+        """What the job does."""
+        return (
+            f"Sends the chosen audiences' membership changes to Firehose stream {self.delivery_stream_name}."
         )
-        return dg.Definitions(assets=[self.build_asset(find_audiences(context))], jobs=[job])
+
+    def build_assets(self, audiences: AudiencesComponent) -> list[dg.AssetsDefinition]:
+        """The delivery asset."""
+        return [self.build_asset(audiences)]
 
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
         """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids fail here."""
-        delivered = audiences.routed(self.audiences, f"Firehose {self.delivery_stream_name}")
-
-        # Partitions are shared with the snapshot (one run materializes both); an audience this
-        # stream does not take is a partition that produces nothing.
-        @dg.asset(
-            key=self.asset_key,
-            partitions_def=audiences.partitions_def,
-            deps=[SNAPSHOT_ASSET_KEY],
-            automation_condition=dg.AutomationCondition.eager(),
-            group_name="deliver",
+        return self.delivery_asset(
+            audiences,
+            self.asset_key,
+            self._deliver,
+            description="Membership changes of one audience, as JSON messages on the Firehose stream.\n\n"
+            "Runs the audience's SQL for the identities as the source holds them (the snapshot only has "
+            "hashes), for the snapshot's members; diffs them against this stream's ledger; checks the "
+            "stream (DescribeDeliveryStream: exists, ACTIVE, Direct PUT); sends one message per change "
+            "(PutRecordBatch, or PutRecord where the IAM policy denies batches; failed records retried); "
+            "commits the confirmed changes. Undelivered changes stay pending and fail the run "
+            '("Retry Limit Exceeded"). Metadata holds counts, and `put_mode` names the API call.',
             kinds={"firehose", "aws"},
-            owners=OWNERS,
+            resources={"source"},
             pool="firehose",
-            output_required=False,
         )
-        def firehose_delivery(
-            context: dg.AssetExecutionContext,
-            config: FirehoseDeliveryConfig,
-            source: DuckDBSource,
-            state_store: StateStore,
-        ):
-            """Membership changes of one audience, as JSON messages on the Firehose stream.
-
-            Runs the audience's SQL for the identities as the source holds them (the snapshot only
-            has hashes), for the snapshot's members; diffs them against this stream's ledger; checks
-            the stream (DescribeDeliveryStream: exists, ACTIVE, Direct PUT); sends one message per
-            change (PutRecordBatch, or PutRecord where the IAM policy denies batches; failed records
-            retried); commits the confirmed changes. Undelivered changes stay pending and fail the
-            run ("Retry Limit Exceeded"). Metadata holds counts, and `put_mode` names the API call.
-            """
-            if context.partition_key not in delivered:
-                context.log.info(f"audience {context.partition_key} is not delivered to this stream")
-                return
-            yield self._deliver(context, config, source, state_store, audiences)
-
-        return firehose_delivery
 
     def _deliver(
-        self,
-        context: dg.AssetExecutionContext,
-        config: FirehoseDeliveryConfig,
-        source: DuckDBSource,
-        state_store: StateStore,
-        audiences: AudiencesComponent,
-    ) -> dg.MaterializeResult:
-        started = time.perf_counter()
-        audience = audiences.audience(context.partition_key)
+        self, context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
+    ) -> dict[str, Any]:
+        state_store = context.resources.state_store
         snapshot = read_snapshot(state_store, audience)
-        try:
-            cipher = PayloadCipher(dg.EnvVar(LEDGER_KEY_ENV_VAR).get_value())
-        except LedgerKeyError as error:
-            raise dg.Failure(str(error)) from None
-        members = stream_members(run_audience_query(source, audience), self.rules, snapshot["user_id"])
-        ledger = Ledger(state_store.store, self.destination, audience.partition_key)
-        state = ledger.load()
+        cipher = PayloadCipher(dg.EnvVar(LEDGER_KEY_ENV_VAR).get_value())
+        members = stream_members(
+            run_audience_query(context.resources.source, audience), self.rules, snapshot["user_id"]
+        )
         target = FirehoseTarget(
             self.destination, audience.id, audience.destination_name, self.send_remove_on_identity_change
         )
-        try:
-            plan = plan_delivery(target, members, state, cipher, changed_at=int(time.time()))
-        except LedgerKeyError as error:
-            raise dg.Failure(str(error)) from None
-        counts = plan.counts()
-        if config.dry_run:
-            context.log.info(f"dry run, nothing sent or committed: {counts}")
-            return dg.MaterializeResult(
-                metadata={
-                    "dry_run": True,
-                    **counts,
-                    "ledger_version": state.version,
-                    "seconds": round(time.perf_counter() - started, 3),
-                }
-            )
-
-        client = firehose_client(self.region, self.endpoint_url, *self._credentials())
-        try:
-            check_stream(client, self.delivery_stream_name)
-        except FirehoseStreamError as error:
-            raise dg.Failure(f"Firehose setting `delivery_stream_name`: {error}; nothing was sent") from None
-        try:
-            outcome = deliver(
-                plan, ledger, cipher, lambda records: send_records(client, self.delivery_stream_name, records)
-            )
-        except FirehoseSendError as error:
-            raise dg.Failure(
-                f"Firehose {self.delivery_stream_name} refused the delivery ({error}); nothing was "
-                f"committed, so the {counts['messages']} messages are sent again on the next run"
-            ) from None
-        except LedgerConflict as error:
-            raise dg.Failure(str(error)) from None
-        metadata = {
-            "dry_run": False,
-            "added": outcome.added,
-            "removed": outcome.removed,
-            "identity_changed": outcome.identity_changed,
-            "messages_sent": outcome.messages_sent,
-            "retried": outcome.retried,
-            "failed": outcome.failed,
-            "skipped": outcome.skipped,
-            "rejected": outcome.rejected,
-            "batches": outcome.batches,
-            "calls": outcome.calls,
-            "put_mode": outcome.put_mode,
-            "ledger_version": outcome.ledger_version,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        context.log.info(f"audience {audience.partition_key} to {self.delivery_stream_name}: {metadata}")
-        if outcome.rejected:
-            context.log.warning(
-                f"{outcome.rejected} messages are over Firehose's 1,000 KiB record limit and were not sent; "
-                "their changes stay pending until the source values shrink"
-            )
-        if outcome.failed:
-            # What was confirmed is committed; the rest stays pending for the next run.
-            raise dg.Failure(
-                f"Retry Limit Exceeded: {outcome.failed} records were not delivered to "
-                f"{self.delivery_stream_name} after every retry; their changes stay pending for the next run",
-                metadata=metadata,
-            )
-        return dg.MaterializeResult(metadata=metadata)
+        client = (
+            None if config.dry_run else firehose_client(self.region, self.endpoint_url, *self._credentials())
+        )
+        adapter = FirehoseAdapter(
+            target,
+            cipher,
+            changed_at=int(time.time()),
+            check=lambda: check_stream(client, self.delivery_stream_name),
+            put=lambda records: send_records(client, self.delivery_stream_name, records),
+        )
+        outcome = deliver(
+            Ledger(state_store.store, self.destination, audience.partition_key),
+            lambda state: members,
+            adapter,
+            dry_run=config.dry_run,
+            max_removal_share=self.max_share(config),
+        )
+        extra = (
+            {} if config.dry_run else {"batches": adapter.result.batches, "put_mode": adapter.result.put_mode}
+        )
+        return self.report(context, outcome, config, **extra)
 
     def _credentials(self) -> tuple[str | None, str | None]:
         """The access key pair from the named environment variables, or (None, None) for boto3's chain."""

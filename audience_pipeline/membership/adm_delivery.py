@@ -1,8 +1,9 @@
-"""One audience's members to an Amazon Ads Data Manager audience dataset, committed only when accepted.
+"""The Amazon Ads Data Manager adapter of the delivery core (`membership.delivery`).
 
     snapshot (hashed identities + consent) ─► one member object per user (`userIdentity`, `userConsent`)
-        ─ diff vs ledger ─► added / identity changed ─► CREATE;  removed ─► DELETE
-        ─► requests of ≤5,000 members and ≤10 MB (the caller's `send`) ─► ledger commit of the accepted
+        ─ core: diff vs ledger, guard ─► removed ─► DELETE;  added / identity changed ─► CREATE
+        ─► the dataset found by name or created ─► requests of ≤5,000 members and ≤10 MB
+        ─► core: ledger commit of the accepted
 
 - The snapshot's identities are already normalized and hashed by the identity engine.
 - The seed's `country` target identity has no key in Amazon's `hashedPiis` (`ad, cty, em, fn, ln,
@@ -22,25 +23,42 @@
   it is sent again on the next run. The accepted ones are committed.
 - A member with no identity to send is not a member for this dataset: it is counted as skipped, and
   one the dataset already holds is deleted.
+- An audience's dataset is found by its name (`dataset_name`), so a renamed audience gets a new
+  dataset, and a ledger of its own that sends it every member.
 
 No Dagster here, and nothing returned holds identity values: only counts and Amazon's reasons.
 """
 
 import json
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import polars as pl
+import requests
 
-from audience_pipeline.clients.adm import MAX_REQUEST_BYTES, RECOMMENDED_MEMBERS_PER_REQUEST, MembersResult
+from audience_pipeline.clients.adm import (
+    MAX_REQUEST_BYTES,
+    RECOMMENDED_MEMBERS_PER_REQUEST,
+    AdmAudience,
+    AdmClient,
+)
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.identity.countries import alpha2
-from audience_pipeline.membership.diff import MembershipDiff, diff
+from audience_pipeline.membership.delivery import (
+    ADDED,
+    CHANGED,
+    ITEM,
+    KIND,
+    REMOVED,
+    USER_ID,
+    Answer,
+    Members,
+)
+from audience_pipeline.membership.diff import MembershipDiff
 from audience_pipeline.membership.fingerprints import fingerprint
-from audience_pipeline.membership.ledger import Ledger, LedgerState
-
-USER_ID = "user_id"
+from audience_pipeline.membership.ledger import LedgerState
 
 # The seed's target identities: each maps to (ADM key, snapshot columns, first non-null).
 HASHED_PII: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -71,6 +89,25 @@ SENT_IDENTITIES: tuple[str, ...] = (*HASHED_PII, *EXTERNAL_IDENTITIES)
 CONSENT_VALUES = ("GRANTED", "DENIED", "NOT_APPLICABLE", "UNKNOWN")
 CREATE, DELETE = "CREATE", "DELETE"
 _ENVELOPE_BYTES = len('{"members": []}')
+# Amazon's dataset name pattern with its minLength 5 folded in.
+_DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,99}")
+
+
+class Named(Protocol):
+    """An audience as far as a dataset name goes."""
+
+    @property
+    def destination_name(self) -> str: ...
+
+
+def dataset_name(audience: Named) -> str:
+    """The ADM audience dataset name of an audience: its destination name made valid for Amazon's
+    `^[A-Za-z][A-Za-z0-9_-]{0,99}$` of 5 to 100 characters (other characters become `_`; too short or
+    not starting with a letter gets an `audience_` prefix)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", audience.destination_name).strip("_")
+    if not _DATASET_NAME.fullmatch(name[:100]):
+        name = f"audience_{name}"
+    return name[:100]
 
 
 @dataclass(frozen=True)
@@ -81,15 +118,6 @@ class MemberRules:
     identities: tuple[str, ...]
     consent: str
     country_code: str
-
-
-@dataclass(frozen=True)
-class Members:
-    """An audience's members for one dataset: `user_id, fingerprint, payload` (the member JSON without
-    `externalUserId` and `action`), and how many members had no identity to send."""
-
-    frame: pl.DataFrame
-    skipped: int
 
 
 def _text(*parts: str | pl.Expr) -> pl.Expr:
@@ -125,7 +153,8 @@ def _consent(snapshot: pl.DataFrame, column: str, default: str) -> pl.Expr:
 
 
 def adm_members(snapshot: pl.DataFrame, rules: MemberRules) -> Members:
-    """Each snapshot member as the ADM member object it is sent as (vectorized JSON building)."""
+    """Each snapshot member as the ADM member object it is sent as (vectorized JSON building): the
+    payload is the member JSON without `externalUserId` and `action`."""
 
     def entries(mapping: dict[str, tuple[str, tuple[str, ...]]]) -> pl.Expr:
         chosen = [(key, columns) for name, (key, columns) in mapping.items() if name in rules.identities]
@@ -166,41 +195,10 @@ def adm_members(snapshot: pl.DataFrame, rules: MemberRules) -> Members:
     return Members(members, built.height - sendable.height)
 
 
-@dataclass(frozen=True)
-class DeliveryPlan:
-    """The changes found against a loaded ledger and the members to send.
-
-    `outgoing` has one row per member: `user_id`, `kind` (added/removed/changed) and `member` (the
-    JSON object sent: hashes, partner IDs and consent, never raw PII).
-    """
-
-    state: LedgerState
-    diff: MembershipDiff
-    outgoing: pl.DataFrame
-    skipped: int
-
-    @property
-    def requests(self) -> int:
-        """How many requests the plan needs (see `request_slices`)."""
-        return len(request_slices(self.outgoing.get_column("member")))
-
-    def counts(self) -> dict[str, int]:
-        """The plan in numbers: changes, CREATEs and DELETEs, requests, members skipped."""
-        return {
-            "added": self.diff.added.height,
-            "removed": self.diff.removed.height,
-            "identity_changed": self.diff.changed.height,
-            "creates": self.diff.added.height + self.diff.changed.height,
-            "deletes": self.diff.removed.height,
-            "requests": self.requests,
-            "skipped": self.skipped,
-        }
-
-
 def _outgoing(frame: pl.DataFrame, kind: str, action: str) -> pl.DataFrame:
     head = _text('{"externalUserId":', _json_field_value(USER_ID), f',"action":"{action}",')
     member = pl.concat_str([head, pl.col("payload").str.slice(1)])
-    return frame.select(USER_ID, pl.lit(kind).alias("kind"), member.alias("member"))
+    return frame.select(USER_ID, pl.lit(kind).alias(KIND), member.alias("member"))
 
 
 def _json_field_value(column: str) -> pl.Expr:
@@ -239,96 +237,59 @@ def request_slices(members: pl.Series) -> list[tuple[int, int]]:
     return slices
 
 
-def plan_delivery(members: Members, state: LedgerState) -> DeliveryPlan:
-    """Diff `members` against the ledger `state`: removals first (DELETE with the payload the dataset
-    was given), then additions and identity changes (CREATE with the new payload)."""
-    found = diff(members.frame, state.frame)
-    outgoing = pl.concat(
-        [
-            _outgoing(found.removed, "removed", DELETE),
-            _outgoing(found.added, "added", CREATE),
-            _outgoing(found.changed, "changed", CREATE),
-        ]
-    )
-    return DeliveryPlan(state, found, outgoing, members.skipped)
+class AdmAdapter:
+    """Members of one audience to its dataset of one manager account (see the module docstring).
 
-
-@dataclass(frozen=True)
-class DeliveryOutcome:
-    """What a delivery did, in numbers and Amazon's reasons only."""
-
-    counts: dict[str, int]
-    members_sent: int
-    rejected: int
-    rejects: dict[str, int]
-    requests: int
-    ledger_version: int
-    seconds: float
-
-
-@dataclass
-class _Progress:
-    accepted: list[str] = field(default_factory=list)
-    rejects: Counter = field(default_factory=Counter)
-    sent: int = 0
-    requests: int = 0
-
-
-class DeliveryInterrupted(RuntimeError):
-    """A request failed for good; what Amazon accepted before it is committed (see `outcome`)."""
-
-    def __init__(self, outcome: DeliveryOutcome):
-        super().__init__(f"{outcome.requests} requests sent before the failure")
-        self.outcome = outcome
-
-
-def deliver(
-    plan: DeliveryPlan, ledger: Ledger, send: Callable[[list[dict]], MembersResult]
-) -> DeliveryOutcome:
-    """Send the plan's members with `send` in requests (`request_slices`) and commit every member
-    Amazon accepted; refused members are counted by Amazon's reason and stay pending.
-
-    `send` is `AdmClient.upload_members` bound to the dataset. When a request fails for good, what
-    was accepted so far is committed and `DeliveryInterrupted` raised from the error. Raises
-    `LedgerConflict` (nothing committed) when another run committed this ledger since the plan's
-    state was loaded.
+    `adm` is None in a dry run. The dataset is found or created on the first request (`dataset`),
+    so a dry run or a stopped delivery creates none.
     """
-    started = time.perf_counter()
-    progress = _Progress()
-    try:
-        for offset, length in request_slices(plan.outgoing.get_column("member")):
-            chunk = plan.outgoing.slice(offset, length)
+
+    noun = "members"
+    request_errors = (AmazonAdsApiError, requests.RequestException)
+
+    def __init__(self, name: str, country_code: str, description: str, adm: AdmClient | None = None):
+        self.name, self.country_code, self.description, self.adm = name, country_code, description, adm
+        self._dataset: AdmAudience | None = None
+
+    def dataset(self) -> AdmAudience:
+        """The audience's dataset, found by name or created."""
+        if self._dataset is None:
+            self._dataset = self.adm.ensure_audience(
+                self.name, self.country_code, description=self.description
+            )
+        return self._dataset
+
+    def items(self, changes: MembershipDiff, state: LedgerState) -> pl.DataFrame:
+        """Removals first (DELETE with the payload the dataset was given), then additions and identity
+        changes (CREATE with the new payload)."""
+        return pl.concat(
+            [
+                _outgoing(changes.removed, REMOVED, DELETE),
+                _outgoing(changes.added, ADDED, CREATE),
+                _outgoing(changes.changed, CHANGED, CREATE),
+            ]
+        )
+
+    def requests(self, items: pl.DataFrame) -> int:
+        """See `request_slices`."""
+        return len(request_slices(items.get_column("member")))
+
+    def send(self, items: pl.DataFrame) -> Iterator[Answer]:
+        """One upload per request slice; members Amazon refuses are rejects with its reason."""
+        data_set_id = self.dataset().data_set_id
+        for offset, length in request_slices(items.get_column("member")):
+            chunk = items.slice(offset, length)
+            retries = self.adm.api.retries
             # One JSON parse per request: the members were built as JSON text, column-wise.
-            result = send(json.loads("[" + ",".join(chunk.get_column("member")) + "]"))
-            progress.requests += 1
-            progress.sent += chunk.height
-            refused = {error.index for error in result.errors}
-            progress.rejects.update(error.reason for error in result.errors)
-            user_ids = chunk.get_column(USER_ID).to_list()
-            progress.accepted += [user for index, user in enumerate(user_ids) if index not in refused]
-    except Exception as error:
-        raise DeliveryInterrupted(_commit(plan, ledger, progress, started)) from error
-    return _commit(plan, ledger, progress, started)
+            result = self.adm.upload_members(data_set_id, json.loads("[" + ",".join(chunk["member"]) + "]"))
+            numbers = chunk.get_column(ITEM).to_list()
+            refused = {error.index: error.reason for error in result.errors}
+            yield Answer(
+                confirmed=[number for index, number in enumerate(numbers) if index not in refused],
+                rejected={numbers[index]: reason for index, reason in refused.items()},
+                retries=self.adm.api.retries - retries,
+            )
 
-
-def _commit(plan: DeliveryPlan, ledger: Ledger, progress: _Progress, started: float) -> DeliveryOutcome:
-    accepted = pl.DataFrame({USER_ID: progress.accepted}, schema={USER_ID: pl.String})
-
-    def confirmed(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.join(accepted, on=USER_ID, how="semi")
-
-    state = ledger.commit(
-        plan.state,
-        added=confirmed(plan.diff.added),
-        removed=confirmed(plan.diff.removed),
-        changed=confirmed(plan.diff.changed),
-    )
-    return DeliveryOutcome(
-        counts=plan.counts(),
-        members_sent=progress.sent,
-        rejected=sum(progress.rejects.values()),
-        rejects=dict(progress.rejects),
-        requests=progress.requests,
-        ledger_version=state.version,
-        seconds=round(time.perf_counter() - started, 3),
-    )
+    def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:
+        """As sent: hashes, partner IDs and consent are no raw PII."""
+        return confirmed

@@ -1,113 +1,217 @@
-"""Flushing one audience's DSP queue: PATCH the pending changes, commit what Amazon confirmed.
+"""The Amazon DSP adapter of the delivery core (`membership.delivery`): flushing one audience's queue.
 
-    queue (pending vs ledger) ─► add/remove patches ─► requests within the limits (`patch_batches`)
-        ─► the caller's `send`, one request at a time ─► ledger commit of the confirmed patches
+    queue (pending vs ledger) ─► the MAIDs DSP should hold ─ core: diff vs ledger, guard
+        ─► add/remove patches ─► the profile and the DSP audience (`DspAudienceRecord`)
+        ─► PATCH requests within the limits (`patch_batches`) ─► core: ledger commit of the confirmed
         ─► the queue without them, stamped with the upload time
 
-A request that still fails after the client's retries stops the flush: what was confirmed before it
-is committed and leaves the queue, the rest stays queued for the next flush (patches are idempotent,
-so a crash between sending and committing only re-sends). The ledger of a DSP destination has one
-row per MAID (`user_id` is the MAID, `fingerprint` its SHA-256, no payload).
+A member is one MAID: the ledger of a DSP destination has one row per MAID (`user_id` is the MAID,
+`fingerprint` its SHA-256, no payload), so the core's diff of "ledger plus pending changes" against
+the ledger is exactly the queue's pending adds and removes. A request that still fails after the
+client's retries stops the flush: what was confirmed before it is committed and leaves the queue,
+the rest stays queued for the next flush (patches are idempotent, so a crash between sending and
+committing only re-sends).
 
 No Dagster here, and what is returned holds counts only.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 import requests
 
-from audience_pipeline.clients.ads_api import AmazonAdsApiError
-from audience_pipeline.clients.dsp import maid_patch, patch_batches
+from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
+from audience_pipeline.clients.dsp import DspClient, maid_patch, patch_batches
+from audience_pipeline.membership.delivery import (
+    ADDED,
+    ITEM,
+    KIND,
+    REMOVED,
+    USER_ID,
+    Answer,
+    DeliveryInterrupted,
+    Members,
+    Outcome,
+    SettingProblem,
+    deliver,
+)
+from audience_pipeline.membership.diff import MembershipDiff
+from audience_pipeline.membership.dsp_audiences import DspAudienceRecord, dsp_audience_name
 from audience_pipeline.membership.dsp_queue import ADD, REMOVE, DspQueue, QueueConflict, pending
 from audience_pipeline.membership.fingerprints import fingerprint
-from audience_pipeline.membership.ledger import Ledger
+from audience_pipeline.membership.ledger import Ledger, LedgerState
 
 # A queue replaced by the queue asset while a flush ran is loaded again this many times.
 _SAVE_ATTEMPTS = 3
+# Patch sizes depend on the audience id; the widest (19 digits) counts requests before one exists.
+_WIDEST_AUDIENCE_ID = 10**18
 
 
-@dataclass(frozen=True)
-class FlushPlan:
-    """The patches a flush sends, in numbers: adds, removes, requests, and the MAIDs the DSP audience
-    will hold afterwards."""
-
-    adds: int
-    removes: int
-    requests: int
-    projected_size: int
-
-
-def plan_flush(queue: pl.DataFrame, delivered: pl.Series) -> FlushPlan:
-    """What flushing `queue` would send, given the `delivered` MAIDs (for a dry run)."""
+def flush_members(queue: pl.DataFrame, delivered: pl.Series) -> Members:
+    """The MAIDs DSP holds once `queue` is flushed, given the `delivered` MAIDs (the ledger's)."""
     work = pending(queue, delivered)
-    patches = [maid_patch(op, maid, 10**18) for maid, op in work.select("maid", "op").iter_rows()]
-    adds = work.filter(pl.col("op") == ADD).height
-    removes = work.height - adds
-    requests = sum(1 for _ in patch_batches(patches))
-    return FlushPlan(adds, removes, requests, delivered.len() + adds - removes)
+    removes = work.filter(pl.col("op") == REMOVE).get_column("maid")
+    adds = work.filter(pl.col("op") == ADD).get_column("maid")
+    maids = pl.concat([delivered.filter(~delivered.is_in(removes.implode())), adds])
+    frame = pl.DataFrame({USER_ID: maids.cast(pl.String)})
+    return Members(frame.with_columns(fingerprint(frame, [USER_ID]), payload=pl.lit(None, dtype=pl.String)))
 
 
 @dataclass(frozen=True)
-class FlushOutcome:
-    """What a flush did: patches confirmed (adds, removes), requests made, patches left queued, and
-    the error that stopped it, if any (Amazon's words, never our data)."""
+class DspTarget:
+    """Whose DSP audience the MAIDs go to: the advertiser, its profile (account name and marketplace
+    country code or id), and the audience as DSP shows it."""
 
-    adds: int
-    removes: int
-    requests: int
+    advertiser_id: int
+    profile_name: str
+    marketplace_profile_name: str
+    audience_id: str
+    audience_name: str
+
+
+def find_profile(profiles: Sequence[dict[str, Any]], profile_name: str, marketplace: str) -> dict[str, Any]:
+    """The profile named `profile_name` (`accountInfo.name`) in `marketplace` (country code or
+    marketplace id), among `GET /v2/profiles`; a `SettingProblem` names the setting that finds none."""
+    named = [p for p in profiles if p.get("accountInfo", {}).get("name") == profile_name]
+    if not named:
+        names = sorted({str(p.get("accountInfo", {}).get("name")) for p in profiles})
+        raise SettingProblem(
+            "profile_name",
+            f"no profile of these credentials is named {profile_name!r} "
+            f"(there are: {', '.join(names) or 'none'})",
+        )
+    for profile in named:
+        if marketplace.upper() in (
+            str(profile.get("countryCode")).upper(),
+            profile["accountInfo"].get("marketplaceStringId"),
+        ):
+            return profile
+    markets = sorted(str(p.get("countryCode")) for p in named)
+    raise SettingProblem(
+        "marketplace_profile_name",
+        f"{profile_name!r} has no profile for {marketplace!r} (it has: {', '.join(markets)})",
+    )
+
+
+class DspAdapter:
+    """MAID patches to one audience's DSP audience (see the module docstring).
+
+    `api` is None in a dry run. The profile is looked up and the DSP audience found or created
+    (`DspAudienceRecord`) on the first request, so a dry run or a stopped flush touches neither.
+    After `send`, `dsp` and `dsp_audience_id` say where the patches went.
+    """
+
+    noun = "patches"
+    request_errors = (AmazonAdsApiError, requests.RequestException)
+
+    def __init__(
+        self,
+        target: DspTarget,
+        record: DspAudienceRecord,
+        clock: Callable[[], float],
+        api: AdsApiClient | None = None,
+    ):
+        self.target, self.record, self.clock, self.api = target, record, clock, api
+        self.dsp: DspClient | None = None
+        self.dsp_audience_id: int | None = None
+
+    def items(self, changes: MembershipDiff, state: LedgerState) -> pl.DataFrame:
+        """One patch per MAID added or removed (a MAID never changes: it is the member)."""
+        return pl.concat(
+            [
+                changes.added.select(USER_ID, pl.lit(ADDED).alias(KIND), pl.lit(ADD).alias("op")),
+                changes.removed.select(USER_ID, pl.lit(REMOVED).alias(KIND), pl.lit(REMOVE).alias("op")),
+            ]
+        )
+
+    def requests(self, items: pl.DataFrame) -> int:
+        """See `patch_batches`."""
+        return sum(1 for _ in patch_batches(_patches(items, _WIDEST_AUDIENCE_ID)))
+
+    def send(self, items: pl.DataFrame) -> Iterator[Answer]:
+        """One PATCH per batch; Amazon confirms a request's patches all at once."""
+        if items.is_empty():
+            return
+        audience_id = self._connect()
+        numbers = items.get_column(ITEM).to_list()
+        done = 0
+        for batch in patch_batches(_patches(items, audience_id)):
+            retries = self.api.retries
+            self.dsp.patch_audiences(batch)
+            yield Answer(confirmed=numbers[done : done + len(batch)], retries=self.api.retries - retries)
+            done += len(batch)
+
+    def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:
+        """The MAID and its fingerprint; there is no payload."""
+        return confirmed
+
+    def _connect(self) -> int:
+        target = self.target
+        profile = find_profile(
+            self.api.request("GET", "/v2/profiles") or [],
+            target.profile_name,
+            target.marketplace_profile_name,
+        )
+        self.dsp = DspClient(self.api, int(profile["profileId"]))
+
+        def create() -> int:
+            return self.dsp.create_audience(
+                name=dsp_audience_name(target.audience_name),
+                description=f"audience_pipeline audience {target.audience_id}",
+                advertiser_id=target.advertiser_id,
+                external_audience_id=target.audience_id,
+                data_source_country=[str(profile["countryCode"])],
+            ).id
+
+        self.dsp_audience_id = self.record.audience_id(self.dsp, create, self.clock)
+        return self.dsp_audience_id
+
+
+def _patches(items: pl.DataFrame, audience_id: int) -> list[dict[str, Any]]:
+    return [maid_patch(op, maid, audience_id) for maid, op in items.select(USER_ID, "op").iter_rows()]
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """A flush's outcome and how many changes are left in the queue."""
+
+    outcome: Outcome
     left: int
-    ledger_version: int
-    error: str | None
-
-    @property
-    def patches_sent(self) -> int:
-        """Patches Amazon confirmed."""
-        return self.adds + self.removes
 
 
 def flush(
     queue: DspQueue,
     ledger: Ledger,
-    audience_id: int,
-    send: Callable[[list[dict[str, Any]]], Any],
+    adapter: DspAdapter,
     now: int,
-) -> FlushOutcome:
-    """Send the queue's pending changes to DSP audience `audience_id` with `send` (one PATCH request
-    each call), commit the confirmed ones to `ledger`, and save the queue without them, with `now`
-    (Unix seconds) as its last upload. Raises `LedgerConflict` when another run committed the ledger
-    meanwhile (nothing committed; the patches are re-sent next time, harmlessly)."""
-    state = ledger.load()
-    work = pending(queue.load().frame, state.frame.get_column("user_id"))
-    rows = work.select("maid", "op").rows()
-    confirmed: list[tuple[str, str]] = []
-    requests_made, error = 0, None
-    for batch in patch_batches([maid_patch(op, maid, audience_id) for maid, op in rows]):
-        requests_made += 1
-        try:
-            send(batch)
-        except (AmazonAdsApiError, requests.RequestException) as failure:
-            error = str(failure)
-            break
-        confirmed.extend(rows[len(confirmed) : len(confirmed) + len(batch)])
+    *,
+    dry_run: bool = False,
+    max_removal_share: float,
+) -> Flushed:
+    """Send the queue's pending changes through the core, and save the queue without what DSP
+    confirmed, with `now` (Unix seconds) as its last upload when anything was confirmed. A dry run
+    sends and writes nothing. Raises what `deliver` raises, after saving the queue."""
 
-    done = pl.DataFrame(confirmed, schema={"maid": pl.String, "op": pl.String}, orient="row")
-    adds = done.filter(pl.col("op") == ADD).select(user_id="maid")
-    removes = done.filter(pl.col("op") == REMOVE).select(user_id="maid")
-    state = ledger.commit(
-        state,
-        added=adds.with_columns(fingerprint(adds, ["user_id"]), payload=pl.lit(None, dtype=pl.String)),
-        removed=removes,
-    )
-    left = _save(queue, state.frame.get_column("user_id"), now if confirmed else None)
-    return FlushOutcome(adds.height, removes.height, requests_made, left, state.version, error)
+    def members(state: LedgerState) -> Members:
+        return flush_members(queue.load().frame, state.frame.get_column(USER_ID))
+
+    try:
+        outcome = deliver(ledger, members, adapter, dry_run=dry_run, max_removal_share=max_removal_share)
+    except DeliveryInterrupted as stopped:
+        _save(queue, stopped.outcome, now)
+        raise
+    if dry_run:
+        return Flushed(outcome, outcome.counts["added"] + outcome.counts["removed"])
+    return Flushed(outcome, _save(queue, outcome, now))
 
 
-def _save(queue: DspQueue, delivered: pl.Series, uploaded_at: int | None) -> int:
+def _save(queue: DspQueue, outcome: Outcome, now: int) -> int:
     """Drop what the ledger now holds from the queue (loaded afresh: the queue asset may have appended
     meanwhile), stamping the upload time; returns how many changes are left."""
+    delivered = outcome.ledger.frame.get_column(USER_ID)
+    uploaded_at = now if outcome.confirmed else None
     for _ in range(_SAVE_ATTEMPTS - 1):
         try:
             return _save_once(queue, delivered, uploaded_at)

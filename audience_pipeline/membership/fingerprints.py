@@ -1,4 +1,4 @@
-"""SHA-256 fingerprints of member identities and stable ids of outgoing messages, vectorized.
+"""SHA-256 fingerprints of member identities and the ids of outgoing messages, vectorized.
 
 Both hash a canonical encoding of several values: each value is written as its UTF-8 byte length,
 a colon and the value itself, and a null as a lone `-`. The length prefix means no value can be
@@ -45,26 +45,34 @@ def message_id(
     audience_id: str | int,
     user_id: pl.Expr,
     change: str,
+    epoch: str,
     version: int,
     fingerprint: pl.Expr,
 ) -> pl.Expr:
-    """Stable id (SHA-256 hex) of the message announcing `change` of each member at ledger `version`.
+    """Id (SHA-256 hex) of the message announcing `change` of each member at ledger `epoch` and `version`.
 
-    `version` is the ledger version the change was diffed against, and `fingerprint` the identities
-    the message carries (the new ones for an addition, the delivered ones for a removal). A
-    delivery re-run before the ledger moved on sends the very same ids, so consumers can drop the
-    duplicates; any other message, even the same change with other identities, gets another id.
+    `epoch` and `version` are those of the ledger the change was diffed against, and `fingerprint`
+    the identities the message carries (the new ones for an addition, the delivered ones for a
+    removal). A delivery re-run before the ledger moved on sends the very same ids, so consumers can
+    drop the duplicates; any other message, even the same change with other identities or from a
+    ledger started again after it was deleted (a new epoch), gets another id.
     """
     # The constant fields are encoded once in Python, in the same order as `message_id_of`.
     head = _encoded_scalar(destination) + _encoded_scalar(str(audience_id))
-    middle = _encoded_scalar(change) + _encoded_scalar(str(version))
+    middle = _encoded_scalar(change) + _encoded_scalar(epoch) + _encoded_scalar(str(version))
     canonical = pl.concat_str([pl.lit(head), _encoded(user_id), pl.lit(middle), _encoded(fingerprint)])
     return canonical.chash.sha2_256()
 
 
 def message_id_of(
-    destination: str, audience_id: str | int, user_id: str, change: str, version: int, fingerprint: str
+    destination: str,
+    audience_id: str | int,
+    user_id: str,
+    change: str,
+    epoch: str,
+    version: int,
+    fingerprint: str,
 ) -> str:
     """`message_id` for one message."""
-    fields = [destination, str(audience_id), user_id, change, str(version), fingerprint]
+    fields = [destination, str(audience_id), user_id, change, epoch, str(version), fingerprint]
     return hashlib.sha256("".join(_encoded_scalar(field) for field in fields).encode()).hexdigest()

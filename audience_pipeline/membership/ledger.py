@@ -14,6 +14,12 @@ only what the destination confirmed; whatever was not confirmed is still missing
 so the next diff finds it again. A crash between sending and committing leaves the ledger where it
 was, and the re-run sends the same changes with the same message ids.
 
+The file's metadata also keeps the ledger's epoch: a random id drawn when the ledger is created
+(`Ledger.start`, before anything is sent from it) and kept for its life. Message ids include it, so
+a ledger deleted and started again (the recovery for a lost ledger key or a damaged file) sends
+ids never seen before, while a re-run after a crash, which loads the same epoch, sends the same ones.
+Ledgers written before epochs existed have the empty epoch.
+
 Concurrency: ledgers of different audiences are different files and never touch each other. The
 pipeline runs one delivery per audience partition at a time, so two runs of the same ledger only
 meet when that is bypassed (a manual re-run next to a scheduled one); then the later commit fails
@@ -21,33 +27,40 @@ with `LedgerConflict` instead of overwriting the other run's commit. The check i
 write: S3 `If-Match`/`If-None-Match` on the revision loaded, or a lock file for a local folder.
 """
 
+import secrets
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import polars as pl
 
 from audience_pipeline.membership.diff import MEMBER_COLUMNS
-from audience_pipeline.membership.store import ParquetStore, RevisionConflict
+from audience_pipeline.membership.store import ParquetStore, RevisionConflict, UnreadableFile
 
 LEDGER_SCHEMA = pl.Schema(
     {"user_id": pl.String, "fingerprint": pl.String, "payload": pl.String, "version": pl.Int64}
 )
 _MEMBER_SCHEMA = {name: LEDGER_SCHEMA[name] for name in MEMBER_COLUMNS}
 _VERSION_KEY = "ledger_version"
+_EPOCH_KEY = "ledger_epoch"
 
 
 class LedgerConflict(RuntimeError):
     """Another run committed the same ledger after this one loaded it; load and diff again."""
 
 
+class LedgerDamaged(RuntimeError):
+    """A stored ledger cannot be read as one; the message names the file and how to recover."""
+
+
 @dataclass(frozen=True)
 class LedgerState:
-    """A ledger as loaded or committed: its members, its version (0 before the first commit) and
-    the store revision a commit must still find."""
+    """A ledger as loaded or committed: its members, its version (0 before the first commit), its
+    epoch (empty before `Ledger.start`) and the store revision a commit must still find."""
 
     frame: pl.DataFrame
     version: int
     revision: str | None
+    epoch: str = ""
 
 
 class Ledger:
@@ -58,13 +71,35 @@ class Ledger:
         self.key = ledger_key(destination, audience_id)
 
     def load(self) -> LedgerState:
-        """The stored ledger, or an empty one at version 0 when nothing was committed yet."""
-        stored = self.store.read_stored(self.key)
+        """The stored ledger, or an empty one at version 0 when nothing was committed yet.
+
+        Raises `LedgerDamaged` when the file is not Parquet, lacks the ledger's columns or its
+        version: a guess there could re-send or drop a destination's members."""
+        try:
+            stored = self.store.read_stored(self.key)
+        except UnreadableFile:
+            raise self._damaged("is not a readable Parquet file") from None
         if stored is None:
             return LedgerState(LEDGER_SCHEMA.to_frame(), 0, None)
-        return LedgerState(
-            stored.frame.cast(LEDGER_SCHEMA), int(stored.metadata[_VERSION_KEY]), stored.revision
-        )
+        version = stored.metadata.get(_VERSION_KEY, "")
+        if not version.isdigit():
+            raise self._damaged(f"has no ledger version in its metadata ({_VERSION_KEY})")
+        try:
+            frame = stored.frame.select(LEDGER_SCHEMA.names()).cast(LEDGER_SCHEMA)
+        except pl.exceptions.PolarsError:
+            columns = ", ".join(LEDGER_SCHEMA.names())
+            raise self._damaged(f"does not hold the ledger columns {columns}") from None
+        return LedgerState(frame, int(version), stored.revision, stored.metadata.get(_EPOCH_KEY, ""))
+
+    def start(self, state: LedgerState) -> LedgerState:
+        """The state to send from: `state` when the ledger is stored, else a new, empty ledger written
+        now with a fresh epoch, so that a re-run after a crash finds the epoch its ids were made with.
+        Raises `LedgerConflict` when another run created the ledger meanwhile."""
+        if state.revision is not None:
+            return state
+        epoch = secrets.token_hex(8)
+        frame = LEDGER_SCHEMA.to_frame()
+        return LedgerState(frame, 0, self._write(frame, state, 0, epoch), epoch)
 
     def commit(
         self,
@@ -104,16 +139,25 @@ class Ledger:
                 upserts.with_columns(version=pl.lit(version, dtype=pl.Int64)),
             ]
         )
+        return LedgerState(frame, version, self._write(frame, state, version, state.epoch), state.epoch)
+
+    def _write(self, frame: pl.DataFrame, loaded: LedgerState, version: int, epoch: str) -> str:
+        """Write `frame` as `version` while the file is still at `loaded`'s revision."""
+        metadata = {_VERSION_KEY: str(version), **({_EPOCH_KEY: epoch} if epoch else {})}
         try:
-            revision = self.store.write_if(
-                self.key, frame, state.revision, metadata={_VERSION_KEY: str(version)}
-            )
+            return self.store.write_if(self.key, frame, loaded.revision, metadata=metadata)
         except RevisionConflict:
             raise LedgerConflict(
                 f"Ledger {self.store.uri(self.key)} was committed by another run after this one loaded "
-                f"version {state.version}; nothing was recorded. Load it again and diff again."
+                f"version {loaded.version}; nothing was recorded. Load it again and diff again."
             ) from None
-        return LedgerState(frame, version, revision)
+
+    def _damaged(self, problem: str) -> LedgerDamaged:
+        return LedgerDamaged(
+            f"Ledger {self.store.uri(self.key)} {problem}; nothing was sent. Restore the file from a "
+            "backup of the state store, or delete it: the next run then sends every current member "
+            "again as an addition (members that left meanwhile stay at the destination)"
+        )
 
 
 def ledger_key(destination: str, audience_id: str | int) -> str:

@@ -41,6 +41,10 @@ class RevisionConflict(StoreError):
     """A conditional write found the file at another revision than the one the caller expected."""
 
 
+class UnreadableFile(StoreError):
+    """A stored file is there but is not Parquet (truncated, overwritten, not written by the pipeline)."""
+
+
 @dataclass(frozen=True)
 class StoredFrame:
     """A stored file: its rows, the metadata written with it, and the revision it is at."""
@@ -221,7 +225,9 @@ class ParquetStore:
             yield
         except StoreError:
             raise
-        except (OSError, ClientError, BotoCoreError, pl.exceptions.PolarsError) as error:
+        except pl.exceptions.PolarsError as error:
+            raise UnreadableFile(f"State store {self.root}: {action} {key} failed: {error}") from None
+        except (OSError, ClientError, BotoCoreError) as error:
             raise StoreError(f"State store {self.root}: {action} {key} failed: {error}") from None
 
 

@@ -61,22 +61,32 @@ def test_missing_columns_are_named():
 
 
 def ids(
-    change: str = "added", version: int = 3, fingerprint: str = "f1", destination: str = "firehose/s"
+    change: str = "added",
+    version: int = 3,
+    fingerprint: str = "f1",
+    destination: str = "firehose/s",
+    epoch: str = "e1",
 ) -> list:
     frame = pl.DataFrame({"user_id": ["u1", "u2"], "fingerprint": [fingerprint, fingerprint]})
-    expr = message_id(destination, 1001, pl.col("user_id"), change, version, pl.col("fingerprint"))
+    expr = message_id(destination, 1001, pl.col("user_id"), change, epoch, version, pl.col("fingerprint"))
     return frame.select(expr).to_series().to_list()
 
 
 def test_message_ids_are_stable_and_match_the_scalar_helper():
     assert ids() == ids()
-    assert ids()[0] == message_id_of("firehose/s", "1001", "u1", "added", 3, "f1")
+    assert ids()[0] == message_id_of("firehose/s", "1001", "u1", "added", "e1", 3, "f1")
     assert len(set(ids())) == 2
 
 
 @pytest.mark.parametrize(
     "other",
-    [{"change": "removed"}, {"version": 4}, {"fingerprint": "f2"}, {"destination": "firehose/t"}],
+    [
+        {"change": "removed"},
+        {"version": 4},
+        {"fingerprint": "f2"},
+        {"destination": "firehose/t"},
+        {"epoch": "e2"},
+    ],
 )
 def test_message_ids_differ_for_any_other_message(other):
     assert set(ids()).isdisjoint(ids(**other))

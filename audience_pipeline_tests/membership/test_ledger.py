@@ -1,6 +1,7 @@
 """Ledgers advance only with what the destination confirmed, and never lose a concurrent commit."""
 
 import threading
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,6 +14,7 @@ from audience_pipeline.membership import (
     ledger_key,
     message_id,
 )
+from audience_pipeline.membership.ledger import LedgerDamaged
 
 
 def members(*rows: tuple[str, str, str]) -> pl.DataFrame:
@@ -104,12 +106,24 @@ def outgoing_ids(ledger: Ledger, snapshot: pl.DataFrame) -> list[str]:
     ids = [
         changes.added.select(
             message_id(
-                "firehose/my_stream", 1001, pl.col("user_id"), "added", state.version, pl.col("fingerprint")
+                "firehose/my_stream",
+                1001,
+                pl.col("user_id"),
+                "added",
+                state.epoch,
+                state.version,
+                pl.col("fingerprint"),
             )
         ),
         changes.removed.select(
             message_id(
-                "firehose/my_stream", 1001, pl.col("user_id"), "removed", state.version, pl.col("fingerprint")
+                "firehose/my_stream",
+                1001,
+                pl.col("user_id"),
+                "removed",
+                state.epoch,
+                state.version,
+                pl.col("fingerprint"),
             )
         ),
     ]
@@ -132,6 +146,47 @@ def test_the_same_change_at_another_ledger_version_gets_another_id(ledger):
     state = ledger.commit(ledger.load(), added=snapshot)
     ledger.commit(state, removed=snapshot)
     assert outgoing_ids(ledger, snapshot) != first_add
+
+
+def test_a_ledger_started_again_after_a_reset_sends_ids_never_sent_before(ledger, store):
+    snapshot = members(("u1", "f1", "p1"))
+    started = ledger.start(ledger.load())
+    assert started.epoch and ledger.load().epoch == started.epoch
+    # A crash before the commit: the re-run loads the epoch the first ids were made with.
+    before_the_crash = outgoing_ids(ledger, snapshot)
+    assert outgoing_ids(ledger, snapshot) == before_the_crash
+    assert ledger.start(ledger.load()).revision == ledger.load().revision
+
+    store.delete(ledger.key)  # the documented recovery for a lost ledger key
+    ledger.start(ledger.load())
+
+    assert set(outgoing_ids(ledger, snapshot)).isdisjoint(before_the_crash)
+
+
+def test_commits_keep_the_epoch(ledger):
+    started = ledger.start(ledger.load())
+    committed = ledger.commit(started, added=members(("u1", "f1", "p1")))
+    assert ledger.load().epoch == committed.epoch == started.epoch
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda path: path.write_bytes(b"not parquet"), "is not a readable Parquet file"),
+        (lambda path: pl.DataFrame({"user_id": ["u1"]}).write_parquet(path), "has no ledger version"),
+    ],
+)
+def test_a_damaged_ledger_names_its_file_and_the_way_back(ledger, store, damage, problem):
+    path = store.uri(ledger.key)
+    Path(path).parent.mkdir(parents=True)
+    damage(Path(path))
+
+    with pytest.raises(LedgerDamaged) as error:
+        ledger.load()
+
+    message = str(error.value)
+    assert message.startswith(f"Ledger {path} {problem}") and "\n" not in message
+    assert "Restore the file from a backup of the state store, or delete it" in message
 
 
 def test_a_commit_on_a_ledger_that_moved_on_raises_a_conflict(ledger):

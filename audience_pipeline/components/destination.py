@@ -1,0 +1,249 @@
+"""What every membership destination component shares, written once.
+
+A destination component is its settings and an adapter of the delivery core
+(`audience_pipeline.membership.delivery`). This base gives it the rest: the audiences it takes
+(partitions of `audience_snapshot`, routed by its `audiences` setting), the mass-removal guard's
+setting, the run config (`dry_run`, `allow_mass_removal`), the asset, job and check wiring, the
+metadata, and the one place where errors become a `dg.Failure`: a one-line message naming the
+setting to change or quoting the destination, never a stack trace of ours.
+"""
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import dagster as dg
+import requests
+from botocore.exceptions import BotoCoreError
+from pydantic import Field, field_validator
+
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.components.audiences import (
+    SNAPSHOT_ASSET_KEY,
+    Audience,
+    AudiencesComponent,
+    check_audience_ids,
+    find_audiences,
+)
+from audience_pipeline.components.ui import OWNERS
+from audience_pipeline.membership.delivery import (
+    DEFAULT_MAX_REMOVAL_SHARE,
+    DeliveryInterrupted,
+    DestinationProblem,
+    MassRemoval,
+    Outcome,
+    SettingProblem,
+)
+from audience_pipeline.membership.dsp_queue import QueueConflict
+from audience_pipeline.membership.ledger import LedgerConflict, LedgerDamaged
+from audience_pipeline.membership.payload_crypto import LedgerKeyError
+from audience_pipeline.membership.store import StoreError
+
+# Errors whose message already names the file, variable or record and what to do.
+_SELF_EXPLAINED = (
+    LedgerKeyError,
+    LedgerConflict,
+    LedgerDamaged,
+    QueueConflict,
+    StoreError,
+    DestinationProblem,
+)
+# Errors of calls made around a delivery (finding a dataset, reading match rates).
+_CALL_ERRORS = (AmazonAdsApiError, requests.RequestException, BotoCoreError)
+
+Step = Callable[[dg.AssetExecutionContext, "DeliveryRunConfig", Audience], dict[str, Any]]
+
+
+class DeliveryRunConfig(dg.Config):
+    """Run configuration of every destination asset."""
+
+    dry_run: bool = Field(
+        default=False,
+        description="Compute and report the changes and requests without sending, writing or committing.",
+    )
+    allow_mass_removal: bool = Field(
+        default=False,
+        description="Deliver even when the run removes more of an audience than `max_removal_share` allows.",
+    )
+
+
+class DestinationComponent(dg.Component, dg.Model, dg.Resolvable):
+    """The settings and wiring every membership destination has; see the module docstring.
+
+    A subclass names its `kind` (`Firehose`, `DSP`, ...), its `label` (the kind and which stream,
+    account or advertiser), `asset_key` and `job_description`, and builds its assets with
+    `delivery_asset`.
+    """
+
+    kind: ClassVar[str]
+
+    audiences: list[int | str] = Field(
+        min_length=1,
+        description="Ids of the audiences (of the audiences component) sent to this destination.",
+    )
+    max_removal_share: float = Field(
+        default=DEFAULT_MAX_REMOVAL_SHARE,
+        gt=0,
+        le=1,
+        description="A run that would remove more than this share of an audience's delivered members "
+        "stops before sending anything (1.0: never stop).",
+    )
+
+    @field_validator("audiences")
+    @classmethod
+    def _check_unique(cls, value: list[int | str]) -> list[int | str]:
+        return check_audience_ids(value)
+
+    @property
+    def label(self) -> str:
+        """The destination in messages, e.g. `Firehose audience-changes`."""
+        raise NotImplementedError
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        """The delivery asset's key; its job is named after it."""
+        raise NotImplementedError
+
+    @property
+    def job_description(self) -> str:
+        """What the destination's job does, for the UI."""
+        raise NotImplementedError
+
+    def build_assets(self, audiences: AudiencesComponent) -> list[dg.AssetsDefinition]:
+        """The destination's assets over `audiences`."""
+        raise NotImplementedError
+
+    def build_sensors(self) -> list[dg.SensorDefinition]:
+        """The destination's sensors; none by default."""
+        return []
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        """The destination's assets over the project's audiences, a job materializing them, its sensors."""
+        assets = self.build_assets(find_audiences(context))
+        job = dg.define_asset_job(
+            f"{self.asset_key.to_python_identifier()}_delivery",
+            selection=[key for asset in assets for key in asset.keys],
+            description=self.job_description,
+        )
+        return dg.Definitions(assets=assets, jobs=[job], sensors=self.build_sensors())
+
+    def delivery_asset(
+        self,
+        audiences: AudiencesComponent,
+        key: dg.AssetKey,
+        step: Step,
+        *,
+        description: str,
+        kinds: set[str],
+        resources: set[str],
+        group_name: str = "deliver",
+        upstream: dg.AssetKey = SNAPSHOT_ASSET_KEY,
+        eager: bool = True,
+        pool: str | None = None,
+        check_specs: Sequence[dg.AssetCheckSpec] = (),
+    ) -> dg.AssetsDefinition:
+        """An asset partitioned like `audiences`' snapshot, downstream of `upstream`, that runs `step`
+        for each audience this destination takes (others produce nothing) and records the metadata it
+        returns; unknown audience ids fail here. `eager`: materialized whenever `upstream` changes."""
+        routed = audiences.routed(self.audiences, self.label)
+        spec = dg.AssetSpec(
+            key,
+            deps=[upstream],
+            automation_condition=dg.AutomationCondition.eager() if eager else None,
+            group_name=group_name,
+            kinds=kinds,
+            owners=OWNERS,
+            description=description,
+        )
+
+        # Partitions are shared with the snapshot (one run materializes both); an audience not
+        # routed here is a partition that produces nothing and evaluates no check, hence
+        # subsettable outputs: a plain asset must yield every check it declares.
+        @dg.multi_asset(
+            specs=[spec],
+            check_specs=list(check_specs),
+            partitions_def=audiences.partitions_def,
+            can_subset=True,
+            name=spec.key.to_python_identifier(),
+            pool=pool,
+            required_resource_keys={"state_store", *resources},
+        )
+        def destination_asset(context: dg.AssetExecutionContext, config: DeliveryRunConfig):
+            if context.partition_key not in routed:
+                context.log.info(f"audience {context.partition_key} is not delivered to {self.label}")
+                return
+            audience = audiences.audience(context.partition_key)
+            with self.failures(audience):
+                metadata = step(context, config, audience)
+            context.log.info(f"audience {audience.partition_key} to {self.label}: {metadata}")
+            yield dg.MaterializeResult(asset_key=spec.key, metadata=_metadata_values(metadata))
+            if context.selected_asset_check_keys:
+                yield from self.checks(metadata)
+
+        return destination_asset
+
+    def checks(self, metadata: Mapping[str, Any]) -> Iterator[dg.AssetCheckResult]:
+        """The results of the asset's checks, from its metadata; none by default."""
+        yield from ()
+
+    def max_share(self, config: DeliveryRunConfig) -> float:
+        """The share of an audience's delivered members a run may remove."""
+        return 1.0 if config.allow_mass_removal else self.max_removal_share
+
+    def report(
+        self, context: dg.AssetExecutionContext, outcome: Outcome, config: DeliveryRunConfig, **extra: Any
+    ) -> dict[str, Any]:
+        """A delivery's metadata: the core's one metrics shape and the destination's `extra`.
+
+        Items still failing after every retry fail the run, after their confirmed neighbours were
+        committed."""
+        metadata = {**outcome.metadata(), **extra}
+        if outcome.dry_run:
+            context.log.info("dry run, nothing sent or committed")
+            if outcome.removal_share > self.max_share(config):
+                context.log.warning(
+                    f"a real run would stop: it removes {outcome.removal_share:.0%} of the delivered "
+                    f"members, over the {self.max_share(config):.0%} `max_removal_share` allows"
+                )
+        if outcome.rejected:
+            context.log.warning(
+                f"{outcome.rejected} {outcome.noun} were refused ({outcome.rejects}); their changes stay "
+                "pending and are sent again on the next run"
+            )
+        if outcome.failed:
+            raise dg.Failure(
+                f"Retry Limit Exceeded: {outcome.failed} {outcome.noun} were not delivered to {self.label} "
+                "after every retry; their changes stay pending for the next run",
+                metadata=_metadata_values(metadata),
+            )
+        return metadata
+
+    @contextmanager
+    def failures(self, audience: Audience) -> Iterator[None]:
+        """The one mapping of a delivery's errors to a one-line `dg.Failure`, raised `from None`."""
+        where = f"{self.label}, audience {audience.partition_key}"
+        try:
+            yield
+        except SettingProblem as error:
+            raise dg.Failure(f"{self.kind} setting `{error.setting}`: {error}; nothing was sent") from None
+        except MassRemoval as error:
+            raise dg.Failure(f"{where}: {error}", metadata=error.counts) from None
+        except DeliveryInterrupted as error:
+            outcome = error.outcome
+            raise dg.Failure(
+                f"{self.label} refused the delivery ({error.__cause__}) of audience "
+                f"{audience.partition_key}; the {outcome.confirmed} {outcome.noun} it confirmed before "
+                "are committed, the rest are sent again on the next run",
+                metadata=_metadata_values(outcome.metadata()),
+            ) from None
+        except _SELF_EXPLAINED as error:
+            raise dg.Failure(str(error)) from None
+        except _CALL_ERRORS as error:
+            raise dg.Failure(
+                f"{self.label} call failed for audience {audience.partition_key}: {error}"
+            ) from None
+
+
+def _metadata_values(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata as Dagster records it: maps (rejects by reason) as JSON, the rest as they are."""
+    return {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in metadata.items()}

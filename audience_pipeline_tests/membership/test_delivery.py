@@ -1,0 +1,177 @@
+"""The delivery core with a fake adapter: no Dagster, no HTTP."""
+
+from collections.abc import Iterator
+
+import polars as pl
+import pytest
+
+from audience_pipeline.membership import Ledger, ParquetStore
+from audience_pipeline.membership.delivery import (
+    ITEM,
+    KIND,
+    REJECT,
+    USER_ID,
+    Answer,
+    DeliveryInterrupted,
+    MassRemoval,
+    Members,
+    deliver,
+)
+
+
+class Refused(Exception):
+    """The fake destination's failed request."""
+
+
+class FakeAdapter:
+    """One item per change (two for an identity change); the destination refuses `refuse`, fails
+    `fail` and raises on the request holding `broken`; `too_big` can never be sent."""
+
+    noun = "things"
+    request_errors = (Refused,)
+
+    def __init__(self, refuse=(), fail=(), broken=None, too_big=(), per_request=2):
+        self.refuse, self.fail, self.broken, self.too_big = set(refuse), set(fail), broken, set(too_big)
+        self.per_request = per_request
+        self.sent: list[str] = []
+
+    def items(self, changes, state) -> pl.DataFrame:
+        parts = [changes.added.select(USER_ID, pl.lit("added").alias(KIND))]
+        parts.append(changes.removed.select(USER_ID, pl.lit("removed").alias(KIND)))
+        parts += [changes.changed.select(USER_ID, pl.lit("changed").alias(KIND))] * 2
+        items = pl.concat(parts)
+        return items.with_columns(
+            pl.when(pl.col(USER_ID).is_in(list(self.too_big))).then(pl.lit("too big")).alias(REJECT)
+        )
+
+    def requests(self, items: pl.DataFrame) -> int:
+        return -(-items.height // self.per_request)
+
+    def send(self, items: pl.DataFrame) -> Iterator[Answer]:
+        for chunk in items.iter_slices(self.per_request):
+            users = chunk[USER_ID].to_list()
+            if self.broken in users:
+                raise Refused("503 from the fake")
+            self.sent += users
+            numbers = dict(zip(chunk[ITEM].to_list(), users, strict=True))
+            yield Answer(
+                confirmed=[n for n, u in numbers.items() if u not in self.refuse | self.fail],
+                rejected={n: "refused" for n, u in numbers.items() if u in self.refuse},
+                failed=[n for n, u in numbers.items() if u in self.fail],
+                retries=1,
+            )
+
+    def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:
+        return confirmed.with_columns(pl.col("payload").str.to_uppercase())
+
+
+def members(*users: str, version: str = "") -> Members:
+    frame = pl.DataFrame(
+        {USER_ID: list(users), "fingerprint": [u + version for u in users], "payload": users}
+    )
+    return Members(frame.cast(pl.String), skipped=1)
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    return Ledger(ParquetStore(str(tmp_path)), "fake/destination", 7)
+
+
+def run(ledger, audience: Members, adapter=None, **options):
+    return deliver(ledger, lambda state: audience, adapter or FakeAdapter(), **options)
+
+
+def held(ledger) -> list[tuple[str, str]]:
+    return sorted(ledger.load().frame.select(USER_ID, "payload").rows())
+
+
+def test_only_what_the_destination_confirmed_is_committed_in_one_metrics_shape(ledger):
+    adapter = FakeAdapter(refuse={"u2"}, fail={"u3"}, too_big={"u4"})
+
+    outcome = run(ledger, members("u1", "u2", "u3", "u4", "u5"), adapter)
+
+    assert held(ledger) == [("u1", "U1"), ("u5", "U5")]  # stored as the adapter keeps them
+    assert "u4" not in adapter.sent
+    assert outcome.metadata() | {"seconds": 0} == {
+        "dry_run": False,
+        "added": 5,
+        "removed": 0,
+        "identity_changed": 0,
+        "skipped": 1,
+        "planned": 5,
+        "requests": 2,
+        "sent": 3,
+        "confirmed": 2,
+        "rejected": 2,
+        "rejects": {"refused": 1, "too big": 1},
+        "failed": 1,
+        "retries": 2,
+        "removal_share": 0.0,
+        "ledger_version": 1,
+        "seconds": 0,
+    }
+    # What was not confirmed is found again.
+    assert run(ledger, members("u1", "u2", "u3", "u4", "u5"), FakeAdapter()).counts["added"] == 3
+
+
+def test_a_change_is_committed_only_when_all_its_items_were_confirmed(ledger):
+    run(ledger, members("u1", "u2"))
+    adapter = FakeAdapter(fail={"u2"}, per_request=1)
+
+    outcome = run(ledger, members("u1", "u2", version="-new"), adapter)
+
+    assert outcome.counts["identity_changed"] == 2 and outcome.counts["planned"] == 4
+    assert ledger.load().frame.filter(pl.col(USER_ID) == "u2")["fingerprint"].item() == "u2"
+    assert ledger.load().frame.filter(pl.col(USER_ID) == "u1")["fingerprint"].item() == "u1-new"
+
+
+def test_a_dry_run_counts_and_neither_sends_nor_writes(ledger):
+    adapter = FakeAdapter(too_big={"u3"})
+
+    outcome = run(ledger, members("u1", "u2", "u3"), adapter, dry_run=True)
+
+    assert (outcome.dry_run, outcome.counts["planned"], outcome.requests, outcome.rejected) == (True, 3, 1, 1)
+    assert adapter.sent == [] and ledger.store.read(ledger.key) is None
+
+
+def test_a_failed_request_commits_what_came_before_and_says_so(ledger):
+    adapter = FakeAdapter(broken="u3")
+
+    with pytest.raises(DeliveryInterrupted) as stopped:
+        run(ledger, members("u1", "u2", "u3", "u4"), adapter)
+
+    assert isinstance(stopped.value.__cause__, Refused)
+    assert (stopped.value.outcome.confirmed, stopped.value.outcome.ledger.version) == (2, 1)
+    assert held(ledger) == [("u1", "U1"), ("u2", "U2")]
+
+
+def test_the_guard_stops_a_mass_removal_before_sending_unless_allowed(ledger):
+    run(ledger, members("u1", "u2", "u3", "u4"))
+    adapter = FakeAdapter()
+
+    with pytest.raises(MassRemoval) as stopped:
+        run(ledger, members("u1"), adapter)  # three of four would go: 75 %
+
+    assert adapter.sent == [] and ledger.load().version == 1
+    counts = stopped.value.counts
+    assert (counts["removed"], counts["held"], counts["removal_share"]) == (3, 4, 0.75)
+    assert "`allow_mass_removal: true`" in str(stopped.value)
+    # An audience that suddenly returns nothing is the same, and never silent.
+    with pytest.raises(MassRemoval):
+        run(ledger, members())
+    # Half is allowed by default; the whole audience only on request.
+    assert run(ledger, members("u1", "u2"), adapter).counts["removed"] == 2
+    assert run(ledger, members(), adapter, max_removal_share=1.0).ledger.frame.is_empty()
+
+
+def test_the_first_delivery_of_an_audience_is_never_stopped(ledger):
+    assert run(ledger, members(), max_removal_share=0.01).ledger.version == 0
+
+
+def test_the_epoch_is_written_before_the_first_send(ledger):
+    adapter = FakeAdapter(broken="u1")
+    with pytest.raises(DeliveryInterrupted):
+        run(ledger, members("u1"), adapter)
+    epoch = ledger.load().epoch
+    assert epoch
+    assert run(ledger, members("u1")).ledger.epoch == epoch
