@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from audience_pipeline.clients import ads_api
 from audience_pipeline.clients.ads_api import AdsApiClient
+from audience_pipeline.defs.resources import resources
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
@@ -73,6 +74,12 @@ def amazon_ads_resource() -> AmazonAdsApi:
         base_url=os.environ["AMAZON_ADS_API_URL"],
         token_url=os.environ["AMAZON_ADS_TOKEN_URL"],
     )
+
+
+def wired_resources(*keys: str) -> dict[str, dg.ConfigurableResource]:
+    """The resources named, wired by `defs/resources.py` itself from the current environment."""
+    wired = resources().resources
+    return {key: wired[key] for key in keys}
 
 
 def add_fault(url: str, **rule) -> None:

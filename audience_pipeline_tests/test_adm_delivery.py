@@ -216,7 +216,8 @@ def test_throttling_and_server_errors_lose_nothing(pipeline, sandbox):
     result = pipeline.metadata(run)
 
     assert result["retries"] >= 2 and result["rejected"] == 0
-    assert [c.passed for c in run.get_asset_check_evaluations()] == [True]
+    # Recorded for the audience (partition) delivered, as the UI reads it.
+    assert [(c.passed, c.partition) for c in run.get_asset_check_evaluations()] == [(True, "7")]
     assert sorted(pipeline.held()) == ["u1", "u2", "u3", "u4"]
     assert sorted(pipeline.ledger()["user_id"]) == ["u1", "u2", "u3", "u4"]
 
@@ -247,7 +248,7 @@ def test_a_refused_member_is_a_reject_while_the_rest_advance(pipeline, sandbox):
     assert "not-a-hash" not in reason
     # The UI shows the refusal as a failing check (a warning) that carries Amazon's own reason.
     [check] = run.get_asset_check_evaluations()
-    assert check.check_name == "members_accepted" and not check.passed
+    assert check.check_name == "members_accepted" and not check.passed and check.partition == "7"
     assert check.severity == dg.AssetCheckSeverity.WARN
     assert check.description == f"Amazon refused 1 member(s): {reason} (1)"
     ledger = pipeline.ledger().sort("user_id")

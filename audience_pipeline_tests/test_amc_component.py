@@ -24,7 +24,7 @@ from audience_pipeline.components.amc_status import AUDIENCE_SIZE_CHECK, JOB_CHE
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.sandbox.aws import create_amc_bucket
 
-from .conftest import add_fault, amazon_ads_resource, journal
+from .conftest import add_fault, amazon_ads_resource, journal, wired_resources
 
 INSTANCE = "amcsandbox01"
 BUCKET = "amc-test-uploads"
@@ -102,6 +102,7 @@ class Amc:
         self.resources = {
             "source": DuckDBSource(database=str(self.source_path)),
             "amazon_ads": amazon_ads_resource(),
+            **wired_resources("s3"),
         }
         self.defs = dg.Definitions.merge(
             dg.build_defs_for_component(self.component), dg.Definitions(resources=self.resources)
@@ -119,7 +120,9 @@ class Amc:
     def tick(self):
         sensor = self.defs.resolve_sensor_def(f"amc_{INSTANCE}_job_status")
         context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"amazon_ads": self.resources["amazon_ads"]}
+            instance=self.instance,
+            cursor=self.cursor,
+            resources={key: self.resources[key] for key in ("amazon_ads", "s3")},
         )
         result = sensor.evaluate_tick(context)
         self.cursor = result.cursor

@@ -61,7 +61,7 @@ def test_demo_json_reports_every_audience_and_leaves_dagster_home_alone(demo_run
 
 def test_demo_prints_a_summary_of_every_destination_for_people(demo_run: DemoRun, monkeypatch):
     # The demo's one run, printed the way people read it.
-    monkeypatch.setattr("audience_pipeline.demo.run_demo", lambda *args, **kwargs: demo_run.report)
+    monkeypatch.setattr("audience_pipeline.cli.demo.run_demo", lambda *args, **kwargs: demo_run.report)
 
     result = CliRunner().invoke(main, ["demo", "--profiles", "300"])
 

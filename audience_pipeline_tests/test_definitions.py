@@ -99,6 +99,16 @@ def test_resources_are_located_by_environment_variables(monkeypatch, tmp_path):
     assert resources["state_store"].root == str(tmp_path / "state")
 
 
+def test_aws_is_wired_once_pointing_where_aws_endpoint_url_says(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+
+    resources = defs().resources
+
+    assert resources["s3"].endpoint_url == resources["firehose"].endpoint_url == "http://127.0.0.1:4566"
+    # The ledger key stays a reference to the variable until a run needs it.
+    assert resources["ledger_cipher"].key == dg.EnvVar("AUDIENCE_PIPELINE_LEDGER_KEY")
+
+
 def test_the_ads_api_region_comes_from_the_environment_and_is_checked(monkeypatch):
     monkeypatch.setenv("AMAZON_ADS_REGION", "EU")
     assert defs().resources["amazon_ads"].region == "EU"
@@ -131,3 +141,56 @@ def test_dg_check_defs_passes(tmp_path):
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+AUDIENCES = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]
+DSP_QUEUE = dg.AssetKey(["dsp", "advertiser_5551234567890"])
+DSP_FLUSH = dg.AssetKey([*DSP_QUEUE.path, "flush"])
+
+
+def _membership_destinations(graph) -> dict[dg.AssetKey, tuple[dg.AssetKey, list[str]]]:
+    """Each membership destination asset of the example: its upstream and the audiences routed to it
+    (as the YAML under defs/ routes them)."""
+    [adm] = [key for key in graph.get_all_asset_keys() if key.path[0] == "ads_data_manager"]
+    return {
+        dg.AssetKey(["firehose", "audience_changes"]): (SNAPSHOT_ASSET_KEY, AUDIENCES),
+        adm: (SNAPSHOT_ASSET_KEY, AUDIENCES),
+        DSP_QUEUE: (SNAPSHOT_ASSET_KEY, ["app_users_90d"]),
+        DSP_FLUSH: (DSP_QUEUE, ["app_users_90d"]),
+    }
+
+
+def test_each_destination_has_a_partition_per_routed_audience_mapped_to_the_same_upstream_partition():
+    graph = defs().resolve_asset_graph()
+
+    for key, (upstream, routed) in _membership_destinations(graph).items():
+        assert graph.get(key).partitions_def.get_partition_keys() == routed, key
+        for audience in graph.get(upstream).partitions_def.get_partition_keys():
+            children = graph.get_child_partition_keys_of_parent(audience, upstream, key)
+            assert list(children) == ([audience] if audience in routed else []), (key, audience)
+        for audience in routed:
+            parents = graph.get_parent_partition_keys_for_child(audience, upstream, key)
+            assert list(parents.partitions_subset.get_partition_keys()) == [audience]
+            assert not parents.required_but_nonexistent_subset.get_partition_keys()
+        # Each check result is recorded for the audience its run delivered.
+        for check_key in graph.get_check_keys_for_assets({key}):
+            assert graph.get(check_key).partitions_def == graph.get(key).partitions_def, check_key
+
+
+def test_eager_automation_delivers_a_new_snapshot_partition_to_the_destinations_routed_it_only():
+    definitions = defs()
+    destinations = _membership_destinations(definitions.resolve_asset_graph())
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=definitions, instance=instance)
+        for audience in ("1001", "app_users_90d"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(SNAPSHOT_ASSET_KEY, partition=audience)
+            )
+        result = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=first.cursor)
+
+    requested = {key: result.get_requested_partitions(key) for key in destinations}
+    assert {key: routed for key, routed in requested.items() if key.path[0] != "dsp"} == dict.fromkeys(
+        [key for key in destinations if key.path[0] != "dsp"], {"1001", "app_users_90d"}
+    )
+    # The DSP queue takes only its audience; the flush waits for its sensor.
+    assert (requested[DSP_QUEUE], requested[DSP_FLUSH]) == ({"app_users_90d"}, set())

@@ -11,9 +11,9 @@ from audience_pipeline.clients.firehose import (
     FirehoseSendError,
     FirehoseStreamError,
     check_stream,
-    firehose_client,
     send_records,
 )
+from audience_pipeline.resources.aws import FirehoseResource
 
 from .conftest import add_fault, journal
 from .sandbox.test_aws_firehose import (
@@ -37,7 +37,12 @@ def s3(sandbox):
 
 @pytest.fixture
 def firehose(sandbox):
-    return firehose_client(endpoint_url=sandbox.aws_url, access_key_id="sandbox", secret_access_key="sandbox")
+    return FirehoseResource(
+        region_name="us-east-1",
+        endpoint_url=sandbox.aws_url,
+        aws_access_key_id="sandbox",
+        aws_secret_access_key="sandbox",
+    ).get_client()
 
 
 def delivered_ids(s3) -> collections.Counter:
@@ -138,7 +143,9 @@ def test_a_stream_fed_by_a_kinesis_stream_fails_the_check(sandbox, s3, firehose)
 @pytest.mark.parametrize("status", ["CREATING", "DELETING", "CREATING_FAILED"])
 def test_a_stream_that_is_not_active_fails_the_check(status):
     # moto makes every stream ACTIVE at once, so DescribeDeliveryStream's answer is stubbed.
-    client = firehose_client(access_key_id="stub", secret_access_key="stub")
+    client = FirehoseResource(
+        region_name="us-east-1", aws_access_key_id="stub", aws_secret_access_key="stub"
+    ).get_client()
     description = {
         "DeliveryStreamName": STREAM,
         "DeliveryStreamARN": STREAM_ARN,
@@ -185,9 +192,12 @@ def test_a_policy_allowing_batches_keeps_batches(sandbox, s3):
 
 def test_a_policy_denying_both_puts_raises_naming_put_record(sandbox, s3):
     set_policy(sandbox, "describe-only", statement("Allow", "DescribeDeliveryStream"))
-    client = firehose_client(
-        endpoint_url=sandbox.aws_url, access_key_id="describe-only", secret_access_key="x"
-    )
+    client = FirehoseResource(
+        region_name="us-east-1",
+        endpoint_url=sandbox.aws_url,
+        aws_access_key_id="describe-only",
+        aws_secret_access_key="x",
+    ).get_client()
     with pytest.raises(FirehoseSendError, match="firehose:PutRecord on resource") as error:
         send_records(client, STREAM, [message(0), message(1)], sleep=lambda s: None)
     assert error.value.code == "AccessDeniedException"

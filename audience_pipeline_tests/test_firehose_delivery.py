@@ -2,6 +2,7 @@
 
 import functools
 import json
+import types
 
 import dagster as dg
 import duckdb
@@ -14,11 +15,13 @@ from audience_pipeline.components import firehose as firehose_module
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.components.firehose import FirehoseComponent
 from audience_pipeline.membership.ledger import Ledger, ledger_key
+from audience_pipeline.resources.aws import FirehoseResource
 from audience_pipeline.resources.duckdb_source import DuckDBSource
+from audience_pipeline.resources.ledger_cipher import LedgerCipher
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
 
-from .conftest import add_fault
+from .conftest import add_fault, wired_resources
 from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages
 
 PROFILES = [
@@ -75,6 +78,7 @@ class Pipeline:
             resources={
                 "source": DuckDBSource(database=str(self.source_path)),
                 "state_store": StateStore(root=str(self.state)),
+                **wired_resources("firehose", "ledger_cipher"),
             },
             run_config={"ops": {op: {"config": {"dry_run": dry_run, **config}}}},
             raise_on_error=raise_on_error,
@@ -263,8 +267,16 @@ def test_members_without_a_forwardable_identity_are_skipped(tmp_path, sandbox, e
     assert (result["added"], result["skipped"]) == (3, 1)
 
 
-def test_a_missing_ledger_key_names_the_variable_and_how_to_make_one(pipeline, monkeypatch):
+def test_a_missing_ledger_key_stops_the_run_naming_the_variable(pipeline, monkeypatch):
     monkeypatch.delenv("AUDIENCE_PIPELINE_LEDGER_KEY")
+    # The `ledger_cipher` resource's dg.EnvVar: Dagster refuses to start the run.
+    with pytest.raises(dg.DagsterInvalidConfigError, match="AUDIENCE_PIPELINE_LEDGER_KEY"):
+        pipeline.run(raise_on_error=False)
+    assert pipeline.ledger().is_empty()
+
+
+def test_a_malformed_ledger_key_names_the_variable_and_how_to_make_one(pipeline, monkeypatch):
+    monkeypatch.setenv("AUDIENCE_PIPELINE_LEDGER_KEY", "not-a-fernet-key")
     result = pipeline.run(raise_on_error=False)
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "AUDIENCE_PIPELINE_LEDGER_KEY" in message and "Fernet.generate_key()" in message
@@ -339,3 +351,59 @@ def test_a_damaged_ledger_fails_naming_the_file_and_the_way_back(pipeline):
     assert message.startswith(f"Ledger {path} is not a readable Parquet file; nothing was sent.")
     assert "delete it" in message and "\n" not in message
     assert error.cause is None
+
+
+class FakeFirehoseClient:
+    """Stands in for boto3's Firehose client: an ACTIVE Direct PUT stream that accepts every record."""
+
+    def __init__(self, received: list[dict]):
+        self.received = received
+        self.meta = types.SimpleNamespace(region_name="us-east-1")
+
+    def describe_delivery_stream(self, DeliveryStreamName):  # noqa: N803 (boto3's argument names)
+        return {
+            "DeliveryStreamDescription": {"DeliveryStreamStatus": "ACTIVE", "DeliveryStreamType": "DirectPut"}
+        }
+
+    def put_record_batch(self, DeliveryStreamName, Records):  # noqa: N803
+        self.received += [json.loads(record["Data"]) for record in Records]
+        return {"FailedPutCount": 0, "RequestResponses": [{"RecordId": "r"} for _ in Records]}
+
+
+def test_a_fake_firehose_resource_stands_in_for_aws_without_the_sandbox(tmp_path, monkeypatch):
+    """The `firehose` resource is the only door to AWS: a fake of it runs the delivery asset, no sandbox."""
+    received: list[dict] = []
+
+    class FakeFirehose(FirehoseResource):
+        def get_client(self, connection=None):
+            # The component still says how it reaches its stream, settings the fake may ignore.
+            assert connection.region_name == "us-east-1"
+            return FakeFirehoseClient(received)
+
+    source = tmp_path / "source.duckdb"
+    write_source(source, PROFILES)
+    audiences = AudiencesComponent(
+        audiences=[
+            Audience(
+                id=7, name="seven", external_name="Lucky Seven", sql="SELECT * FROM profiles WHERE member"
+            )
+        ],
+        country_code="US",
+    )
+    component = FirehoseComponent(delivery_stream_name=STREAM, audiences=[7])
+    result = dg.materialize(
+        [
+            dg.build_defs_for_component(audiences).get_assets_def(SNAPSHOT_ASSET_KEY),
+            component.build_asset(audiences),
+        ],
+        partition_key="7",
+        resources={
+            "source": DuckDBSource(database=str(source)),
+            "state_store": StateStore(root=str(tmp_path / "state")),
+            "firehose": FakeFirehose(),
+            "ledger_cipher": LedgerCipher(key=Fernet.generate_key().decode()),
+        },
+    )
+
+    assert metadata(result)["sent"] == 4
+    assert identity_sets(received, True) == as_json(ALICE, BOB, {"MPID": "m3"}, CAROL)

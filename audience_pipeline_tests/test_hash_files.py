@@ -6,7 +6,7 @@ import json
 import polars as pl
 import pytest
 
-from audience_pipeline.hash_files import HashFileError, hash_file
+from audience_pipeline.cli.hash_files import HashFileError, hash_file
 
 
 def sha(text: str) -> str:
@@ -107,7 +107,7 @@ def test_unreadable_inputs_and_bad_names(tmp_path):
 
 
 def test_large_file_streams_in_batches_with_file_wide_row_numbers(tmp_path, monkeypatch):
-    monkeypatch.setattr("audience_pipeline.hash_files.BATCH_ROWS", 1000)
+    monkeypatch.setattr("audience_pipeline.cli.hash_files.BATCH_ROWS", 1000)
     emails = [f"user{i}@example.com" if i % 1000 != 999 else "broken" for i in range(5000)]
     pl.DataFrame({"email": emails}).write_parquet(tmp_path / "in.parquet")
     summary = hash_file(

@@ -15,8 +15,8 @@ import requests
 from click.testing import CliRunner
 
 from audience_pipeline.cli import main
+from audience_pipeline.cli.env_file import read_env_file, set_env_value
 from audience_pipeline.clients.ads_api import AdsApiClient, AuthenticationError
-from audience_pipeline.env_file import read_env_file, set_env_value
 from audience_pipeline.sandbox.profiles import PROFILES
 
 REDIRECT_URI = "http://127.0.0.1:9/callback"

@@ -2,7 +2,12 @@ import duckdb
 import polars as pl
 import pytest
 
+from audience_pipeline.clients.adm import AdmClient
+from audience_pipeline.clients.amc import AmcClient
+from audience_pipeline.clients.dsp import DspClient
 from audience_pipeline.membership.store import StoreError
+from audience_pipeline.resources.amazon_ads import AmazonAdsApi
+from audience_pipeline.resources.aws import AwsConnection, FirehoseResource, S3Resource
 from audience_pipeline.resources.duckdb_source import DuckDBSource, SourceNotFoundError
 from audience_pipeline.resources.state_store import StateStore
 
@@ -89,3 +94,36 @@ def test_state_store_keeps_the_old_file_when_a_write_fails(tmp_path):
 
     assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
+
+
+def test_a_destinations_own_aws_keys_and_region_take_precedence_over_the_resources():
+    resource = S3Resource(region_name="eu-west-1", aws_access_key_id="RESOURCE", aws_secret_access_key="r")
+
+    own = resource.session(
+        AwsConnection(region_name="us-east-1", aws_access_key_id="OWN", aws_secret_access_key="o")
+    )
+    default = resource.session()
+
+    assert (own.region_name, own.get_credentials().access_key) == ("us-east-1", "OWN")
+    assert (default.region_name, default.get_credentials().access_key) == ("eu-west-1", "RESOURCE")
+
+
+def test_seed_style_bare_endpoints_become_https_urls():
+    client = FirehoseResource(region_name="us-east-1").get_client(
+        AwsConnection(endpoint_url="firehose.us-east-1.amazonaws.com")
+    )
+    assert client.meta.endpoint_url == "https://firehose.us-east-1.amazonaws.com"
+    # Firehose retries failed records itself, so botocore must not retry behind its back.
+    assert client.meta.config.retries["total_max_attempts"] == 1
+
+
+def test_the_amazon_ads_resource_hands_out_typed_clients_sharing_one_login():
+    ads = AmazonAdsApi(client_id="id", client_secret="secret", refresh_token="token")
+
+    amc = ads.amc("amc1", "ENTITY1", "ATVPDKIKX0DER")
+    adm = ads.adm("amzn1.ads-account.g.x", "adv-1")
+    dsp = ads.dsp(42)
+
+    assert (type(amc), type(adm), type(dsp)) == (AmcClient, AdmClient, DspClient)
+    assert amc.api is adm.api is dsp.api is ads.client()
+    assert ads.dsp(42, region="EU").api is not dsp.api

@@ -24,6 +24,39 @@ def list_profiles(api: AdsApiClient) -> list[dict[str, Any]]:
     return api.request("GET", "/v2/profiles") or []
 
 
+class ProfileNotFound(LookupError):
+    """No profile of the user matches the names asked for; `setting` is the name that matched none."""
+
+    def __init__(self, setting: str, problem: str):
+        self.setting = setting
+        super().__init__(problem)
+
+
+def find_profile(api: AdsApiClient, profile_name: str, marketplace: str) -> dict[str, Any]:
+    """The profile named `profile_name` (`accountInfo.name`) in `marketplace` (country code or
+    marketplace id), among `list_profiles`; `ProfileNotFound` says which name finds none."""
+    profiles = list_profiles(api)
+    named = [p for p in profiles if p.get("accountInfo", {}).get("name") == profile_name]
+    if not named:
+        names = sorted({str(p.get("accountInfo", {}).get("name")) for p in profiles})
+        raise ProfileNotFound(
+            "profile_name",
+            f"no profile of these credentials is named {profile_name!r} "
+            f"(there are: {', '.join(names) or 'none'})",
+        )
+    for profile in named:
+        if marketplace.upper() in (
+            str(profile.get("countryCode")).upper(),
+            profile["accountInfo"].get("marketplaceStringId"),
+        ):
+            return profile
+    markets = sorted(str(p.get("countryCode")) for p in named)
+    raise ProfileNotFound(
+        "marketplace_profile_name",
+        f"{profile_name!r} has no profile for {marketplace!r} (it has: {', '.join(markets)})",
+    )
+
+
 def list_manager_accounts(api: AdsApiClient) -> list[dict[str, Any]]:
     """Every manager account of the user, each with its `linkedAccounts`."""
     body = api.request("GET", "/managerAccounts", media_type=MANAGER_ACCOUNTS_MEDIA_TYPE) or {}

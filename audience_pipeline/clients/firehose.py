@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
@@ -91,26 +89,6 @@ class FirehoseStreamError(Exception):
     describable with these credentials. The message names the stream and what to change."""
 
 
-def firehose_client(
-    region: str = "us-east-1",
-    endpoint_url: str | None = None,
-    access_key_id: str | None = None,
-    secret_access_key: str | None = None,
-) -> Any:
-    """A boto3 Firehose client without botocore's own retries, so `send_records` sees every failure.
-
-    Without keys, boto3's default credential chain applies.
-    """
-    return boto3.client(
-        "firehose",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key,
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-    )
-
-
 def check_stream(
     client: Any,
     stream_name: str,
@@ -172,7 +150,8 @@ def send_records(
 ) -> SendResult:
     """Send `records` to `stream_name` in batches, retrying only what failed; see the module docstring.
 
-    `client` should not retry on its own (see `firehose_client`), or `retried` and `calls` undercount.
+    `client` should not retry on its own (see `resources.aws.FirehoseResource`), or `retried` and
+    `calls` undercount.
     Raises `FirehoseSendError` when AWS refuses a call for good (a missing stream, `PutRecord` denied).
     """
     result = SendResult()

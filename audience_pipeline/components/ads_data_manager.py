@@ -1,8 +1,8 @@
 """Amazon Ads Data Manager destination (Adobe's "Amazon Ads v2", seed 001): audiences as ADM datasets.
 
 One instance is one manager account; each routed audience is one ADM audience dataset, created on
-first use and found again by name afterwards. Its asset `ads_data_manager/<account>` is partitioned
-like `audience_snapshot` and runs (eager automation) whenever an audience's snapshot changes: the
+first use and found again by name afterwards. Its asset `ads_data_manager/<account>` has one partition
+per routed audience and runs (eager automation) whenever an audience's snapshot changes: the
 seed's streaming export.
 """
 
@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Literal
 import dagster as dg
 from pydantic import Field, field_validator
 
-from audience_pipeline.clients.adm import AdmClient
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
@@ -143,8 +142,8 @@ class AdsDataManagerComponent(DestinationComponent):
         return [self.build_asset(audiences)]
 
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
-        """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids and
-        audiences whose dataset names collide fail here."""
+        """The delivery asset, one partition per routed audience; unknown audience ids and audiences
+        whose dataset names collide fail here."""
         known = {a.partition_key: a for a in audiences.audiences}
         names: dict[str, str] = {}
         for key in sorted(audiences.routed(self.audiences, self.label)):
@@ -154,11 +153,6 @@ class AdsDataManagerComponent(DestinationComponent):
                     f"{self.label}: `audiences` {other} and {key} would share the dataset name "
                     f"{dataset_name(known[key])}; give one a different external_name"
                 )
-        check = dg.AssetCheckSpec(
-            MEMBERS_ACCEPTED_CHECK,
-            asset=self.asset_key,
-            description="Ads Data Manager accepted every member sent; a failure carries its reasons.",
-        )
         return self.delivery_asset(
             audiences,
             self.asset_key,
@@ -172,7 +166,10 @@ class AdsDataManagerComponent(DestinationComponent):
             kinds={"amazon", "adm"},
             resources={"amazon_ads"},
             pool="amazon_ads_api",
-            check_specs=[check],
+            checks={
+                MEMBERS_ACCEPTED_CHECK: "Ads Data Manager accepted every member sent; a failure carries "
+                "its reasons."
+            },
         )
 
     def _deliver(
@@ -181,10 +178,11 @@ class AdsDataManagerComponent(DestinationComponent):
         state_store = context.resources.state_store
         snapshot = read_snapshot(state_store, audience)
         name = dataset_name(audience)
-        adm = None
-        if not config.dry_run:
-            api = context.resources.amazon_ads.client()
-            adm = AdmClient(api, self.manager_account_id, self.advertiser_account_id)
+        adm = (
+            None
+            if config.dry_run
+            else context.resources.amazon_ads.adm(self.manager_account_id, self.advertiser_account_id)
+        )
         # The description names the audience by its immutable id, never by its internal name.
         description = f"audience_pipeline audience {audience.partition_key}"
         adapter = AdmAdapter(name, self.country_code, description, adm)

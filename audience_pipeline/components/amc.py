@@ -27,7 +27,6 @@ import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
 from audience_pipeline.amc.upload_files import S3Location, check_file_name_prefix, check_key_prefix
-from audience_pipeline.clients.s3 import AssumeRole, s3_client
 from audience_pipeline.components.amc_assets import AmcInstance
 from audience_pipeline.components.amc_audiences import RuleBasedAudience, build_audience_asset
 from audience_pipeline.components.amc_deletions import IdentityDeletion, build_deletion_asset
@@ -40,6 +39,7 @@ from audience_pipeline.components.aws_settings import (
     env_secret,
 )
 from audience_pipeline.components.ui import name_part
+from audience_pipeline.resources.aws import AwsConnection, S3Resource
 
 
 class S3Authentication(dg.Model, dg.Resolvable):
@@ -223,7 +223,7 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
             name=self.sensor_name,
             asset_keys=[t.asset_key for t in targets],
             amc=instance.amc_client,
-            s3=self.s3,
+            s3_client=self.s3,
             location=instance.location,
         )
         job = dg.define_asset_job(
@@ -234,22 +234,24 @@ class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
         )
         return dg.Definitions(assets=assets, schedules=schedules, sensors=[sensor], jobs=[job])
 
-    def s3(self) -> Any:
-        """An S3 client per `s3_endpoint`, `s3_region` and `authentication`."""
+    def s3(self, resource: S3Resource) -> Any:
+        """An S3 client from the `s3` resource, reaching the bucket as `s3_endpoint`, `s3_region` and
+        `authentication` say (secrets read from the variables they name)."""
         auth = self.authentication
-        role = None
+        role_arn = None
         if auth.method == "assume_role":
-            role = AssumeRole(
-                account_id=auth.account_id or "",
-                role_name=auth.role_name or "",
+            role_arn = f"arn:aws:iam::{auth.account_id}:role/{auth.role_name}"
+        return resource.get_client(
+            AwsConnection(
+                region_name=self.s3_region,
+                endpoint_url=self.s3_endpoint,
+                aws_access_key_id=env_secret("AMC", "authentication.access_key_id", auth.access_key_id),
+                aws_secret_access_key=env_secret(
+                    "AMC", "authentication.secret_access_key", auth.secret_access_key
+                ),
+                aws_session_token=env_secret("AMC", "authentication.session_token", auth.session_token),
+                role_arn=role_arn,
                 external_id=env_secret("AMC", "authentication.external_id", auth.external_id),
                 duration_seconds=auth.duration_seconds,
             )
-        return s3_client(
-            self.s3_region,
-            self.s3_endpoint,
-            access_key_id=env_secret("AMC", "authentication.access_key_id", auth.access_key_id),
-            secret_access_key=env_secret("AMC", "authentication.secret_access_key", auth.secret_access_key),
-            session_token=env_secret("AMC", "authentication.session_token", auth.session_token),
-            assume_role=role,
         )

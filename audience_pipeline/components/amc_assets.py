@@ -7,6 +7,7 @@ the job to the job status sensor (`amc_status`).
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -14,8 +15,8 @@ from pydantic import Field, field_validator
 
 from audience_pipeline.amc.jobs import AmcJob, JobOutcome, wait_for_job
 from audience_pipeline.amc.upload_files import S3Location
-from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
-from audience_pipeline.clients.amc import AmcClient, first_amc_account
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.clients.amc import AmcClient
 from audience_pipeline.components.amc_status import (
     CHECK_DESCRIPTIONS,
     JOB_CHECK,
@@ -28,6 +29,7 @@ from audience_pipeline.components.schedules import check_cron
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
+from audience_pipeline.resources.aws import S3Resource
 from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
 
 
@@ -41,8 +43,10 @@ class AmcRunConfig(dg.Config):
     )
 
 
-# What a target that reads the source does in a run: (context, config, source, amazon_ads) → events.
-QueryRun = Callable[[dg.AssetExecutionContext, AmcRunConfig, DuckDBSource, AmazonAdsApi], Iterator[Any]]
+# What a target that reads the source does in a run: (context, config, source, amazon_ads, s3) → events.
+QueryRun = Callable[
+    [dg.AssetExecutionContext, AmcRunConfig, DuckDBSource, AmazonAdsApi, S3Resource], Iterator[Any]
+]
 
 
 class AmcTarget(dg.Model, dg.Resolvable):
@@ -72,27 +76,16 @@ class AmcInstance:
     """Blank: the instance's first account."""
     marketplace_id: str
     location: S3Location
-    s3: Callable[[], Any]
-    """A new S3 client for `location`."""
+    s3: Callable[[S3Resource], Any]
+    """A new S3 client for `location`, from the `s3` resource and the component's S3 settings."""
     poll_interval_seconds: float
     wait_timeout_seconds: float
 
     def amc_client(self, amazon_ads: AmazonAdsApi) -> AmcClient:
         """A client of the instance; a blank `account_id` means the instance's first account."""
-        api = amazon_ads.client()
-        return AmcClient(
-            api,
-            self.instance_id,
-            self._account_id(api),
-            self.marketplace_id,
-            entity_id=self.account_id or None,
-        )
-
-    def _account_id(self, api: AdsApiClient) -> str:
-        if self.account_id:
-            return self.account_id
         try:
-            return str(first_amc_account(api)["accountId"])
+            return amazon_ads.amc(self.instance_id, self.account_id, self.marketplace_id)
+        # Only a blank account_id makes a call here: the lookup of the first account.
         except (AmazonAdsApiError, LookupError, ValueError) as error:
             raise dg.Failure(
                 f"AMC setting `account_id` is blank and the instance's first account could not be found "
@@ -148,9 +141,10 @@ class AmcInstance:
             config: AmcRunConfig,
             source: DuckDBSource,
             amazon_ads: AmazonAdsApi,
+            s3: S3Resource,
         ):
             """Runs the target's work over the source's rows and hands it to AMC."""
-            yield from run(context, config, source, amazon_ads)
+            yield from run(context, config, source, amazon_ads, s3)
 
         return amc_query_target
 
@@ -162,15 +156,19 @@ class AmcInstance:
         job: AmcJob,
         wait: bool,
         metadata: dict[str, Any],
+        s3: S3Resource | None,
     ):
-        """Wait for the job when asked to, and yield the materialization and any check results."""
+        """Wait for the job when asked to, and yield the materialization and any check results.
+
+        `s3` cleans up an upload's files; None for the targets that write no files.
+        """
         outcome: JobOutcome | None = None
         if wait:
             outcome = wait_for_job(
                 amc, job, poll_seconds=self.poll_interval_seconds, timeout_seconds=self.wait_timeout_seconds
             )
-            if outcome.final and outcome.succeeded:
-                clean_uploaded_files(self.s3, self.location, job, context.log)
+            if outcome.final and outcome.succeeded and s3 is not None:
+                clean_uploaded_files(partial(self.s3, s3), self.location, job, context.log)
             metadata.update(outcome_metadata(outcome))
         following = outcome is None or not outcome.final
         metadata[JOB_METADATA_KEY] = dg.MetadataValue.json({**job.to_json(), "final": not following})

@@ -106,4 +106,4 @@ def _audience(
         )
         metadata.update(previous_audience_execution_id=submitted.previous_id, note=note)
         context.log.warning(f"{where}: {note}")
-    yield from instance.finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata)
+    yield from instance.finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata, None)

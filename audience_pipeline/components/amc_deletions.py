@@ -57,7 +57,7 @@ def build_deletion_asset(instance: AmcInstance, target: IdentityDeletion) -> dg.
 
 
 def _delete(
-    instance: AmcInstance, target: IdentityDeletion, context, config: AmcRunConfig, source, amazon_ads
+    instance: AmcInstance, target: IdentityDeletion, context, config: AmcRunConfig, source, amazon_ads, s3
 ):
     started = time.perf_counter()
     where = f"AMC deletion {target.name!r}"
@@ -86,4 +86,4 @@ def _delete(
         raise dg.Failure(f"{where}: AMC refused a deletion request: {error.message}") from None
     job = AmcJob("deletion", tuple(request_ids))
     metadata.update(retries=amc.api.retries, seconds=round(time.perf_counter() - started, 3))
-    yield from instance.finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata)
+    yield from instance.finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata, None)

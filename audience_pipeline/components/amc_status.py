@@ -11,6 +11,7 @@ when the target asked for it.
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -22,6 +23,7 @@ from audience_pipeline.amc.upload_files import S3Location, delete_upload_files
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.clients.amc import AmcClient
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
+from audience_pipeline.resources.aws import S3Resource
 
 JOB_CHECK = "amc_job_succeeded"
 AUDIENCE_SIZE_CHECK = "dsp_minimum_audience_size"
@@ -93,7 +95,7 @@ def build_job_status_sensor(
     name: str,
     asset_keys: list[dg.AssetKey],
     amc: Callable[[AmazonAdsApi], AmcClient],
-    s3: Callable[[], Any],
+    s3_client: Callable[[S3Resource], Any],
     location: S3Location,
 ) -> dg.SensorDefinition:
     """The sensor following the AMC work of `asset_keys` to its final state."""
@@ -105,7 +107,7 @@ def build_job_status_sensor(
         description="Follows AMC uploads, deletions and audiences started by runs that did not wait, and "
         "records their final state on the asset (metadata and asset checks).",
     )
-    def amc_job_status(context: dg.SensorEvaluationContext, amazon_ads: AmazonAdsApi):
+    def amc_job_status(context: dg.SensorEvaluationContext, amazon_ads: AmazonAdsApi, s3: S3Resource):
         """Reads new AMC materializations, polls the jobs still running, records the finished ones."""
         state = json.loads(context.cursor) if context.cursor else {"after": {}, "pending": []}
         for key in asset_keys:
@@ -133,7 +135,7 @@ def build_job_status_sensor(
                 waiting.append(f"{key.to_user_string()} ({job.kind} {outcome.status})")
                 continue
             if outcome.succeeded:
-                clean_uploaded_files(s3, location, job, context.log)
+                clean_uploaded_files(partial(s3_client, s3), location, job, context.log)
             events += _record(key, job, outcome)
             finished.append(f"{key.to_user_string()} ({job.kind} {outcome.status})")
         state["pending"] = still

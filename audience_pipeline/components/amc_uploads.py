@@ -47,7 +47,9 @@ def build_upload_asset(instance: AmcInstance, target: DatasetUpload) -> dg.Asset
     )
 
 
-def _upload(instance: AmcInstance, target: DatasetUpload, context, config: AmcRunConfig, source, amazon_ads):
+def _upload(
+    instance: AmcInstance, target: DatasetUpload, context, config: AmcRunConfig, source, amazon_ads, s3
+):
     started = time.perf_counter()
     where = f"AMC upload {target.dataset_id!r}"
     location = instance.location
@@ -79,7 +81,7 @@ def _upload(instance: AmcInstance, target: DatasetUpload, context, config: AmcRu
                 stream.frames,
                 definition,
                 check,
-                s3_client=None if config.dry_run else instance.s3(),
+                s3_client=None if config.dry_run else instance.s3(s3),
                 location=location,
                 upload_name=name,
                 file_format=target.file_format,
@@ -151,4 +153,4 @@ def _upload(instance: AmcInstance, target: DatasetUpload, context, config: AmcRu
     job = AmcJob("upload", (upload_id,), target.dataset_id, files_to_clean)
     metadata.update(upload_id=upload_id, retries=amc.api.retries)
     metadata["seconds"] = round(time.perf_counter() - started, 3)
-    yield from instance.finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata)
+    yield from instance.finish(context, target.asset_key, amc, job, target.wait_until_finish, metadata, s3)

@@ -1,8 +1,9 @@
 """Audiences: the YAML list of audiences and the snapshot asset partitioned by audience id.
 
-Other components get the same audiences with `find_audiences(context)`: its `partitions_def` is
-the one their per-audience assets must share, `routed` checks the audiences a destination names, and
-`read_snapshot` / `snapshot_state_key` give an audience's snapshot.
+Other components get the same audiences with `find_audiences(context)`: `routed` checks the
+audiences a destination names, `routed_partitions_def` gives the partitions of its per-audience assets
+(only those audiences, mapped to the snapshot's partitions of the same keys), and `read_snapshot` /
+`snapshot_state_key` give an audience's snapshot.
 """
 
 import re
@@ -154,6 +155,16 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
                 f"does not declare (it has {', '.join(sorted(known))})"
             )
         return {str(a) for a in audience_ids}
+
+    def routed_partitions_def(
+        self, audience_ids: list[int | str], destination: str
+    ) -> dg.StaticPartitionsDefinition:
+        """The partitions of a destination's assets: the audiences it takes (`routed`), in declaration
+        order, so that a destination taking every audience has exactly the snapshot's partitions."""
+        keys = self.routed(audience_ids, destination)
+        return dg.StaticPartitionsDefinition(
+            [a.partition_key for a in self.audiences if a.partition_key in keys]
+        )
 
     def audience(self, partition_key: str) -> Audience:
         """The audience whose partition key this is."""

@@ -1,14 +1,16 @@
 """What every membership destination component shares, written once.
 
 A destination component is its settings and an adapter of the delivery core
-(`audience_pipeline.membership.delivery`). This base gives it the rest: the audiences it takes
-(partitions of `audience_snapshot`, routed by its `audiences` setting), the mass-removal guard's
-setting, the run config (`dry_run`, `allow_mass_removal`), the asset, job and check wiring, the
-metadata, and the one place where errors become a `dg.Failure`: a one-line message naming the
-setting to change or quoting the destination, never a stack trace of ours.
+(`audience_pipeline.membership.delivery`). This base gives it the rest: the audiences it takes (its
+`audiences` setting, which are its assets' partitions, each mapped to the same partition of
+`audience_snapshot`), the mass-removal guard's setting, the run config (`dry_run`,
+`allow_mass_removal`), the asset, job and check wiring, the metadata, and the one place where errors
+become a `dg.Failure`: a one-line message naming the setting to change or quoting the destination,
+never a stack trace of ours.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -140,15 +142,18 @@ class DestinationComponent(dg.Component, dg.Model, dg.Resolvable):
         upstream: dg.AssetKey = SNAPSHOT_ASSET_KEY,
         eager: bool = True,
         pool: str | None = None,
-        check_specs: Sequence[dg.AssetCheckSpec] = (),
+        checks: Mapping[str, str] | None = None,
     ) -> dg.AssetsDefinition:
-        """An asset partitioned like `audiences`' snapshot, downstream of `upstream`, that runs `step`
-        for each audience this destination takes (others produce nothing) and records the metadata it
-        returns; unknown audience ids fail here. `eager`: materialized whenever `upstream` changes."""
-        routed = audiences.routed(self.audiences, self.label)
+        """An asset with one partition per audience this destination takes, downstream of the same
+        partition of `upstream`, that runs `step` and records the metadata it returns; unknown audience
+        ids fail here. `eager`: materialized whenever `upstream`'s partition changes. `checks`: the names
+        and descriptions of its asset checks, evaluated per partition (see `checks`)."""
+        partitions_def = audiences.routed_partitions_def(self.audiences, self.label)
         spec = dg.AssetSpec(
             key,
-            deps=[upstream],
+            # Identity on the keys both have: each audience's partition follows the snapshot's partition
+            # of the same audience; the snapshot's other partitions map to nothing here.
+            deps=[dg.AssetDep(upstream, partition_mapping=dg.IdentityPartitionMapping())],
             automation_condition=dg.AutomationCondition.eager() if eager else None,
             group_name=group_name,
             kinds=kinds,
@@ -156,22 +161,18 @@ class DestinationComponent(dg.Component, dg.Model, dg.Resolvable):
             description=description,
         )
 
-        # Partitions are shared with the snapshot (one run materializes both); an audience not
-        # routed here is a partition that produces nothing and evaluates no check, hence
-        # subsettable outputs: a plain asset must yield every check it declares.
+        # A dry run evaluates no check, hence subsettable outputs: a plain asset must yield every check
+        # it declares.
         @dg.multi_asset(
             specs=[spec],
-            check_specs=list(check_specs),
-            partitions_def=audiences.partitions_def,
+            check_specs=self._check_specs(key, partitions_def, checks or {}),
+            partitions_def=partitions_def,
             can_subset=True,
             name=spec.key.to_python_identifier(),
             pool=pool,
             required_resource_keys={"state_store", *resources},
         )
         def destination_asset(context: dg.AssetExecutionContext, config: DeliveryRunConfig):
-            if context.partition_key not in routed:
-                context.log.info(f"audience {context.partition_key} is not delivered to {self.label}")
-                return
             audience = audiences.audience(context.partition_key)
             with self.failures(audience):
                 metadata = step(context, config, audience)
@@ -182,8 +183,24 @@ class DestinationComponent(dg.Component, dg.Model, dg.Resolvable):
 
         return destination_asset
 
+    @staticmethod
+    def _check_specs(
+        key: dg.AssetKey, partitions_def: dg.PartitionsDefinition, checks: Mapping[str, str]
+    ) -> list[dg.AssetCheckSpec]:
+        """Checks partitioned like their asset, so that each result is recorded for the audience
+        (partition) the run delivered, and the UI shows each audience's check state."""
+        # Partitioned checks are a preview in Dagster 1.13, and a warning at every load would only
+        # repeat that.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.PreviewWarning)
+            return [
+                dg.AssetCheckSpec(name, asset=key, description=description, partitions_def=partitions_def)
+                for name, description in checks.items()
+            ]
+
     def checks(self, metadata: Mapping[str, Any]) -> Iterator[dg.AssetCheckResult]:
-        """The results of the asset's checks, from its metadata; none by default."""
+        """The results of the asset's checks, from its metadata; none by default. Dagster records each
+        for the run's partition."""
         yield from ()
 
     def max_share(self, config: DeliveryRunConfig) -> float:

@@ -1,7 +1,7 @@
 """Amazon DSP mobile ad ids (mParticle's "Amazon Advertising", seed 000): IDFA/GAID audiences, bulk.
 
-One instance is one advertiser; many audiences may share it. Per audience (a partition, like
-`audience_snapshot`):
+One instance is one advertiser; many audiences may share it. Per audience it takes (a partition of
+both assets, following the snapshot's partition of the same audience):
 
 - `dsp/advertiser_<id>` (eager) appends the MAID changes of a new snapshot to the audience's queue;
 - `dsp/advertiser_<id>/flush` sends the queue to the audience's DSP audience (created on first use,
@@ -134,7 +134,7 @@ class DspMobileAdIdsComponent(DestinationComponent):
     def build_queue_asset(
         self, audiences: AudiencesComponent, clock: Callable[[], float] = time.time
     ) -> dg.AssetsDefinition:
-        """The queue asset, partitioned like `audiences`' snapshot; unknown audience ids fail here."""
+        """The queue asset, one partition per routed audience; unknown audience ids fail here."""
 
         def enqueue_step(
             context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
@@ -187,10 +187,11 @@ class DspMobileAdIdsComponent(DestinationComponent):
                 self.marketplace_profile_name,
                 audience.partition_key,
                 audience.destination_name,
+                self.region,
             )
-            api = None if config.dry_run else context.resources.amazon_ads.client(region=self.region)
+            access = None if config.dry_run else context.resources.amazon_ads
             record = DspAudienceRecord(store, self.destination, audience.partition_key)
-            adapter = DspAdapter(target, record, clock, api)
+            adapter = DspAdapter(target, record, clock, access)
             flushed = flush(
                 DspQueue(store, self.destination, audience.partition_key),
                 Ledger(store, self.destination, audience.partition_key),

@@ -1,7 +1,7 @@
 """Kinesis Data Firehose destination: audience membership changes as JSON messages on a delivery stream.
 
-One instance is one stream; many audiences may share it. Its asset `firehose/<stream>` is partitioned
-like `audience_snapshot` and runs (eager automation) whenever an audience's snapshot changes.
+One instance is one stream; many audiences may share it. Its asset `firehose/<stream>` has one
+partition per routed audience and runs (eager automation) whenever an audience's snapshot changes.
 """
 
 import re
@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from audience_pipeline.clients.firehose import check_stream, firehose_client, send_records
+from audience_pipeline.clients.firehose import check_stream, send_records
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
@@ -30,7 +30,7 @@ from audience_pipeline.membership.delivery import deliver
 from audience_pipeline.membership.firehose_delivery import FirehoseAdapter, FirehoseTarget, stream_members
 from audience_pipeline.membership.firehose_messages import ForwardingRules
 from audience_pipeline.membership.ledger import Ledger
-from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR, PayloadCipher
+from audience_pipeline.resources.aws import AwsConnection
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
 
@@ -38,8 +38,10 @@ _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
 class FirehoseComponent(DestinationComponent):
     """Sends one JSON message per membership change of the chosen audiences to a Firehose stream.
 
-    The settings are mParticle's Kinesis settings (seed 002), with its defaults. Credentials are
-    the names of environment variables, never the secrets; without them boto3's default chain applies.
+    The settings are mParticle's Kinesis settings (seed 002), with its defaults. The client comes from
+    the `firehose` resource, reaching the stream with this stream's own `region`, `endpoint_url` and
+    keys; keys are the names of environment variables, never the secrets, and without them the
+    resource's credentials (boto3's default chain) apply. The ledger key is the `ledger_cipher` resource's.
     """
 
     kind: ClassVar[str] = "Firehose"
@@ -148,7 +150,7 @@ class FirehoseComponent(DestinationComponent):
         return [self.build_asset(audiences)]
 
     def build_asset(self, audiences: AudiencesComponent) -> dg.AssetsDefinition:
-        """The delivery asset, partitioned like `audiences`' snapshot; unknown audience ids fail here."""
+        """The delivery asset, one partition per routed audience; unknown audience ids fail here."""
         return self.delivery_asset(
             audiences,
             self.asset_key,
@@ -161,7 +163,7 @@ class FirehoseComponent(DestinationComponent):
             "commits the confirmed changes. Undelivered changes stay pending and fail the run "
             '("Retry Limit Exceeded"). Metadata holds counts, and `put_mode` names the API call.',
             kinds={"firehose", "aws"},
-            resources={"source"},
+            resources={"source", "firehose", "ledger_cipher"},
             pool="firehose",
         )
 
@@ -170,16 +172,14 @@ class FirehoseComponent(DestinationComponent):
     ) -> dict[str, Any]:
         state_store = context.resources.state_store
         snapshot = read_snapshot(state_store, audience)
-        cipher = PayloadCipher(dg.EnvVar(LEDGER_KEY_ENV_VAR).get_value())
+        cipher = context.resources.ledger_cipher.cipher()
         members = stream_members(
             run_audience_query(context.resources.source, audience), self.rules, snapshot["user_id"]
         )
         target = FirehoseTarget(
             self.destination, audience.id, audience.destination_name, self.send_remove_on_identity_change
         )
-        client = (
-            None if config.dry_run else firehose_client(self.region, self.endpoint_url, *self._credentials())
-        )
+        client = None if config.dry_run else context.resources.firehose.get_client(self.connection())
         adapter = FirehoseAdapter(
             target,
             cipher,
@@ -199,9 +199,12 @@ class FirehoseComponent(DestinationComponent):
         )
         return self.report(context, outcome, config, **extra)
 
-    def _credentials(self) -> tuple[str | None, str | None]:
-        """The access key pair from the named environment variables, or (None, None) for boto3's chain."""
-        return (
-            env_secret("Firehose", "access_key_id", self.access_key_id),
-            env_secret("Firehose", "secret_access_key", self.secret_access_key),
+    def connection(self) -> AwsConnection:
+        """How this stream is reached, for the `firehose` resource: `region`, `endpoint_url` and the key
+        pair from the named environment variables (unset: the resource's, or boto3's chain)."""
+        return AwsConnection(
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=env_secret("Firehose", "access_key_id", self.access_key_id),
+            aws_secret_access_key=env_secret("Firehose", "secret_access_key", self.secret_access_key),
         )

@@ -2,7 +2,9 @@
 
 Dagster declares its default automation sensor stopped; the destinations' streaming export (a delivery
 runs as soon as an audience's snapshot changes, `AutomationCondition.eager()`) needs it running from
-the first `dg dev`.
+the first `dg dev`. It launches runs, one per audience, rather than a backfill: a backfill waits for
+the backfill daemon's next pass (up to 30 s) before its first run, and the deliveries are one run per
+audience either way.
 """
 
 import dagster as dg
@@ -18,6 +20,7 @@ def automation() -> dg.Definitions:
                 target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=30,
+                emit_backfills=False,
                 description="Materializes deliveries when their audiences' snapshots change (eager).",
             )
         ]

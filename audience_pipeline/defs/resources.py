@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
 from audience_pipeline.resources.amazon_ads import (
     API_URL_ENV_VAR,
     CLIENT_ID_ENV_VAR,
@@ -13,15 +14,20 @@ from audience_pipeline.resources.amazon_ads import (
     TOKEN_URL_ENV_VAR,
     AmazonAdsApi,
 )
+from audience_pipeline.resources.aws import ENDPOINT_ENV_VAR, FirehoseResource, S3Resource
 from audience_pipeline.resources.duckdb_source import DEFAULT_SOURCE, SOURCE_ENV_VAR, DuckDBSource
+from audience_pipeline.resources.ledger_cipher import LedgerCipher
 from audience_pipeline.resources.state_store import DEFAULT_STATE, STATE_ENV_VAR, StateStore
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    """`source` (read-only DuckDB), `state_store` (Parquet state) and `amazon_ads` (API credentials).
+    """`source` (read-only DuckDB), `state_store` (Parquet state), `amazon_ads` (API credentials, typed
+    clients), `s3` and `firehose` (AWS through dagster-aws) and `ledger_cipher` (the ledger key).
 
-    Locations come from env vars; secrets only through `dg.EnvVar`.
+    Locations come from env vars; secrets only through `dg.EnvVar`. AWS credentials are boto3's default
+    chain here; a destination with keys or a role of its own names them in its YAML, and its component
+    hands them to the resource (`resources.aws.AwsConnection`).
     """
     return dg.Definitions(
         resources={
@@ -36,5 +42,9 @@ def resources() -> dg.Definitions:
                 base_url=os.environ.get(API_URL_ENV_VAR),
                 token_url=os.environ.get(TOKEN_URL_ENV_VAR),
             ),
+            # Unset, boto3 reads AWS_ENDPOINT_URL itself; wired here so the UI shows where AWS calls go.
+            "s3": S3Resource(endpoint_url=os.environ.get(ENDPOINT_ENV_VAR)),
+            "firehose": FirehoseResource(endpoint_url=os.environ.get(ENDPOINT_ENV_VAR)),
+            "ledger_cipher": LedgerCipher(key=dg.EnvVar(LEDGER_KEY_ENV_VAR)),
         }
     )

@@ -15,14 +15,15 @@ committing only re-sends).
 No Dagster here, and what is returned holds counts only.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 import requests
 
-from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError
+from audience_pipeline.clients.accounts import ProfileNotFound
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.clients.dsp import DspClient, maid_patch, patch_batches
 from audience_pipeline.membership.delivery import (
     ADDED,
@@ -62,43 +63,30 @@ def flush_members(queue: pl.DataFrame, delivered: pl.Series) -> Members:
 @dataclass(frozen=True)
 class DspTarget:
     """Whose DSP audience the MAIDs go to: the advertiser, its profile (account name and marketplace
-    country code or id), and the audience as DSP shows it."""
+    country code or id), the audience as DSP shows it, and the API region (NA, EU, FE)."""
 
     advertiser_id: int
     profile_name: str
     marketplace_profile_name: str
     audience_id: str
     audience_name: str
+    region: str
 
 
-def find_profile(profiles: Sequence[dict[str, Any]], profile_name: str, marketplace: str) -> dict[str, Any]:
-    """The profile named `profile_name` (`accountInfo.name`) in `marketplace` (country code or
-    marketplace id), among `GET /v2/profiles`; a `SettingProblem` names the setting that finds none."""
-    named = [p for p in profiles if p.get("accountInfo", {}).get("name") == profile_name]
-    if not named:
-        names = sorted({str(p.get("accountInfo", {}).get("name")) for p in profiles})
-        raise SettingProblem(
-            "profile_name",
-            f"no profile of these credentials is named {profile_name!r} "
-            f"(there are: {', '.join(names) or 'none'})",
-        )
-    for profile in named:
-        if marketplace.upper() in (
-            str(profile.get("countryCode")).upper(),
-            profile["accountInfo"].get("marketplaceStringId"),
-        ):
-            return profile
-    markets = sorted(str(p.get("countryCode")) for p in named)
-    raise SettingProblem(
-        "marketplace_profile_name",
-        f"{profile_name!r} has no profile for {marketplace!r} (it has: {', '.join(markets)})",
-    )
+class DspAccess(Protocol):
+    """Where the adapter gets its DSP client: the `amazon_ads` resource, or a fake in tests."""
+
+    def dsp_profile(self, profile_name: str, marketplace: str, region: str | None = None) -> dict[str, Any]:
+        """The profile with these names (raises `ProfileNotFound`)."""
+
+    def dsp(self, profile_id: int, region: str | None = None) -> DspClient:
+        """The Data Provider client of one profile."""
 
 
 class DspAdapter:
     """MAID patches to one audience's DSP audience (see the module docstring).
 
-    `api` is None in a dry run. The profile is looked up and the DSP audience found or created
+    `access` is None in a dry run. The profile is looked up and the DSP audience found or created
     (`DspAudienceRecord`) on the first request, so a dry run or a stopped flush touches neither.
     After `send`, `dsp` and `dsp_audience_id` say where the patches went.
     """
@@ -111,9 +99,9 @@ class DspAdapter:
         target: DspTarget,
         record: DspAudienceRecord,
         clock: Callable[[], float],
-        api: AdsApiClient | None = None,
+        access: DspAccess | None = None,
     ):
-        self.target, self.record, self.clock, self.api = target, record, clock, api
+        self.target, self.record, self.clock, self.access = target, record, clock, access
         self.dsp: DspClient | None = None
         self.dsp_audience_id: int | None = None
 
@@ -138,9 +126,9 @@ class DspAdapter:
         numbers = items.get_column(ITEM).to_list()
         done = 0
         for batch in patch_batches(_patches(items, audience_id)):
-            retries = self.api.retries
+            retries = self.dsp.api.retries
             self.dsp.patch_audiences(batch)
-            yield Answer(confirmed=numbers[done : done + len(batch)], retries=self.api.retries - retries)
+            yield Answer(confirmed=numbers[done : done + len(batch)], retries=self.dsp.api.retries - retries)
             done += len(batch)
 
     def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:
@@ -149,12 +137,13 @@ class DspAdapter:
 
     def _connect(self) -> int:
         target = self.target
-        profile = find_profile(
-            self.api.request("GET", "/v2/profiles") or [],
-            target.profile_name,
-            target.marketplace_profile_name,
-        )
-        self.dsp = DspClient(self.api, int(profile["profileId"]))
+        try:
+            profile = self.access.dsp_profile(
+                target.profile_name, target.marketplace_profile_name, target.region
+            )
+        except ProfileNotFound as missing:
+            raise SettingProblem(missing.setting, str(missing)) from None
+        self.dsp = self.access.dsp(int(profile["profileId"]), target.region)
 
         def create() -> int:
             return self.dsp.create_audience(

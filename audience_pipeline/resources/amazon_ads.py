@@ -5,10 +5,16 @@ Secrets come only through `dg.EnvVar` (`AMAZON_ADS_CLIENT_ID`, `AMAZON_ADS_CLIEN
 `AMAZON_ADS_API_URL` / `AMAZON_ADS_TOKEN_URL` (what `audience-pipeline sandbox` prints) point there.
 """
 
-import dagster as dg
-from pydantic import Field, field_validator
+from typing import Any
 
+import dagster as dg
+from pydantic import Field, PrivateAttr, field_validator
+
+from audience_pipeline.clients.accounts import find_profile
+from audience_pipeline.clients.adm import AdmClient
 from audience_pipeline.clients.ads_api import API_HOSTS, AdsApiClient
+from audience_pipeline.clients.amc import AmcClient, first_amc_account
+from audience_pipeline.clients.dsp import DspClient
 
 CLIENT_ID_ENV_VAR = "AMAZON_ADS_CLIENT_ID"
 CLIENT_SECRET_ENV_VAR = "AMAZON_ADS_CLIENT_SECRET"
@@ -19,7 +25,8 @@ REGION_ENV_VAR = "AMAZON_ADS_REGION"
 
 
 class AmazonAdsApi(dg.ConfigurableResource):
-    """A Login with Amazon app's credentials and the Amazon Ads API endpoint to use."""
+    """A Login with Amazon app's credentials and the Amazon Ads API endpoint to use; hands out the
+    typed clients of AMC, Ads Data Manager and DSP, which share one login per region."""
 
     client_id: str = Field(description="Login with Amazon client id (from `AMAZON_ADS_CLIENT_ID`).")
     client_secret: str = Field(
@@ -44,13 +51,38 @@ class AmazonAdsApi(dg.ConfigurableResource):
             )
         return value
 
+    _sessions: dict[str, AdsApiClient] = PrivateAttr(default_factory=dict)
+
     def client(self, region: str | None = None) -> AdsApiClient:
-        """A client session; `region` overrides the resource's (DSP audiences name their own)."""
-        return AdsApiClient(
-            self.client_id,
-            self.client_secret,
-            self.refresh_token,
-            region=region or self.region,
-            base_url=self.base_url,
-            token_url=self.token_url,
-        )
+        """The API session of `region` (default: the resource's; DSP audiences name their own),
+        logged in once and reused, so every client handed out shares its access token."""
+        region = region or self.region
+        if region not in self._sessions:
+            self._sessions[region] = AdsApiClient(
+                self.client_id,
+                self.client_secret,
+                self.refresh_token,
+                region=region,
+                base_url=self.base_url,
+                token_url=self.token_url,
+            )
+        return self._sessions[region]
+
+    def amc(self, instance_id: str, account_id: str, marketplace_id: str) -> AmcClient:
+        """A client of one AMC instance. A blank `account_id` is the instance's first account
+        (`GET /amc/accounts`; raises LookupError when there is none)."""
+        api = self.client()
+        account = account_id or str(first_amc_account(api)["accountId"])
+        return AmcClient(api, instance_id, account, marketplace_id, entity_id=account_id or None)
+
+    def adm(self, manager_account_id: str, advertiser_account_id: str | None = None) -> AdmClient:
+        """An Ads Data Manager client of one manager account, acting for a DSP advertiser when given."""
+        return AdmClient(self.client(), manager_account_id, advertiser_account_id)
+
+    def dsp_profile(self, profile_name: str, marketplace: str, region: str | None = None) -> dict[str, Any]:
+        """The advertising profile named `profile_name` in `marketplace` (see `find_profile`)."""
+        return find_profile(self.client(region), profile_name, marketplace)
+
+    def dsp(self, profile_id: int, region: str | None = None) -> DspClient:
+        """A DSP Data Provider client of one profile, in `region`."""
+        return DspClient(self.client(region), profile_id)

@@ -1,10 +1,12 @@
-"""The Dagster webserver over the example project and the sandbox, and headless Chromium to drive it.
+"""The Dagster UI over the example project and the sandbox, and headless Chromium to drive it.
 
-The webserver is a real `dagster-webserver` process, as a user starts it: runs launched from the UI
+The UI is a real `dagster dev`, as `audience-pipeline dev` starts it: the webserver, and the daemon that
+runs backfills, sensors and queued runs with the project's `dagster.yaml`. Runs launched from the UI
 run in their own subprocesses and reach the sandbox over loopback, exactly as they would reach Amazon.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from cryptography.fernet import Fernet
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
 
-from audience_pipeline.dev import provision_example
+from audience_pipeline.cli.dev import provision_example
 from audience_pipeline.membership.payload_crypto import LEDGER_KEY_ENV_VAR
 from audience_pipeline.resources.amazon_ads import (
     CLIENT_ID_ENV_VAR,
@@ -50,15 +52,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PROJECT_ROOT = Path(__file__).parents[2]
-# No daemon runs beside the webserver, and the instance's default queued coordinator would leave
-# every run queued: the default coordinator launches it at once, one subprocess per run.
-DAGSTER_YAML = """\
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-"""
 STARTUP_TIMEOUT_SECONDS = 90
 LOCATIONS = """
 { workspaceOrError { ... on Workspace { locationEntries {
@@ -69,8 +62,8 @@ LOCATIONS = """
 
 @dataclass
 class Webserver:
-    """A running Dagster webserver: its address, the log it writes, the sample data it reads and the
-    sandbox its runs send to."""
+    """A running `dagster dev`: the webserver's address, the log it writes (with the daemon's), the
+    sample data it reads and the sandbox its runs send to."""
 
     url: str
     log: Path
@@ -103,7 +96,7 @@ def _wait_for_webserver(process: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while True:
         if process.poll() is not None:
-            raise AssertionError(f"dagster-webserver exited with {process.returncode}:\n{log.read_text()}")
+            raise AssertionError(f"dagster dev exited with {process.returncode}:\n{log.read_text()}")
         try:
             response = requests.post(f"{url}/graphql", json={"query": LOCATIONS}, timeout=5)
             entries = response.json()["data"]["workspaceOrError"]["locationEntries"]
@@ -116,8 +109,7 @@ def _wait_for_webserver(process: subprocess.Popen, url: str, log: Path) -> None:
             return
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"dagster-webserver did not load the project within {STARTUP_TIMEOUT_SECONDS} s:\n"
-                f"{log.read_text()}"
+                f"dagster dev did not load the project within {STARTUP_TIMEOUT_SECONDS} s:\n{log.read_text()}"
             )
         time.sleep(0.25)
 
@@ -144,13 +136,14 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def webserver(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
-    """`dagster-webserver` over the example project, its sample data and a sandbox of its own, with the
-    Firehose streams and AMC buckets made; stopped with every run process it launched."""
+    """`dagster dev` over the example project, its sample data and a sandbox of its own, with the
+    Firehose streams and AMC buckets made; stopped with every process and run it launched."""
     work = tmp_path_factory.mktemp("dagster_ui")
     source = write_sample_data(work / "data", profiles=2000)
     home = work / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    # The instance a newcomer gets from `audience-pipeline dev`: the project's settings.
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     sandbox = start_sandbox()
     try:
         provision_example(sandbox)
@@ -160,8 +153,8 @@ def webserver(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _serve(work: Path, sandbox: RunningSandbox, source: Path, home: Path) -> Iterator[Webserver]:
-    """`dagster-webserver` on a free port with the environment the example needs; its process group is
-    ended when the generator is closed."""
+    """`dagster dev` on a free port with the environment the example needs; its process group is ended
+    when the generator is closed."""
     env = {
         **os.environ,
         **sandbox.env(),
@@ -173,13 +166,13 @@ def _serve(work: Path, sandbox: RunningSandbox, source: Path, home: Path) -> Ite
         "DAGSTER_HOME": str(home),
     }
     port = _free_port()
-    log = work / "webserver.log"
+    log = work / "dagster_dev.log"
     command = [
-        str(Path(sys.executable).parent / "dagster-webserver"),
-        *("-m", "audience_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)),
+        str(Path(sys.executable).parent / "dagster"),
+        *("dev", "-m", "audience_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)),
     ]
     with log.open("w") as out:
-        # Its own process group, so that teardown also ends the code server and run processes it started.
+        # Its own process group, so that teardown also ends the webserver, daemon, code servers and runs.
         process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )

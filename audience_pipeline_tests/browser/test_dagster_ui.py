@@ -5,6 +5,7 @@ the sample data and what the sandbox received.
 """
 
 import re
+import time
 
 import duckdb
 import requests
@@ -13,15 +14,39 @@ from playwright.sync_api import Page, expect
 from audience_pipeline_tests.browser.conftest import ARTIFACTS, Webserver, chromium_page
 
 SNAPSHOT = ("audience_snapshot",)
+AUDIENCES = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]  # in defs/audiences
+ADM = ("ads_data_manager", "amzn1_ads_account_sandbox")
+DSP_QUEUE = ("dsp", "advertiser_5551234567890")
 DESTINATION_PREFIXES = {"firehose", "ads_data_manager", "dsp", "amc"}
 # Unpartitioned, and it neither waits for AMC nor needs a daemon: a run of it ends on its own.
 UPLOAD = ("amc", "dataset", "sample_customer_identities")
 UPLOAD_SQL = "SELECT count(*) FROM profiles WHERE customer_id IS NOT NULL"  # the `query` in defs/amc
 RUN_TIMEOUT_MS = 120_000
 SCREENSHOT = ARTIFACTS / "dagster_ui.png"
+# Four snapshot runs, then the deliveries the automation sensor (every 30 s) launches after them.
+BACKFILL_TIMEOUT_SECONDS = 180
+RUN_ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
+BACKFILL_ENDED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 ASSET_KEYS = "{ assetNodes { assetKey { path } } }"
 RUN_STATUS = "query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }"
+BACKFILLS = "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"
+RUNS = """
+{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }
+"""
+PARTITIONS = """
+{ assetNodes { assetKey { path } partitionStats { numPartitions numMaterialized numFailed } } }
+"""
+CHECK_PARTITIONS = """
+query($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks {
+      name
+      partitionStatuses { ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions } }
+    } } } }
+  }
+}
+"""
 LATEST_MATERIALIZATION = """
 query($path: [String!]!) {
   assetOrError(assetKey: {path: $path}) {
@@ -94,3 +119,83 @@ def _select_in_graph(page: Page, key: tuple[str, ...]) -> None:
     expect(page.get_by_role("link", name="View in Asset Catalog")).to_have_attribute(
         "href", f"/assets/{'/'.join(key)}"
     )
+
+
+def test_a_newcomers_first_backfill_of_every_audience_ends_green_with_every_destination_delivered(
+    webserver: Webserver,
+):
+    """What the README's quickstart says: materialize every partition of `audience_snapshot`; the
+    destinations follow each snapshot (eager automation) and take only the audiences routed to them."""
+    earlier_runs = {run["runId"] for run in _runs(webserver)}
+    with chromium_page("newcomer_backfill") as page:
+        page.set_default_timeout(30_000)
+        page.goto(f"{webserver.url}/assets/{'/'.join(SNAPSHOT)}")
+        page.get_by_role("button", name="Materialize…").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("button", name="All", exact=True).click()
+        expect(dialog.get_by_text("4 partitions", exact=True)).to_be_visible()
+        dialog.get_by_role("button", name="Launch backfill").click()
+        expect(dialog).to_be_hidden()
+
+    backfill, runs, partitions = _wait_for_backfill_and_deliveries(webserver)
+    runs = [run for run in runs if run["runId"] not in earlier_runs]
+
+    assert backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, (backfill, webserver.log_tail())
+    assert [run for run in runs if run["status"] != "SUCCESS"] == [], webserver.log_tail()
+    launched_by = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/sensor_name"}
+    assert "default_automation_condition_sensor" in launched_by, runs
+    destinations = {key: stats for key, stats in partitions.items() if key != SNAPSHOT}
+    # Each destination has a partition per audience routed to it (the DSP advertiser takes one) and
+    # none is left missing; the DSP upload waits for its flush sensor's interval (2 h in the example).
+    assert {key: stats["numPartitions"] for key, stats in destinations.items()} == {
+        ("firehose", "audience_changes"): 4,
+        (*ADM,): 4,
+        DSP_QUEUE: 1,
+        (*DSP_QUEUE, "flush"): 1,
+    }
+    missing = {
+        key: stats
+        for key, stats in destinations.items()
+        if key[-1] != "flush"
+        and (stats["numMaterialized"], stats["numFailed"]) != (stats["numPartitions"], 0)
+    }
+    assert missing == {}, missing
+    # The check result carries its partition: every audience's `members_accepted` passed.
+    [check] = webserver.graphql(CHECK_PARTITIONS, path=list(ADM))["assetNodeOrError"]["assetChecksOrError"][
+        "checks"
+    ]
+    statuses = check["partitionStatuses"]
+    assert check["name"] == "members_accepted" and statuses["failedPartitions"] == [], check
+    assert sorted(statuses["succeededPartitions"]) == sorted(AUDIENCES), check
+
+
+def _runs(webserver: Webserver) -> list[dict]:
+    return webserver.graphql(RUNS)["runsOrError"]["results"]
+
+
+def _wait_for_backfill_and_deliveries(webserver: Webserver) -> tuple[dict, list[dict], dict]:
+    """The backfill, the runs and each partitioned asset's partition counts once the backfill and every
+    run have ended and the automatic deliveries are done, or as soon as something failed."""
+    deadline = time.monotonic() + BACKFILL_TIMEOUT_SECONDS
+    while True:
+        backfills = webserver.graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]
+        runs = _runs(webserver)
+        partitions = {
+            tuple(node["assetKey"]["path"]): node["partitionStats"]
+            for node in webserver.graphql(PARTITIONS)["assetNodes"]
+            if node["partitionStats"] is not None
+        }
+        ended = all(b["status"] in BACKFILL_ENDED for b in backfills) and all(
+            run["status"] in RUN_ENDED for run in runs
+        )
+        delivered = all(
+            stats["numMaterialized"] == stats["numPartitions"]
+            for key, stats in partitions.items()
+            if key[-1] != "flush"
+        )
+        failed = any(run["status"] != "SUCCESS" for run in runs if run["status"] in RUN_ENDED)
+        if backfills and ended and (delivered or failed):
+            [backfill] = backfills
+            return backfill, runs, partitions
+        assert time.monotonic() < deadline, (backfills, runs, partitions, webserver.log_tail())
+        time.sleep(1)

@@ -9,7 +9,8 @@ import json
 import botocore.session
 import pytest
 
-from audience_pipeline.clients.firehose import firehose_client, send_records
+from audience_pipeline.clients.firehose import send_records
+from audience_pipeline.resources.aws import FirehoseResource
 
 from ..conftest import add_fault
 from ..sandbox.test_aws_firehose import STREAM, aws_clients
@@ -56,9 +57,12 @@ def problems(exchanges) -> list[str]:
 @pytest.fixture
 def firehose(sandbox):
     aws_clients(sandbox)  # the stream and its bucket
-    client = firehose_client(
-        endpoint_url=sandbox.aws_url, access_key_id="sandbox", secret_access_key="sandbox"
-    )
+    client = FirehoseResource(
+        region_name="us-east-1",
+        endpoint_url=sandbox.aws_url,
+        aws_access_key_id="sandbox",
+        aws_secret_access_key="sandbox",
+    ).get_client()
     return client, record_exchanges(client)
 
 

@@ -1,4 +1,9 @@
-"""The `audience-pipeline` command."""
+"""The `audience-pipeline` command: the click group and its options.
+
+Each command's body lives in a module of this package (`demo`, `dev`, `hash_files`, `login`), imported
+when the command runs, so that a command that does not need Dagster starts without loading it. The
+command functions here end in `_command` so that they never shadow those modules.
+"""
 
 import contextlib
 import json
@@ -36,7 +41,7 @@ def main() -> None:
     help="Folder to write sample.duckdb into.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_data(profiles: int, out: Path, seed: int) -> None:
+def sample_data_command(profiles: int, out: Path, seed: int) -> None:
     """Write a synthetic source database: profiles, events and purchases."""
     path = write_sample_data(out, profiles=profiles, seed=seed)
     click.echo(str(path))
@@ -44,7 +49,7 @@ def sample_data(profiles: int, out: Path, seed: int) -> None:
         click.echo(f"  {table}: {rows:,} rows")
 
 
-@main.command()
+@main.command("demo")
 @_profiles
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a summary.")
 @click.option(
@@ -54,10 +59,10 @@ def sample_data(profiles: int, out: Path, seed: int) -> None:
     show_default=True,
     help="Folder for the sample data and the pipeline's state.",
 )
-def demo(profiles: int, as_json: bool, workdir: Path) -> None:
+def demo_command(profiles: int, as_json: bool, workdir: Path) -> None:
     """Run the whole pipeline on sample data and report what it did."""
     # Imported here so that the commands that do not run Dagster start without loading it.
-    from audience_pipeline.demo import DemoError, format_report, run_demo
+    from audience_pipeline.cli.demo import DemoError, format_report, run_demo
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
@@ -72,7 +77,7 @@ def demo(profiles: int, as_json: bool, workdir: Path) -> None:
     click.echo(json.dumps(report) if as_json else format_report(report))
 
 
-@main.command()
+@main.command("dev")
 @_profiles
 @click.option(
     "--workdir",
@@ -85,13 +90,13 @@ def demo(profiles: int, as_json: bool, workdir: Path) -> None:
     "--port", type=click.IntRange(1, 65535), default=3000, show_default=True, help="Dagster UI port."
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the Dagster UI listens on.")
-def dev(profiles: int, workdir: Path, port: int, host: str) -> None:
+def dev_command(profiles: int, workdir: Path, port: int, host: str) -> None:
     """Run the example project in the Dagster UI against a sandbox, until Ctrl-C.
 
     Writes sample data unless WORKDIR has some, starts the sandbox, and runs `dg dev` with the
     sandbox's environment; prints the UI's address once it answers.
     """
-    from audience_pipeline.dev import port_in_use, run_dev
+    from audience_pipeline.cli.dev import port_in_use, run_dev
 
     # Checked before anything starts, so that a busy port costs nothing and says what to change.
     if port_in_use(host, port):
@@ -127,7 +132,7 @@ def hash_command(
 ):
     """Normalize and SHA-256 hash the identity columns of INPUT (.parquet, .csv, .jsonl) into OUTPUT
     (.parquet, .csv), keeping every row and column in order."""
-    from audience_pipeline.hash_files import HashFileError, hash_file
+    from audience_pipeline.cli.hash_files import HashFileError, hash_file
 
     chosen = [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
     try:
@@ -147,7 +152,7 @@ def hash_command(
         click.echo(f"  {field:<14} {reason:<26} {n:>10,}", err=True)
 
 
-@main.command()
+@main.command("sandbox")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it on loopback)."
 )
@@ -163,7 +168,7 @@ def hash_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the Amazon Ads API emulator's records here across restarts [default: in memory].",
 )
-def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> None:
+def sandbox_command(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> None:
     """Run the local Amazon Ads API and AWS (S3, Firehose) until interrupted, and print their environment."""
     from audience_pipeline.sandbox.config import SandboxConfig
     from audience_pipeline.sandbox.server import start_sandbox
@@ -186,7 +191,7 @@ def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> 
         running.stop()
 
 
-@main.command()
+@main.command("login")
 @click.option(
     "--region",
     type=click.Choice(["NA", "EU", "FE"]),
@@ -218,15 +223,15 @@ def sandbox(host: str, ads_port: int, aws_port: int, state_dir: Path | None) -> 
     help="Seconds to wait for the browser to come back.",
 )
 @click.option("--no-browser", is_flag=True, help="Only print the sign-in address; open no browser.")
-def login(region: str, port: int, env_file: Path, timeout: int, no_browser: bool) -> None:
+def login_command(region: str, port: int, env_file: Path, timeout: int, no_browser: bool) -> None:
     """Sign in with Login with Amazon and save a refresh token for the pipeline.
 
     Takes AMAZON_ADS_CLIENT_ID and AMAZON_ADS_CLIENT_SECRET from the environment or ENV_FILE, sends you
     to Amazon's consent page, saves the refresh token to ENV_FILE (mode 0600, never printed), then lists
     the profiles, manager accounts and AMC instances it reaches.
     """
-    from audience_pipeline.login import LoginError, login_app
-    from audience_pipeline.login import login as run_login
+    from audience_pipeline.cli.login import LoginError, login_app
+    from audience_pipeline.cli.login import login as run_login
 
     try:
         app = login_app(region, env_file)
@@ -242,7 +247,3 @@ def table_row_counts(path: Path) -> dict[str, int]:
             name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
         ]
         return {name: conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}
-
-
-if __name__ == "__main__":
-    main()

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
 
+from audience_pipeline.cli.env_file import read_env_file, set_env_value
 from audience_pipeline.clients.accounts import list_amc_instances, list_manager_accounts, list_profiles
 from audience_pipeline.clients.ads_api import (
     API_HOSTS,
@@ -28,7 +29,6 @@ from audience_pipeline.clients.ads_api import (
     AdsApiClient,
     AmazonAdsApiError,
 )
-from audience_pipeline.env_file import read_env_file, set_env_value
 
 SCOPE = "advertising::campaign_management"
 REFRESH_TOKEN_VARIABLE = "AMAZON_ADS_REFRESH_TOKEN"

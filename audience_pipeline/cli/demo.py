@@ -180,23 +180,33 @@ def _materialize_audiences(
     instance: dg.DagsterInstance,
     progress: Callable[[str], None],
 ) -> dict[dg.AssetKey, list[dg.AssetMaterialization]]:
-    """For each audience partition, one run per step (a group of assets materialized together), in
-    order; their materializations by key."""
+    """For each audience partition, in order, the runs of each step (a group of assets materialized
+    together) that take the audience; their materializations by key."""
     steps = [[definitions.get_assets_def(key) for key in step] for step in steps]
     partition_keys = steps[0][0].partitions_def.get_partition_keys()
     found: dict[dg.AssetKey, list[dg.AssetMaterialization]] = defaultdict(list)
     for key in partition_keys:
-        for assets in (step for step in steps if step):
+        done: list[dg.AssetsDefinition] = []
+        for assets in (run for step in steps for run in _runs(step, key)):
             result = dg.materialize(
                 assets, resources=resources, partition_key=key, instance=instance, run_config=_QUIET_LOGS
             )
             for event in result.get_asset_materialization_events():
                 materialization = event.materialization
                 found[materialization.asset_key].append(materialization)
-        progress(
-            f"audience {key}: materialized {', '.join(a.key.to_user_string() for s in steps for a in s)}"
-        )
+            done.extend(assets)
+        progress(f"audience {key}: materialized {', '.join(a.key.to_user_string() for a in done)}")
     return found
+
+
+def _runs(assets: Iterable[dg.AssetsDefinition], partition_key: str) -> list[list[dg.AssetsDefinition]]:
+    """The assets that have this partition (a destination has only the audiences routed to it), in one
+    run per partitions definition, as Dagster runs them; in order of appearance."""
+    runs: dict[dg.PartitionsDefinition, list[dg.AssetsDefinition]] = {}
+    for asset in assets:
+        if asset.partitions_def.has_partition_key(partition_key):
+            runs.setdefault(asset.partitions_def, []).append(asset)
+    return list(runs.values())
 
 
 def _run_amc(
@@ -247,7 +257,7 @@ def _follow(
     deadline = time.monotonic() + _AMC_TIMEOUT_SECONDS
     while True:
         context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"amazon_ads": resources["amazon_ads"]}
+            instance=instance, cursor=cursor, resources={key: resources[key] for key in ("amazon_ads", "s3")}
         )
         result = sensor.evaluate_tick(context)
         cursor = result.cursor
