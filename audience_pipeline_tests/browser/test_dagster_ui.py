@@ -8,10 +8,14 @@ import re
 import time
 
 import duckdb
+import pytest
 import requests
 from playwright.sync_api import Page, expect
 
 from audience_pipeline_tests.browser.conftest import ARTIFACTS, Webserver, chromium_page
+
+# Both tests share one `dagster dev` (a module fixture): keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("browser")
 
 SNAPSHOT = ("audience_snapshot",)
 AUDIENCES = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]  # in defs/audiences
