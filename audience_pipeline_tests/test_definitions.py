@@ -192,5 +192,34 @@ def test_eager_automation_delivers_a_new_snapshot_partition_to_the_destinations_
     assert {key: routed for key, routed in requested.items() if key.path[0] != "dsp"} == dict.fromkeys(
         [key for key in destinations if key.path[0] != "dsp"], {"1001", "app_users_90d"}
     )
-    # The DSP queue takes only its audience; the flush waits for its sensor.
+    # The DSP queue takes only its audience; its flush waits for the queue partition.
     assert (requested[DSP_QUEUE], requested[DSP_FLUSH]) == ({"app_users_90d"}, set())
+
+
+def test_an_audiences_first_dsp_flush_follows_its_queue_and_later_ones_are_the_sensors():
+    definitions = defs()
+
+    def materialize(key: dg.AssetKey, instance: dg.DagsterInstance) -> None:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key, partition="app_users_90d"))
+
+    with dg.instance_for_test() as instance:
+        result = dg.evaluate_automation_conditions(defs=definitions, instance=instance)
+        requested = [result.get_requested_partitions(DSP_FLUSH)]
+        materialize(SNAPSHOT_ASSET_KEY, instance)
+        result = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=result.cursor)
+        requested.append(result.get_requested_partitions(DSP_FLUSH))
+        # The queue partition is materialized and the flush partition never was: the first flush is due.
+        materialize(DSP_QUEUE, instance)
+        result = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=result.cursor)
+        requested.append(result.get_requested_partitions(DSP_FLUSH))
+        # Once flushed, a new snapshot and enqueue request no flush: the sensor's interval or size rule does.
+        materialize(DSP_FLUSH, instance)
+        materialize(SNAPSHOT_ASSET_KEY, instance)
+        result = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=result.cursor)
+        assert result.get_requested_partitions(DSP_QUEUE) == {"app_users_90d"}
+        requested.append(result.get_requested_partitions(DSP_FLUSH))
+        materialize(DSP_QUEUE, instance)
+        result = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=result.cursor)
+        requested.append(result.get_requested_partitions(DSP_FLUSH))
+
+    assert requested == [set(), set(), {"app_users_90d"}, set(), set()]

@@ -187,10 +187,11 @@ def test_changes_are_queued_once_while_pending_and_undone_ones_leave_the_queue(p
 
 
 def sensor_tick(pipeline, instance, cursor=None):
-    context = dg.build_sensor_context(
+    # A context manager: the state store is an AWS resource, which the context sets up and tears down.
+    with dg.build_sensor_context(
         cursor=cursor, instance=instance, resources={"state_store": pipeline.state}
-    )
-    return pipeline.sensor(context)
+    ) as context:
+        return pipeline.sensor(context)
 
 
 def test_the_sensor_flushes_on_time_or_on_size_and_not_otherwise(tmp_path, env):

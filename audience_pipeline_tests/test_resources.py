@@ -1,3 +1,5 @@
+import boto3
+import dagster as dg
 import duckdb
 import polars as pl
 import pytest
@@ -5,11 +7,13 @@ import pytest
 from audience_pipeline.clients.adm import AdmClient
 from audience_pipeline.clients.amc import AmcClient
 from audience_pipeline.clients.dsp import DspClient
-from audience_pipeline.membership.store import StoreError
+from audience_pipeline.defs.resources import resources as wired_resources
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.aws import AwsConnection, FirehoseResource, S3Resource
 from audience_pipeline.resources.duckdb_source import DuckDBSource, SourceNotFoundError
-from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.resources.state_store import STATE_ENV_VAR, StateStore
+from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
+from audience_pipeline.state import StoreError
 
 
 @pytest.fixture
@@ -94,6 +98,36 @@ def test_state_store_keeps_the_old_file_when_a_write_fails(tmp_path):
 
     assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
+
+
+def test_an_s3_state_store_wired_as_in_defs_reaches_the_sandbox(sandbox_env, monkeypatch):
+    monkeypatch.setenv(STATE_ENV_VAR, "s3://state/pipeline")
+    boto3.client("s3").create_bucket(Bucket="state")
+    resources = wired_resources().resources
+
+    @dg.asset
+    def round_trip(state_store: StateStore) -> list[str]:
+        state_store.write_parquet("snapshots/1.parquet", pl.DataFrame({"user_id": ["a"]}))
+        return state_store.read_parquet("snapshots/1.parquet")["user_id"].to_list()
+
+    result = dg.materialize([round_trip], resources=resources)
+
+    assert resources["state_store"].endpoint_url == sandbox_env.aws_url
+    assert result.output_for_node("round_trip") == ["a"]
+    stored = boto3.client("s3").get_object(Bucket="state", Key="pipeline/snapshots/1.parquet")
+    assert pl.read_parquet(stored["Body"].read())["user_id"].to_list() == ["a"]
+
+
+def test_an_s3_state_store_gets_its_client_from_its_aws_settings(sandbox, monkeypatch):
+    for name, value in DUMMY_AWS_KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    boto3.client("s3", endpoint_url=sandbox.aws_url).create_bucket(Bucket="state")
+    store = StateStore(root="s3://state/p", endpoint_url=sandbox.aws_url)
+    assert isinstance(store, S3Resource)
+
+    assert store.write_parquet("x.parquet", pl.DataFrame({"user_id": ["a"]})) == "s3://state/p/x.parquet"
+    assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
 
 
 def test_a_destinations_own_aws_keys_and_region_take_precedence_over_the_resources():

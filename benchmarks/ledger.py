@@ -20,7 +20,8 @@ import time
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace)
 
-from audience_pipeline.membership import Ledger, ParquetStore, diff, fingerprint
+from audience_pipeline.membership import Ledger, diff, fingerprint
+from audience_pipeline.state import ParquetStore
 
 IDENTITIES = ["customer_id", "email_sha256", "phone_sha256"]
 LEDGER = ("benchmark/stream", "audience-1")

@@ -39,7 +39,7 @@ from audience_pipeline.membership.delivery import (
 from audience_pipeline.membership.dsp_queue import QueueConflict
 from audience_pipeline.membership.ledger import LedgerConflict, LedgerDamaged
 from audience_pipeline.membership.payload_crypto import LedgerKeyError
-from audience_pipeline.membership.store import StoreError
+from audience_pipeline.state import StoreError
 
 # Errors whose message already names the file, variable or record and what to do.
 _SELF_EXPLAINED = (
@@ -140,21 +140,22 @@ class DestinationComponent(dg.Component, dg.Model, dg.Resolvable):
         resources: set[str],
         group_name: str = "deliver",
         upstream: dg.AssetKey = SNAPSHOT_ASSET_KEY,
-        eager: bool = True,
+        automation_condition: dg.AutomationCondition | None = None,
         pool: str | None = None,
         checks: Mapping[str, str] | None = None,
     ) -> dg.AssetsDefinition:
         """An asset with one partition per audience this destination takes, downstream of the same
         partition of `upstream`, that runs `step` and records the metadata it returns; unknown audience
-        ids fail here. `eager`: materialized whenever `upstream`'s partition changes. `checks`: the names
-        and descriptions of its asset checks, evaluated per partition (see `checks`)."""
+        ids fail here. `automation_condition`: when it materializes on its own; by default eager, whenever
+        `upstream`'s partition changes. `checks`: the names and descriptions of its asset checks, evaluated
+        per partition (see `checks`)."""
         partitions_def = audiences.routed_partitions_def(self.audiences, self.label)
         spec = dg.AssetSpec(
             key,
             # Identity on the keys both have: each audience's partition follows the snapshot's partition
             # of the same audience; the snapshot's other partitions map to nothing here.
             deps=[dg.AssetDep(upstream, partition_mapping=dg.IdentityPartitionMapping())],
-            automation_condition=dg.AutomationCondition.eager() if eager else None,
+            automation_condition=automation_condition or dg.AutomationCondition.eager(),
             group_name=group_name,
             kinds=kinds,
             owners=OWNERS,

@@ -6,8 +6,10 @@ both assets, following the snapshot's partition of the same audience):
 - `dsp/advertiser_<id>` (eager) appends the MAID changes of a new snapshot to the audience's queue;
 - `dsp/advertiser_<id>/flush` sends the queue to the audience's DSP audience (created on first use,
   never twice: see `membership.dsp_audiences`);
-- the sensor requests a flush when the upload interval has passed since the last upload or the queue
-  reached its size limit, whichever comes first.
+- an audience's first flush runs as soon as its queue partition is materialized (automation, see
+  `FIRST_FLUSH`): never uploaded, it has no previous upload to wait for;
+- after that, the sensor requests a flush when the upload interval has passed since the last upload or
+  the queue reached its size limit, whichever comes first.
 """
 
 import json
@@ -33,6 +35,19 @@ from audience_pipeline.resources.state_store import StateStore
 
 REGIONS = ("NA", "EU", "FE")
 _INTERVAL = TypeAdapter(timedelta)
+
+# The flush's own automation: a partition never materialized is requested once its queue partition has
+# been materialized (a run of its own, after the queue's: not with it in the queue's run). So the first
+# upload follows the first enqueue (mParticle uploads when the interval has passed "since the last
+# upload", and there is none) and no audience stays missing until the sensor's interval; later uploads
+# are the sensor's. A first flush that failed is tried again after the queue's next update (run-level
+# retries are off). Unlike `on_missing()`, partitions already missing at the first evaluation count.
+FIRST_FLUSH = (
+    dg.AutomationCondition.missing()
+    & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("first flush: never flushed, queue materialized")
 
 
 class DspMobileAdIdsComponent(DestinationComponent):
@@ -175,7 +190,8 @@ class DspMobileAdIdsComponent(DestinationComponent):
     def build_flush_asset(
         self, audiences: AudiencesComponent, clock: Callable[[], float] = time.time
     ) -> dg.AssetsDefinition:
-        """The flush asset; the sensor requests its partitions, nothing materializes it on its own."""
+        """The flush asset: an audience's first flush follows its queue (`FIRST_FLUSH`), the sensor
+        requests the later ones."""
 
         def flush_step(
             context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
@@ -227,11 +243,13 @@ class DspMobileAdIdsComponent(DestinationComponent):
             "its intent before the request), sends the queued patches in requests within Amazon's limits, "
             "commits the confirmed ones to the ledger and takes them off the queue, records the upload "
             "time and reads the audience's match rate. Patches not confirmed stay queued and fail the "
-            "run. Metadata holds counts only.",
+            "run. Metadata holds counts only.\n\nAn audience's first flush runs as soon as its queue "
+            "partition is materialized; later ones when the flush sensor finds the upload interval passed "
+            "since the last upload or the queue at its size limit.",
             kinds={"amazon", "dsp"},
             resources={"amazon_ads"},
             upstream=self.queue_key,
-            eager=False,
+            automation_condition=FIRST_FLUSH,
             pool="amazon_ads_dsp",
         )
 

@@ -27,12 +27,17 @@ def resources() -> dg.Definitions:
 
     Locations come from env vars; secrets only through `dg.EnvVar`. AWS credentials are boto3's default
     chain here; a destination with keys or a role of its own names them in its YAML, and its component
-    hands them to the resource (`resources.aws.AwsConnection`).
+    hands them to the resource (`resources.aws.AwsConnection`). `state_store` is an `S3Resource` too: an
+    `s3://` root gets its client the same way.
     """
+    # Unset, boto3 reads AWS_ENDPOINT_URL itself; wired here so the UI shows where AWS calls go.
+    aws_endpoint = os.environ.get(ENDPOINT_ENV_VAR)
     return dg.Definitions(
         resources={
             "source": DuckDBSource(database=os.environ.get(SOURCE_ENV_VAR, DEFAULT_SOURCE)),
-            "state_store": StateStore(root=os.environ.get(STATE_ENV_VAR, DEFAULT_STATE)),
+            "state_store": StateStore(
+                root=os.environ.get(STATE_ENV_VAR, DEFAULT_STATE), endpoint_url=aws_endpoint
+            ),
             "amazon_ads": AmazonAdsApi(
                 client_id=dg.EnvVar(CLIENT_ID_ENV_VAR),
                 client_secret=dg.EnvVar(CLIENT_SECRET_ENV_VAR),
@@ -42,9 +47,8 @@ def resources() -> dg.Definitions:
                 base_url=os.environ.get(API_URL_ENV_VAR),
                 token_url=os.environ.get(TOKEN_URL_ENV_VAR),
             ),
-            # Unset, boto3 reads AWS_ENDPOINT_URL itself; wired here so the UI shows where AWS calls go.
-            "s3": S3Resource(endpoint_url=os.environ.get(ENDPOINT_ENV_VAR)),
-            "firehose": FirehoseResource(endpoint_url=os.environ.get(ENDPOINT_ENV_VAR)),
+            "s3": S3Resource(endpoint_url=aws_endpoint),
+            "firehose": FirehoseResource(endpoint_url=aws_endpoint),
             "ledger_cipher": LedgerCipher(key=dg.EnvVar(LEDGER_KEY_ENV_VAR)),
         }
     )

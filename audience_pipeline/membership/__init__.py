@@ -9,7 +9,6 @@ from audience_pipeline.membership.ledger import (
     LedgerState,
     ledger_key,
 )
-from audience_pipeline.membership.store import ParquetStore, RevisionConflict, StoredFrame, StoreError
 
 __all__ = [
     "LEDGER_SCHEMA",
@@ -17,10 +16,6 @@ __all__ = [
     "LedgerConflict",
     "LedgerState",
     "MembershipDiff",
-    "ParquetStore",
-    "RevisionConflict",
-    "StoreError",
-    "StoredFrame",
     "diff",
     "fingerprint",
     "ledger_key",

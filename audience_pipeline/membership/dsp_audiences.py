@@ -26,7 +26,7 @@ from audience_pipeline.clients.ads_api import LOST_ANSWER, AmazonAdsApiError
 from audience_pipeline.clients.dsp import DspClient
 from audience_pipeline.membership.delivery import DestinationProblem, SettingProblem
 from audience_pipeline.membership.ledger import ledger_key
-from audience_pipeline.membership.store import ParquetStore, RevisionConflict
+from audience_pipeline.state import ParquetStore, RevisionConflict
 
 RECORD_SCHEMA = pl.Schema(
     {"external_audience_id": pl.String, "dsp_audience_id": pl.String, "requested_at": pl.Int64}

@@ -23,7 +23,7 @@ from audience_pipeline.clients.dsp import maid_patch
 from audience_pipeline.identity import normalize_identities
 from audience_pipeline.identity.rules import ZEROED_MAID
 from audience_pipeline.membership.ledger import ledger_key
-from audience_pipeline.membership.store import ParquetStore, RevisionConflict
+from audience_pipeline.state import ParquetStore, RevisionConflict
 
 MAID_COLUMNS = ("idfa", "gaid")
 QUEUE_SCHEMA = pl.Schema({"maid": pl.String, "op": pl.String, "queued_at": pl.Int64})

@@ -34,7 +34,7 @@ from urllib.parse import quote
 import polars as pl
 
 from audience_pipeline.membership.diff import MEMBER_COLUMNS
-from audience_pipeline.membership.store import ParquetStore, RevisionConflict, UnreadableFile
+from audience_pipeline.state import ParquetStore, RevisionConflict, UnreadableFile
 
 LEDGER_SCHEMA = pl.Schema(
     {"user_id": pl.String, "fingerprint": pl.String, "payload": pl.String, "version": pl.Int64}

@@ -2,20 +2,25 @@
 
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr
 
-from audience_pipeline.membership.store import ParquetStore
+from audience_pipeline.resources.aws import S3Resource
+from audience_pipeline.state import ParquetStore
 
 STATE_ENV_VAR = "AUDIENCE_PIPELINE_STATE"
 DEFAULT_STATE = ".audience_state"
 
 
-class StateStore(dg.ConfigurableResource):
+class StateStore(S3Resource):
     """Parquet files addressed by relative keys such as `snapshots/42.parquet`, under a local folder or
     `s3://bucket/prefix` (see `ParquetStore`); a reader sees the old file or the new one, never a partial
-    one. For S3, boto3's default chain and `AWS_ENDPOINT_URL` apply, so the sandbox can stand in.
+    one.
+
+    For S3, its client is made as every AWS client of the pipeline is: this resource is an `S3Resource`
+    (`resources/aws.py`, on dagster-aws's `ResourceWithBoto3Configuration`), so region, endpoint, profile,
+    keys and a role to assume are its fields, and `get_client` makes the client `ParquetStore` uses.
+    Unset, boto3's default chain and `AWS_ENDPOINT_URL` apply, so the sandbox can stand in.
     """
 
     root: str = Field(
@@ -27,7 +32,7 @@ class StateStore(dg.ConfigurableResource):
     def store(self) -> ParquetStore:
         """The Parquet store under `root`, for components that keep more than snapshots (ledgers)."""
         if self._store is None:
-            self._store = ParquetStore(self.root)
+            self._store = ParquetStore(self.root, s3_client=self.get_client)
         return self._store
 
     def path(self, key: str) -> Path | str:

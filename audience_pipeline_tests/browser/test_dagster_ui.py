@@ -21,14 +21,16 @@ SNAPSHOT = ("audience_snapshot",)
 AUDIENCES = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]  # in defs/audiences
 ADM = ("ads_data_manager", "amzn1_ads_account_sandbox")
 DSP_QUEUE = ("dsp", "advertiser_5551234567890")
+DSP_FLUSH_KEY = (*DSP_QUEUE, "flush")
 DESTINATION_PREFIXES = {"firehose", "ads_data_manager", "dsp", "amc"}
 # Unpartitioned, and it neither waits for AMC nor needs a daemon: a run of it ends on its own.
 UPLOAD = ("amc", "dataset", "sample_customer_identities")
 UPLOAD_SQL = "SELECT count(*) FROM profiles WHERE customer_id IS NOT NULL"  # the `query` in defs/amc
 RUN_TIMEOUT_MS = 120_000
 SCREENSHOT = ARTIFACTS / "dagster_ui.png"
-# Four snapshot runs, then the deliveries the automation sensor (every 30 s) launches after them.
-BACKFILL_TIMEOUT_SECONDS = 180
+# Four snapshot runs, then the deliveries the automation sensor (every 30 s) launches after them, then
+# the first DSP flush it launches after the DSP queue's run.
+BACKFILL_TIMEOUT_SECONDS = 240
 RUN_ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
 BACKFILL_ENDED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
@@ -36,7 +38,9 @@ ASSET_KEYS = "{ assetNodes { assetKey { path } } }"
 RUN_STATUS = "query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }"
 BACKFILLS = "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"
 RUNS = """
-{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }
+{ runsOrError { ... on Runs { results {
+  runId status jobName tags { key value } assetSelection { path }
+} } } }
 """
 PARTITIONS = """
 { assetNodes { assetKey { path } partitionStats { numPartitions numMaterialized numFailed } } }
@@ -129,7 +133,8 @@ def test_a_newcomers_first_backfill_of_every_audience_ends_green_with_every_dest
     webserver: Webserver,
 ):
     """What the README's quickstart says: materialize every partition of `audience_snapshot`; the
-    destinations follow each snapshot (eager automation) and take only the audiences routed to them."""
+    destinations follow each snapshot (eager automation) and take only the audiences routed to them; the
+    DSP flush of a never-flushed audience follows its queue."""
     earlier_runs = {run["runId"] for run in _runs(webserver)}
     with chromium_page("newcomer_backfill") as page:
         page.set_default_timeout(30_000)
@@ -150,20 +155,24 @@ def test_a_newcomers_first_backfill_of_every_audience_ends_green_with_every_dest
     assert "default_automation_condition_sensor" in launched_by, runs
     destinations = {key: stats for key, stats in partitions.items() if key != SNAPSHOT}
     # Each destination has a partition per audience routed to it (the DSP advertiser takes one) and
-    # none is left missing; the DSP upload waits for its flush sensor's interval (2 h in the example).
+    # none is left missing: the first DSP upload does not wait for its flush sensor's interval (2 h in
+    # the example).
     assert {key: stats["numPartitions"] for key, stats in destinations.items()} == {
         ("firehose", "audience_changes"): 4,
         (*ADM,): 4,
         DSP_QUEUE: 1,
-        (*DSP_QUEUE, "flush"): 1,
+        DSP_FLUSH_KEY: 1,
     }
     missing = {
         key: stats
         for key, stats in destinations.items()
-        if key[-1] != "flush"
-        and (stats["numMaterialized"], stats["numFailed"]) != (stats["numPartitions"], 0)
+        if (stats["numMaterialized"], stats["numFailed"]) != (stats["numPartitions"], 0)
     }
     assert missing == {}, missing
+    # The automation sensor launched that first flush, after the queue's run and not with it.
+    flush_runs = [run for run in runs if _asset_selection(run) == {DSP_FLUSH_KEY}]
+    launched = [(_tag(run, "dagster/partition"), _tag(run, "dagster/sensor_name")) for run in flush_runs]
+    assert launched == [("app_users_90d", "default_automation_condition_sensor")], runs
     # The check result carries its partition: every audience's `members_accepted` passed.
     [check] = webserver.graphql(CHECK_PARTITIONS, path=list(ADM))["assetNodeOrError"]["assetChecksOrError"][
         "checks"
@@ -171,6 +180,14 @@ def test_a_newcomers_first_backfill_of_every_audience_ends_green_with_every_dest
     statuses = check["partitionStatuses"]
     assert check["name"] == "members_accepted" and statuses["failedPartitions"] == [], check
     assert sorted(statuses["succeededPartitions"]) == sorted(AUDIENCES), check
+
+
+def _asset_selection(run: dict) -> set[tuple[str, ...]]:
+    return {tuple(key["path"]) for key in run["assetSelection"] or []}
+
+
+def _tag(run: dict, key: str) -> str | None:
+    return next((tag["value"] for tag in run["tags"] if tag["key"] == key), None)
 
 
 def _runs(webserver: Webserver) -> list[dict]:
@@ -192,11 +209,7 @@ def _wait_for_backfill_and_deliveries(webserver: Webserver) -> tuple[dict, list[
         ended = all(b["status"] in BACKFILL_ENDED for b in backfills) and all(
             run["status"] in RUN_ENDED for run in runs
         )
-        delivered = all(
-            stats["numMaterialized"] == stats["numPartitions"]
-            for key, stats in partitions.items()
-            if key[-1] != "flush"
-        )
+        delivered = all(stats["numMaterialized"] == stats["numPartitions"] for stats in partitions.values())
         failed = any(run["status"] != "SUCCESS" for run in runs if run["status"] in RUN_ENDED)
         if backfills and ended and (delivered or failed):
             [backfill] = backfills

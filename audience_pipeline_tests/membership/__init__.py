@@ -1,1 +1,1 @@
-"""Tests of the membership ledger: fingerprints, diffs, ledgers and the Parquet state store."""
+"""Tests of the membership ledger: fingerprints, diffs and ledgers."""

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import polars as pl
 import pytest
 
-from audience_pipeline.membership import Ledger, ParquetStore
+from audience_pipeline.membership import Ledger
 from audience_pipeline.membership.delivery import (
     ITEM,
     KIND,
@@ -17,6 +17,7 @@ from audience_pipeline.membership.delivery import (
     Members,
     deliver,
 )
+from audience_pipeline.state import ParquetStore
 
 
 class Refused(Exception):

@@ -9,12 +9,12 @@ import pytest
 from audience_pipeline.membership import (
     Ledger,
     LedgerConflict,
-    ParquetStore,
     diff,
     ledger_key,
     message_id,
 )
 from audience_pipeline.membership.ledger import LedgerDamaged
+from audience_pipeline.state import ParquetStore
 
 
 def members(*rows: tuple[str, str, str]) -> pl.DataFrame:

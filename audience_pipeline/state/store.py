@@ -14,10 +14,11 @@ import io
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import boto3
 import polars as pl
@@ -57,27 +58,47 @@ class StoredFrame:
 class ParquetStore:
     """Parquet files addressed by relative keys such as `ledgers/firehose/my_stream/1001.parquet`.
 
-    `root` is a local folder (created on first write) or `s3://bucket/prefix`. For S3, credentials
-    come from boto3's default chain; `endpoint_url` (else boto3's own `AWS_ENDPOINT_URL`) and
-    `region` point it elsewhere, e.g. at the sandbox.
+    `root` is a local folder (created on first write) or `s3://bucket/prefix`. For S3, `s3_client`
+    makes the boto3 S3 client, called once on first use (the `state_store` resource passes its own
+    `S3Resource.get_client`, so the state store reaches AWS the way every other AWS client does).
+    Without it, a plain boto3 client with the default credential chain is made; `endpoint_url`
+    (else boto3's own `AWS_ENDPOINT_URL`) and `region` point it elsewhere, e.g. at the sandbox.
     """
 
-    def __init__(self, root: str, *, endpoint_url: str | None = None, region: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        *,
+        s3_client: Callable[[], Any] | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ):
         self.root = root
-        if root.startswith("s3://"):
+        self._s3_client: Any = None
+        self._local = not root.startswith("s3://")
+        if not self._local:
             bucket, _, prefix = root.removeprefix("s3://").partition("/")
             if not bucket:
                 raise ValueError(f"State store root {root!r} names no bucket; use s3://bucket/prefix")
             self._bucket, self._prefix = bucket, prefix.strip("/")
-            self._s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+            self._make_s3_client = s3_client or (
+                lambda: boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+            )
         else:
-            self._s3 = None
+            self._make_s3_client = None
             self._folder = Path(root)
+
+    @property
+    def _s3(self) -> Any:
+        """The S3 client, made on first use (inside `_errors`, so a failure names the root and key)."""
+        if self._s3_client is None:
+            self._s3_client = self._make_s3_client()
+        return self._s3_client
 
     def uri(self, key: str) -> str:
         """Where `key` is stored: a local path or an `s3://` URI."""
         key = _checked(key)
-        if self._s3 is None:
+        if self._local:
             return str(self._folder / key)
         return f"s3://{self._bucket}/{self._object_key(key)}"
 
@@ -89,14 +110,14 @@ class ParquetStore:
     def read_stored(self, key: str) -> StoredFrame | None:
         """The frame, metadata and revision stored at `key`, or None when nothing is stored there."""
         with self._errors("reading", key):
-            if self._s3 is None:
+            if self._local:
                 return self._read_local(key)
             return self._read_s3(key)
 
     def write(self, key: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None = None) -> str:
         """Replace the file at `key` with `frame` atomically; return the new revision."""
         with self._errors("writing", key):
-            if self._s3 is None:
+            if self._local:
                 return self._write_local(key, frame, metadata)
             return self._write_s3(key, frame, metadata, {})
 
@@ -115,7 +136,7 @@ class ParquetStore:
         serializes conditional writers on this host, which is all a local folder can be shared by.
         """
         with self._errors("writing", key):
-            if self._s3 is None:
+            if self._local:
                 with self._locked(key):
                     current = self._local_revision(key)
                     if current != expected_revision:
@@ -132,7 +153,7 @@ class ParquetStore:
     def delete(self, key: str) -> None:
         """Remove the file at `key`; nothing happens when it is absent."""
         with self._errors("deleting", key):
-            if self._s3 is None:
+            if self._local:
                 (self._folder / _checked(key)).unlink(missing_ok=True)
             else:
                 self._s3.delete_object(Bucket=self._bucket, Key=self._object_key(key))

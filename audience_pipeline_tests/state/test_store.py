@@ -6,8 +6,8 @@ import boto3
 import polars as pl
 import pytest
 
-from audience_pipeline.membership import ParquetStore, RevisionConflict, StoreError
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
+from audience_pipeline.state import ParquetStore, RevisionConflict, StoreError
 
 KEY = "ledgers/firehose/my_stream/1001.parquet"
 OLD = pl.DataFrame({"user_id": ["u1"], "payload": ["old"]})
