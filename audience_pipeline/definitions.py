@@ -5,18 +5,24 @@ from typing import TypeVar
 
 import dagster as dg
 
-import audience_pipeline
+from audience_pipeline.components.setting_errors import yaml_setting_errors
 
 C = TypeVar("C", bound=dg.Component)
+
+_PACKAGE = Path(__file__).parent
+# Setting errors name YAML files relative to the folder holding the package (the project's).
+_PROJECT = _PACKAGE.parent
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     """All of the project's Dagster definitions."""
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    with yaml_setting_errors(_PROJECT):
+        return dg.load_from_defs_folder(path_within_project=_PACKAGE)
 
 
 def project_components(kind: type[C]) -> list[C]:
     """The components of one kind declared under `defs/` (e.g. every Firehose destination)."""
-    tree = dg.ComponentTree.for_project(Path(audience_pipeline.__file__))
-    return list(tree.load_context.component_tree.get_all_components(kind))
+    with yaml_setting_errors(_PROJECT):
+        tree = dg.ComponentTree.for_project(_PACKAGE)
+        return list(tree.load_context.component_tree.get_all_components(kind))

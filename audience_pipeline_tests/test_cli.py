@@ -2,7 +2,8 @@ import boto3
 import polars as pl
 from click.testing import CliRunner
 
-from audience_pipeline.cli import main
+from audience_pipeline.cli import demo, main
+from audience_pipeline.components.setting_errors import SettingError
 from audience_pipeline_tests.conftest import DEMO_PROFILES, DemoRun
 
 EXAMPLE_AUDIENCE_IDS = ["1001", "1002", "newsletter_subscribers", "app_users_90d"]
@@ -100,3 +101,18 @@ def test_demo_against_an_external_api_without_login_variables_names_them_in_one_
         "against a sandbox of its own)\n"
     )
     assert not (tmp_path / "demo").exists(), "nothing was started"
+
+
+def test_demo_with_a_broken_project_setting_says_which_in_one_line(monkeypatch, tmp_path):
+    def broken(kind):
+        raise SettingError("audience_pipeline/defs/firehose/defs.yaml: region: 'mars-1' is not an AWS region")
+
+    monkeypatch.setattr(demo, "project_components", broken)
+
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo")])
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "Error: audience_pipeline/defs/firehose/defs.yaml: region: 'mars-1' is not an AWS region"
+    )
+    assert "Traceback" not in result.output

@@ -63,6 +63,7 @@ def demo_command(profiles: int, as_json: bool, workdir: Path) -> None:
     """Run the whole pipeline on sample data and report what it did."""
     # Imported here so that the commands that do not run Dagster start without loading it.
     from audience_pipeline.cli.demo import DemoError, format_report, run_demo
+    from audience_pipeline.components.setting_errors import SettingError
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
@@ -72,7 +73,7 @@ def demo_command(profiles: int, as_json: bool, workdir: Path) -> None:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             report = run_demo(workdir, profiles=profiles, progress=progress)
-    except DemoError as error:
+    except (DemoError, SettingError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(json.dumps(report) if as_json else format_report(report))
 
@@ -97,18 +98,22 @@ def dev_command(profiles: int, workdir: Path, port: int, host: str) -> None:
     sandbox's environment; prints the UI's address once it answers.
     """
     from audience_pipeline.cli.dev import port_in_use, run_dev
+    from audience_pipeline.components.setting_errors import SettingError
 
     # Checked before anything starts, so that a busy port costs nothing and says what to change.
     if port_in_use(host, port):
         raise click.BadParameter(f"{host}:{port} is already in use; pick a free port.", param_hint="'--port'")
-    code = run_dev(
-        workdir,
-        profiles,
-        host,
-        port,
-        progress=lambda line: click.echo(line, err=True),
-        ready=lambda url: click.echo(f"Dagster UI: {url}"),
-    )
+    try:
+        code = run_dev(
+            workdir,
+            profiles,
+            host,
+            port,
+            progress=lambda line: click.echo(line, err=True),
+            ready=lambda url: click.echo(f"Dagster UI: {url}"),
+        )
+    except SettingError as error:
+        raise click.ClickException(str(error)) from None
     sys.exit(code)
 
 

@@ -38,6 +38,7 @@ from audience_pipeline.components.aws_settings import (
     check_region,
     env_secret,
 )
+from audience_pipeline.components.setting_errors import CheckedSettings
 from audience_pipeline.components.ui import name_part
 from audience_pipeline.resources.aws import AwsConnection, S3Resource
 
@@ -90,7 +91,7 @@ class S3Authentication(dg.Model, dg.Resolvable):
         return self
 
 
-class AmazonMarketingCloudComponent(dg.Component, dg.Model, dg.Resolvable):
+class AmazonMarketingCloudComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
     """Uploads datasets to, deletes identities from, and builds rule-based audiences in one AMC instance.
 
     The settings are Treasure Data's AMC export settings (seed 003), with its defaults. The Login

@@ -272,7 +272,10 @@ def source_query_errors(where: str, setting: str) -> Iterator[None]:
     try:
         yield
     except _SQL_ERRORS as e:
-        raise dg.Failure(f"{where}: its `{setting}` failed: {e}") from None
+        # DuckDB spreads its message over lines (a hint, the query line, a caret under the error);
+        # a run's failure is one line.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() not in ("", "^")]
+        raise dg.Failure(f"{where}: its `{setting}` failed: {' '.join(lines)}") from None
     except duckdb.Error as e:
         raise dg.Failure(
             f"{where}: its `{setting}` failed with {type(e).__name__} "

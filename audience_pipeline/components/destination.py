@@ -27,6 +27,7 @@ from audience_pipeline.components.audiences import (
     check_audience_ids,
     find_audiences,
 )
+from audience_pipeline.components.setting_errors import CheckedSettings
 from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.membership.delivery import (
     DEFAULT_MAX_REMOVAL_SHARE,
@@ -69,7 +70,7 @@ class DeliveryRunConfig(dg.Config):
     )
 
 
-class DestinationComponent(dg.Component, dg.Model, dg.Resolvable):
+class DestinationComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
     """The settings and wiring every membership destination has; see the module docstring.
 
     A subclass names its `kind` (`Firehose`, `DSP`, ...), its `label` (the kind and which stream,

@@ -1,12 +1,15 @@
 """Where the pipeline keeps what it computed and delivered: Parquet files under one root."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr
 
 from audience_pipeline.resources.aws import S3Resource
-from audience_pipeline.state import ParquetStore
+from audience_pipeline.state import ParquetStore, StoreError
 
 STATE_ENV_VAR = "AUDIENCE_PIPELINE_STATE"
 DEFAULT_STATE = ".audience_state"
@@ -42,9 +45,20 @@ class StateStore(S3Resource):
 
     def write_parquet(self, key: str, frame: pl.DataFrame) -> Path | str:
         """Replace the file at `key` with `frame`, atomically; return where it is stored."""
-        self.store.write(key, frame)
+        with _as_failure():
+            self.store.write(key, frame)
         return self.path(key)
 
     def read_parquet(self, key: str) -> pl.DataFrame | None:
         """The frame stored at `key`, or None when nothing was stored there yet."""
-        return self.store.read(key)
+        with _as_failure():
+            return self.store.read(key)
+
+
+@contextmanager
+def _as_failure() -> Iterator[None]:
+    """A store error fails the run with its message alone: it names the root, the key and the cause."""
+    try:
+        yield
+    except StoreError as error:
+        raise dg.Failure(str(error)) from None
