@@ -11,6 +11,7 @@ import duckdb
 import pytest
 import requests
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from audience_pipeline_tests.browser.conftest import ARTIFACTS, Webserver, chromium_page
 
@@ -77,8 +78,7 @@ def test_an_amc_upload_launched_from_the_asset_graph_succeeds_and_its_metadata_i
         page.set_default_timeout(30_000)
         page.goto(f"{webserver.url}/asset-groups")
         # The global lineage starts with every group folded into one box.
-        page.get_by_role("button", name="settings", exact=True).click()
-        page.get_by_role("menuitem", name="Expand all groups").click()
+        _click_menu_item(page, "settings", "Expand all groups")
         page.keyboard.press("Escape")
         for key in (SNAPSHOT, *destinations, UPLOAD):
             _select_in_graph(page, key)
@@ -216,3 +216,16 @@ def _wait_for_backfill_and_deliveries(webserver: Webserver) -> tuple[dict, list[
             return backfill, runs, partitions
         assert time.monotonic() < deadline, (backfills, runs, partitions, webserver.log_tail())
         time.sleep(1)
+
+
+def _click_menu_item(page: Page, menu: str, item: str, attempts: int = 3) -> None:
+    """Opens the menu of button `menu` and clicks `item`. The community modal, closed by the page's
+    locator handler whenever it shows, closes an open menu too; the menu is then opened again."""
+    for attempt in range(1, attempts + 1):
+        page.get_by_role("button", name=menu, exact=True).click()
+        try:
+            page.get_by_role("menuitem", name=item).click(timeout=10_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == attempts:
+                raise
