@@ -2,8 +2,10 @@
 the fallback to PutRecord, exact delivery."""
 
 import collections
+import threading
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from audience_pipeline.clients.firehose import (
@@ -78,14 +80,47 @@ def test_records_over_1000_kib_are_rejected_without_being_sent(sandbox, s3, fire
     assert put_calls(sandbox)[-1:] == [200] and len(put_calls(sandbox)) == 2  # create stream + one put
 
 
-def test_partial_failures_are_retried_until_every_record_is_delivered_once(sandbox, s3, firehose):
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+def test_partial_failures_are_retried_until_every_record_is_delivered_once(
+    sandbox, s3, firehose, max_in_flight
+):
     add_fault(sandbox.aws_url, route=PUT_RECORD_BATCH, record_failure_rate=0.2)
     waits = []
-    result = send_records(firehose, STREAM, [message(i) for i in range(700)], sleep=waits.append)
-    assert result.sent == 700 and not result.failed
-    assert result.retried > 0 and result.calls > result.batches == 2
-    assert len(waits) == result.calls - result.batches
-    assert delivered_ids(s3) == collections.Counter(f"m-{i}" for i in range(700))
+    result = send_records(
+        firehose, STREAM, [message(i) for i in range(2700)], sleep=waits.append, max_in_flight=max_in_flight
+    )
+    assert result.sent == 2700 and not result.failed
+    assert result.retried > 0 and result.calls > result.batches == 6
+    assert len(waits) == result.calls - result.batches == len(put_calls(sandbox)) - 1 - result.batches
+    assert delivered_ids(s3) == collections.Counter(f"m-{i}" for i in range(2700))
+
+
+class RefusingClient:
+    """Takes every PutRecordBatch, except that call number `refuse_at` is refused for good."""
+
+    def __init__(self, refuse_at: int):
+        self.refuse_at, self.calls, self.received = refuse_at, 0, []
+        self.lock = threading.Lock()
+
+    def put_record_batch(self, DeliveryStreamName, Records):  # noqa: N803 (boto3's argument names)
+        with self.lock:
+            self.calls += 1
+            if self.calls == self.refuse_at:
+                raise ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "PutRecordBatch")
+            self.received += [record["Data"] for record in Records]
+        return {"FailedPutCount": 0, "RequestResponses": [{"RecordId": "r"} for _ in Records]}
+
+
+def test_a_call_refused_among_concurrent_ones_stops_new_calls_and_counts_what_was_delivered():
+    client = RefusingClient(refuse_at=3)
+
+    with pytest.raises(FirehoseSendError, match="ResourceNotFoundException") as error:
+        send_records(client, STREAM, [message(i) for i in range(10_000)], max_in_flight=4)
+
+    result = error.value.result
+    # The calls in flight when it was refused ended; no call started after it.
+    assert client.calls <= 3 + 3
+    assert (result.calls, result.sent) == (client.calls, len(client.received)) and result.sent < 10_000
 
 
 def test_whole_call_throttling_is_retried(sandbox, s3, firehose):

@@ -12,17 +12,24 @@
   5xx, lost connection) is retried the same way.
 - A record counts as sent only once AWS answered it with a `RecordId`. Delivery is at-least-once
   (a call that failed on the wire may still have landed), so every record should carry its own id.
+- Calls run `max_in_flight` at a time, after a first call alone that finds which API the policy
+  allows. With a `RateLimit` (requests, records and bytes per second, as the stream's quota), every
+  call, retries included, waits for its share first, and calls are no larger than the limit's burst,
+  so a delivery runs at the quota instead of into `ServiceUnavailableException`.
 """
 
 import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+
+from audience_pipeline.clients.rate_limit import RateLimit
 
 MAX_RECORDS_PER_CALL = 500
 MAX_RECORD_BYTES = 1_000 * 1024
@@ -32,6 +39,16 @@ _RETRYABLE_CODES = {"ServiceUnavailableException", "InternalFailure", "Throttlin
 ACCESS_DENIED = "AccessDeniedException"
 PUT_RECORD_BATCH = "PutRecordBatch"
 PUT_RECORD = "PutRecord"
+# Firehose's default Direct PUT quotas per stream (AWS's quota page): these three regions get the
+# first, every other region the second. `bytes` are the records' data, before base64.
+_LARGE_REGIONS = {"us-east-1", "us-west-2", "eu-west-1"}
+LARGE_REGION_QUOTA = {"records": 500_000, "requests": 2_000, "bytes": 5 * 1024 * 1024}
+REGION_QUOTA = {"records": 100_000, "requests": 1_000, "bytes": 1024 * 1024}
+
+
+def default_quota(region: str) -> dict[str, int]:
+    """A Direct PUT stream's default quota in `region`: records, requests and bytes per second."""
+    return dict(LARGE_REGION_QUOTA if region in _LARGE_REGIONS else REGION_QUOTA)
 
 
 @dataclass(frozen=True)
@@ -147,19 +164,22 @@ def send_records(
     base_delay: float = 0.1,
     max_delay: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
+    rate_limit: RateLimit | None = None,
+    max_in_flight: int = 1,
 ) -> SendResult:
     """Send `records` to `stream_name` in batches, retrying only what failed; see the module docstring.
 
     `client` should not retry on its own (see `resources.aws.FirehoseResource`), or `retried` and
-    `calls` undercount.
-    Raises `FirehoseSendError` when AWS refuses a call for good (a missing stream, `PutRecord` denied).
+    `calls` undercount; boto3 clients may be shared by the `max_in_flight` threads.
+    Raises `FirehoseSendError` when AWS refuses a call for good (a missing stream, `PutRecord` denied),
+    after the calls already in flight have ended; its `result` counts what was delivered.
     """
     result = SendResult()
     send_batch = functools.partial(
         _send_batch,
         client,
         stream_name,
-        result=result,
+        rate_limit=rate_limit,
         max_retries=max_retries,
         base_delay=base_delay,
         max_delay=max_delay,
@@ -171,20 +191,91 @@ def send_records(
         for index, data in enumerate(records)
         if len(data) > MAX_RECORD_BYTES
     ]
-    for batch in record_batches(records):
-        send_batch(batch)
+    batches = record_batches(records, **_call_limits(rate_limit))
+    first = next(batches, None)
+    if first is None:
+        return result
+    # Alone, so that its answer settles the API for the calls that follow.
+    _merge(result, _sent(send_batch, first, None))
+    units: Iterator[list[tuple[int, bytes]]] = batches
+    if result.put_mode == PUT_RECORD:  # one record per call: concurrent calls are single records
+        units = ([record] for batch in batches for record in batch)
+    _send_concurrently(send_batch, units, result, max_in_flight)
     return result
 
 
-def record_batches(records: Iterable[bytes]) -> Iterator[list[tuple[int, bytes]]]:
-    """`records` with their positions, in batches within AWS's limits (500 records, 4 MiB); a record
-    over the 1,000 KiB record limit is left out (it can never be sent)."""
+def _send_concurrently(
+    send: Callable[..., None],
+    units: Iterator[list[tuple[int, bytes]]],
+    result: SendResult,
+    max_in_flight: int,
+) -> None:
+    """Send each unit with at most `max_in_flight` calls at once, merging each unit's own result into
+    `result` on this thread; a refused call stops new units and is raised once the others ended."""
+    refused: FirehoseSendError | None = None
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="firehose") as pool:
+        in_flight: set[Future[SendResult]] = set()
+        while True:
+            while refused is None and len(in_flight) < max_in_flight and (unit := next(units, None)):
+                in_flight.add(pool.submit(_sent, send, unit, result.put_mode))
+            if not in_flight:
+                break
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    _merge(result, future.result())
+                except FirehoseSendError as error:
+                    _merge(result, error.result)
+                    refused = refused or error
+    if refused is not None:
+        refused.result = result
+        raise refused
+
+
+def _sent(send: Callable[..., None], unit: list[tuple[int, bytes]], put_mode: str | None) -> SendResult:
+    """One unit's own result (a call's record counts are merged by the caller, never shared)."""
+    own = SendResult()
+    send(unit, result=own, put_mode=put_mode)
+    return own
+
+
+def _merge(result: SendResult, part: SendResult) -> None:
+    result.sent += part.sent
+    result.retried += part.retried
+    result.failed.extend(part.failed)
+    result.batches += part.batches
+    result.calls += part.calls
+    # PutRecord once any call found batches denied.
+    if result.put_mode != PUT_RECORD:
+        result.put_mode = part.put_mode
+
+
+def _call_limits(rate_limit: RateLimit | None) -> dict[str, int]:
+    """The most records and bytes one call carries: AWS's limits, or less where a quota's burst is
+    smaller (see `RateLimit.burst`), so that no call can carry the stream past its quota."""
+
+    def within(name: str, aws_limit: int) -> int:
+        burst = rate_limit.burst(name) if rate_limit else None
+        return aws_limit if burst is None else max(1, min(aws_limit, int(burst)))
+
+    return {
+        "max_records": within("records", MAX_RECORDS_PER_CALL),
+        "max_call_bytes": within("bytes", MAX_CALL_BYTES),
+    }
+
+
+def record_batches(
+    records: Iterable[bytes], max_records: int = MAX_RECORDS_PER_CALL, max_call_bytes: int = MAX_CALL_BYTES
+) -> Iterator[list[tuple[int, bytes]]]:
+    """`records` with their positions, in batches within AWS's limits (500 records, 4 MiB) or smaller
+    ones; a record over the 1,000 KiB record limit is left out (it can never be sent), a record over
+    `max_call_bytes` goes alone."""
     batch: list[tuple[int, bytes]] = []
     batch_bytes = 0
     for index, data in enumerate(records):
         if len(data) > MAX_RECORD_BYTES:
             continue
-        if len(batch) == MAX_RECORDS_PER_CALL or batch_bytes + len(data) > MAX_CALL_BYTES:
+        if batch and (len(batch) == max_records or batch_bytes + len(data) > max_call_bytes):
             yield batch
             batch, batch_bytes = [], 0
         batch.append((index, data))
@@ -194,12 +285,19 @@ def record_batches(records: Iterable[bytes]) -> Iterator[list[tuple[int, bytes]]
 
 
 def _send_batch(
-    client: Any, stream_name: str, batch: list[tuple[int, bytes]], *, result: SendResult, **backoff: Any
+    client: Any,
+    stream_name: str,
+    batch: list[tuple[int, bytes]],
+    *,
+    result: SendResult,
+    rate_limit: RateLimit | None,
+    put_mode: str | None = None,
+    **backoff: Any,
 ) -> None:
     """One batch with `PutRecordBatch`, or record by record with `PutRecord` once batches were denied."""
-    if result.put_mode != PUT_RECORD:
+    if put_mode != PUT_RECORD:
         result.put_mode = PUT_RECORD_BATCH
-        put = functools.partial(_put_record_batch, client, stream_name)
+        put = _limited(functools.partial(_put_record_batch, client, stream_name), rate_limit)
         try:
             _send_with_retries(put, batch, result=result, **backoff)
             return
@@ -207,12 +305,26 @@ def _send_batch(
             if error.code != ACCESS_DENIED:
                 raise
             # The policy may allow only PutRecord, as seed 002's does: use it for the rest of the run.
-            result.put_mode = PUT_RECORD
             unconfirmed = set(error.unconfirmed)
             batch = [record for record in batch if record[0] in unconfirmed]
-    put = functools.partial(_put_record, client, stream_name)
+    result.put_mode = PUT_RECORD
+    put = _limited(functools.partial(_put_record, client, stream_name), rate_limit)
     for record in batch:
         _send_with_retries(put, [record], result=result, **backoff)
+
+
+def _limited(
+    put: Callable[[list[bytes]], list[dict]], rate_limit: RateLimit | None
+) -> Callable[[list[bytes]], list[dict]]:
+    """`put`, each call first taking its request, records and bytes from `rate_limit`."""
+    if rate_limit is None:
+        return put
+
+    def limited_put(records: list[bytes]) -> list[dict]:
+        rate_limit.take(requests=1, records=len(records), bytes=sum(map(len, records)))
+        return put(records)
+
+    return limited_put
 
 
 def _put_record_batch(client: Any, stream_name: str, records: list[bytes]) -> list[dict]:
