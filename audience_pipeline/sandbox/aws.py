@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 from moto.moto_api._internal import moto_api_backend
@@ -11,7 +12,26 @@ from werkzeug.wrappers import Request, Response
 from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
 from audience_pipeline.sandbox.firehose_records import FirehoseRecords
 from audience_pipeline.sandbox.iam import IamPolicies
+from audience_pipeline.sandbox.quotas import StreamQuotas
 from audience_pipeline.sandbox.s3_encryption import DefaultEncryption
+
+
+class _Dispatcher(DomainDispatcherApplication):
+    """moto's dispatcher, remembering which backend serves each host.
+
+    moto finds it again on every request, listing its modules on disk and trying every service's URL
+    patterns: more work than a Firehose batch or an S3 part costs the rest of the server. A host is
+    always served by the same backend, so the first answer is kept.
+    """
+
+    def __init__(self, create_app: Callable) -> None:
+        super().__init__(create_app)
+        self._backends: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self, host: str | None) -> Any:
+        if host not in self._backends:
+            self._backends[host] = super().get_backend_for_host(host)
+        return self._backends[host]
 
 
 def _reset_moto() -> None:
@@ -37,14 +57,18 @@ def _respond_fault(request: Request, decision: Decision) -> Response:
 
 def create_aws_app(faults: Faults | None = None, journal: Journal | None = None) -> Callable:
     """The WSGI application serving S3 and Firehose the way AWS does, with sandbox faults and the
-    IAM policies registered through `POST /_sandbox/iam` (see `sandbox.iam`)."""
+    IAM policies registered through `POST /_sandbox/iam` (see `sandbox.iam`) and the stream quotas
+    registered through `POST /_sandbox/firehose-quotas` (see `sandbox.quotas`)."""
     # The Firehose layer sits inside the middleware so it sees the fault decision for each call; the
-    # IAM layer in front of it, so a denied call neither reaches moto nor draws record failures.
-    app = IamPolicies(FirehoseRecords(DefaultEncryption(DomainDispatcherApplication(create_backend_app))))
+    # IAM layer in front of it, so a denied call neither reaches moto nor draws record failures; the
+    # quotas between them, so only an allowed call counts against its stream's quota.
+    quotas = StreamQuotas(FirehoseRecords(DefaultEncryption(_Dispatcher(create_backend_app))))
+    app = IamPolicies(quotas)
 
     def reset() -> None:
         _reset_moto()
         app.clear()
+        quotas.clear()
 
     return SandboxMiddleware(
         app,
@@ -52,7 +76,11 @@ def create_aws_app(faults: Faults | None = None, journal: Journal | None = None)
         journal or Journal(),
         reset,
         _respond_fault,
-        admin_routes={("POST", "/_sandbox/iam"): app.register},
+        admin_routes={
+            ("POST", "/_sandbox/iam"): app.register,
+            ("POST", "/_sandbox/firehose-quotas"): quotas.register,
+            ("GET", "/_sandbox/firehose-quotas"): quotas.counts,
+        },
     )
 
 

@@ -4,12 +4,14 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 
 from audience_pipeline.amc.compatibility import SchemaMismatch, check_query_schema
 from audience_pipeline.amc.definitions import DatasetDefinition
@@ -140,6 +142,12 @@ def many(rows: int, start: int = 0) -> pl.DataFrame:
             "n": range(start, start + rows),
         }
     )
+
+
+def large(rows: int, start: int = 0) -> pl.DataFrame:
+    """`many`'s rows built by polars: at about 38 bytes a row, 600,000 pass S3's multipart threshold."""
+    n = pl.int_range(start, start + rows, eager=True).alias("n")
+    return pl.DataFrame(n).select(email=pl.format("user{}@example.com", "n"), n="n")
 
 
 # --- end to end ---------------------------------------------------------------------------------------
@@ -319,6 +327,59 @@ def test_parts_stay_under_the_limit_and_every_object_is_tagged_and_encrypted(
     rows = stored_rows(sandbox, "small").sort("n")
     assert rows["n"].to_list() == list(range(600))
     assert rows["email"].to_list() == [sha(f"user{i}@example.com") for i in range(600)]
+
+
+def test_a_large_part_streams_as_one_multipart_object_holding_one_gzip_stream(sandbox, plain_s3):
+    batches = [large(200_000, start) for start in range(0, 600_000, 200_000)]
+    definition, check = parse(SMALL, batches[0])
+    files = write_upload_files(
+        iter(batches), definition, check, s3_client=plain_s3, location=location(), upload_name="large"
+    )
+    [key] = files.part_keys
+    stored = objects(plain_s3)[key]
+    assert stored["size"] == files.stats.part_bytes[0] > 16 * 2**20
+    assert "-" in plain_s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
+    assert (stored["tags"], stored["sse"]) == ({"instanceId": INSTANCE}, "AES256")
+    # One gzip member, header to trailer (CRC and length checked), with nothing after it: blocks
+    # compressed side by side still make the single stream every gzip reader takes.
+    stream = zlib.decompressobj(wbits=31)
+    lines = stream.decompress(stored["body"]).splitlines()
+    assert stream.eof and stream.unused_data == b""
+    assert len(lines) == 600_001
+    assert lines[0] == b"email,n"
+    assert lines[1] == f"{sha('user0@example.com')},0".encode()
+    assert lines[-1] == f"{sha('user599999@example.com')},599999".encode()
+
+
+def test_a_failure_while_a_large_part_streams_leaves_no_object_and_no_open_upload(sandbox, plain_s3):
+    definition, check = parse(SMALL, many(1))
+
+    def batches():
+        yield large(600_000)
+        raise RuntimeError("the source went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        write_upload_files(
+            batches(), definition, check, s3_client=plain_s3, location=location(), upload_name="x"
+        )
+    assert objects(plain_s3) == {}
+    assert plain_s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("rows", [10, 600_000])
+def test_an_s3_error_while_a_part_streams_is_raised_as_itself(sandbox, plain_s3, rows):
+    frame = large(rows)
+    definition, check = parse(SMALL, frame)
+    # A small part fails when it is put whole, a large one when its multipart upload is created.
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        write_upload_files(
+            [frame],
+            definition,
+            check,
+            s3_client=plain_s3,
+            location=location(bucket="no-such-bucket"),
+            upload_name="x",
+        )
 
 
 def test_kms_encryption_is_asked_for_and_accepted(sandbox, amc, plain_s3):

@@ -88,6 +88,18 @@ def test_each_call_lands_in_the_bucket_as_one_object(aws):
     assert sorted(delivered_objects(s3)) == sorted([message(0) + message(1) + message(2), message(3)])
 
 
+def test_every_record_delivered_gets_an_id_of_its_own(aws):
+    firehose, _ = aws
+    answers = [
+        firehose.put_record_batch(
+            DeliveryStreamName=STREAM, Records=[{"Data": message(i)} for i in range(50)]
+        )
+        for _ in range(2)
+    ]
+    ids = [response["RecordId"] for answer in answers for response in answer["RequestResponses"]]
+    assert len(set(ids)) == len(ids) == 100
+
+
 @pytest.mark.parametrize(
     "records",
     [
@@ -134,6 +146,27 @@ def test_failed_records_line_up_with_the_request_and_are_not_delivered(sandbox, 
     assert all(r["RecordId"] for r in responses if "ErrorCode" not in r)
     delivered = sorted(m["MessageId"] for m in delivered_messages(s3))
     assert delivered == sorted(f"m-{i}" for i in range(100) if i not in failed)
+
+
+def test_which_records_fail_follows_the_records_not_the_order_of_calls(sandbox):
+    def failed(firehose, batch: list[dict]) -> list[int]:
+        answer = firehose.put_record_batch(DeliveryStreamName=STREAM, Records=batch)
+        return [i for i, response in enumerate(answer["RequestResponses"]) if "ErrorCode" in response]
+
+    first, second = ([{"Data": message(i)} for i in range(start, start + 50)] for start in (0, 50))
+    runs = []
+    for order in ((first, second), (second, first)):
+        requests.post(f"{sandbox.aws_url}/_sandbox/reset", timeout=10).raise_for_status()
+        firehose, _ = aws_clients(sandbox)
+        add_fault(sandbox.aws_url, route=PUT_RECORD_BATCH, record_failure_rate=0.5)
+        runs.append({id(batch): failed(firehose, batch) for batch in order})
+    # Concurrent senders fail the same records in every run, whichever call arrives first.
+    assert runs[0] == runs[1] and [len(found) for found in runs[0].values()] == [25, 25]
+    # A retry of the records that failed fails half of those, and so on until none fails.
+    retry = first
+    for expected in (25, 12, 6, 3, 1, 0):
+        retry = [retry[i] for i in failed(firehose, retry)]
+        assert len(retry) == expected
 
 
 def test_a_batch_whose_records_all_fail_writes_nothing(sandbox, aws):
