@@ -1,12 +1,12 @@
 """Phone numbers to E.164 digits (no `+`), with `phonenumbers` semantics, mostly vectorized.
 
 Calling `phonenumbers.parse` costs tens of microseconds, far more than hashing, so the common shapes
-(digits with spaces, `-`, `.`, `(`, `)`, `/`, an optional leading `+` and an optional `ext. 12`)
-follow the same steps as `phonenumbers.parse` + `is_possible_number` — country code extraction,
-national prefix stripping, length checks — as polars expressions driven by phonenumbers' own
-metadata. Everything else (other letters, IDD prefixes, transformed national prefixes, unusual
-regions) goes to `phonenumbers` itself, once per distinct (value, country). A differential test
-holds the two paths to the same answers.
+(digits with spaces, `-`, `.`, `(`, `)`, `/`, an optional leading `+`, an optional `ext. 12` and any
+text before the number, such as `tel: `) follow the same steps as `phonenumbers.parse` +
+`is_possible_number` — country code extraction, national prefix stripping, length checks — as polars
+expressions driven by phonenumbers' own metadata. Everything else (other letters, IDD prefixes,
+transformed national prefixes, unusual regions) goes to `phonenumbers` itself, once per distinct
+(value, country). A differential test holds the two paths to the same answers.
 """
 
 import functools
@@ -18,18 +18,23 @@ import polars as pl
 from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
-from audience_pipeline.identity.hashing import HEX64
 from audience_pipeline.identity.rules import ENGINE
 
 INVALID = "invalid_phone"
 NEEDS_COUNTRY = "phone_needs_country"
-# Routes that are not a region's numbering plan (regions are upper-case alpha-2).
-_SKIP, _LIBRARY, _INTERNATIONAL = "skip", "library", "international"
+# Where a row goes: nowhere, to phonenumbers itself, the `+` path, a reject, or its country's plan.
+_SKIP, _LIBRARY, _INTERNATIONAL, _NEEDS_COUNTRY, _NATIONAL = range(5)
 
 _MIN_NSN, _MAX_NSN = 2, 17
 _FAST_SHAPE = r"^\+?[0-9 ().\-/]*$"
+_PUNCTUATION = dict.fromkeys(" ().-/+", "")
 # A trailing extension that phonenumbers' own extension pattern takes the same way: `... ext. 12`.
 _EXTENSION = r"(?i)^(\+?[0-9 ().\-/]*[0-9)])[ \t]*(?:ext\.?|x)[ \t]*[0-9]{1,6}$"
+# What phonenumbers drops before a number: no `+`, no digit (Python's `\d` is Unicode `Nd`, which
+# `\p{N}` holds), and no `;` so that an RFC 3966 `;phone-context=` never goes.
+_LEADING_TEXT = r"^[^+＋\p{N};]+"
+# phonenumbers rejects longer input before reading it.
+_MAX_INPUT = 250
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,15 @@ def _plan(region: str) -> _Plan | None:
 
 
 @functools.cache
-def _codes_by_length() -> dict[int, dict[str, int]]:
-    """Country calling codes as text -> int, grouped by how many digits they have."""
-    grouped: dict[int, dict[str, int]] = {}
-    for code in COUNTRY_CODE_TO_REGION_CODE:
-        grouped.setdefault(len(str(code)), {})[str(code)] = code
-    return grouped
+def _codes_by_head() -> dict[str, int]:
+    """The country calling code that each text of up to three digits starts with, where one does.
+
+    Calling codes are prefix-free and at most three digits long, so the first three digits of a
+    number name at most one code: a single lookup finds it.
+    """
+    codes = {str(code): code for code in COUNTRY_CODE_TO_REGION_CODE}
+    heads = (f"{i:0{n}d}" for n in (1, 2, 3) for i in range(10**n))
+    return {head: code for head in heads for n in (1, 2, 3) if (code := codes.get(head[:n])) is not None}
 
 
 @functools.cache
@@ -94,8 +102,8 @@ def _main_region(country_code: int) -> str | None:
     return regions[0] if regions and regions[0] in SUPPORTED_REGIONS else None
 
 
-def _full_match(column: str, plan: _Plan) -> pl.Expr:
-    return pl.col(column).str.contains(plan.general) if plan.general else pl.lit(False)
+def _full_match(expr: pl.Expr, plan: _Plan) -> pl.Expr:
+    return expr.str.contains(plan.general) if plan.general else pl.lit(False)
 
 
 def _length(column: str, plan: _Plan, *, possible: bool) -> pl.Expr:
@@ -110,47 +118,82 @@ def _length(column: str, plan: _Plan, *, possible: bool) -> pl.Expr:
     return ~n.is_in(list(plan.local_lengths)) & (n.is_in(list(plan.lengths)) | (n > max(plan.lengths)))
 
 
-# Each step below is its own projection over named columns: nested expressions would be copied
-# into every branch that uses them and evaluate their regexes many times per row.
+# A plan is a sequence of projections over named columns, built once per region: nested expressions
+# would be copied into every branch that uses them and evaluate their regexes many times per row.
+Stages = tuple[dict[str, pl.Expr], ...]
 
 
-def _strip_national_prefix(frame: pl.LazyFrame, source: str, target: str, plan: _Plan) -> pl.LazyFrame:
+def _apply(frame: pl.LazyFrame, stages: Stages) -> pl.LazyFrame:
+    for stage in stages:
+        frame = frame.with_columns(**stage)
+    return frame
+
+
+def _strip_national_prefix(source: str, target: str, plan: _Plan) -> Stages:
     """`_maybe_strip_national_prefix_carrier_code` into `target`; transformed prefixes set `slow`."""
     if plan.national_prefix is None:
-        return frame.with_columns(pl.col(source).alias(target))
+        return ({target: pl.col(source)},)
     prefix = pl.col(source).str.extract(plan.national_prefix, 0)
-    frame = frame.with_columns(
-        __rest=pl.when(prefix.is_not_null()).then(pl.col(source).str.slice(prefix.str.len_chars()))
-    )
+    rest = pl.col("__rest")
     # A number that matched its plan keeps the prefix when stripping it would break the match.
-    keep = pl.col("__rest").is_null() | (_full_match(source, plan) & ~_full_match("__rest", plan))
+    keep = rest.is_null() | (_full_match(pl.col(source), plan) & ~_full_match(rest, plan))
     slow = pl.col("slow")
     if plan.transform_group is not None:
         slow = slow | pl.col(source).str.extract(plan.national_prefix, plan.transform_group).is_not_null()
-    return frame.with_columns(
-        pl.when(keep).then(pl.col(source)).otherwise("__rest").alias(target), slow.alias("slow")
+    return (
+        {"__rest": pl.when(prefix.is_not_null()).then(pl.col(source).str.slice(prefix.str.len_chars()))},
+        {target: pl.when(keep).then(pl.col(source)).otherwise(rest), "slow": slow},
     )
 
 
-def _finish(frame: pl.LazyFrame, plan: _Plan, cc: int) -> pl.LazyFrame:
-    """From the national number in `nsn` to `e164` digits or a `reason`, as `phonenumbers.parse` does."""
+@functools.cache
+def _finish(region: str, cc: int) -> Stages:
+    """From the national number in `nsn` to `e164` digits or a `reason`, as `phonenumbers.parse` does
+    with `region`'s metadata; `slow` where only phonenumbers itself can tell."""
+    plan = _plan(region)
     main_region = _main_region(cc)
     main = _plan(main_region) if main_region else None
     if main is None:
-        return frame.with_columns(slow=pl.lit(True))
-    frame = _strip_national_prefix(frame, "nsn", "__stripped", plan)
-    # phonenumbers keeps the prefix when what is left could only be a short or local number.
-    frame = frame.with_columns(
-        __national=pl.when(_length("__stripped", plan, possible=False)).then("__stripped").otherwise("nsn")
-    )
+        return ({"slow": pl.lit(True)},)
     possible = (
         (pl.col("nsn").str.len_chars() >= _MIN_NSN)
         & (pl.col("__national").str.len_chars() <= _MAX_NSN)
         & _length("__national", main, possible=True)
     )
-    return frame.with_columns(
-        e164=pl.when(possible).then(pl.concat_str(pl.lit(str(cc)), "__national")),
-        reason=pl.when(~possible).then(pl.lit(INVALID)),
+    return (
+        *_strip_national_prefix("nsn", "__stripped", plan),
+        # phonenumbers keeps the prefix when what is left could only be a short or local number.
+        {
+            "__national": pl.when(_length("__stripped", plan, possible=False))
+            .then("__stripped")
+            .otherwise("nsn")
+        },
+        {
+            "e164": pl.when(possible).then(pl.concat_str(pl.lit(str(cc)), "__national")),
+            "reason": pl.when(~possible).then(pl.lit(INVALID)),
+        },
+    )
+
+
+@functools.cache
+def _national_number(region: str) -> Stages:
+    """`nsn` from `digits` read in `region`'s plan, and `__extract` where its country code came off."""
+    plan = _plan(region)
+    cc = str(plan.country_code)
+    digits = pl.col("digits")
+    starts = digits.str.starts_with(cc)
+    idd = digits.str.contains(plan.international_prefix) if plan.international_prefix else pl.lit(False)
+    too_long = ~digits.str.len_chars().is_in(list(plan.local_lengths)) & (
+        digits.str.len_chars() > max(plan.lengths)
+    )
+    # A national number may still start with the region's own country code (`44 20 7946 0958`).
+    extract_cc = starts & ((~_full_match(digits, plan) & _full_match(pl.col("__after_cc"), plan)) | too_long)
+    return (
+        {"slow": pl.lit(False), "__after_cc": digits.str.slice(len(cc))},
+        *_strip_national_prefix("__after_cc", "__after_cc", plan),
+        # The prefix stripping above only matters, and only needs phonenumbers, when the code is there.
+        {"__extract": extract_cc, "slow": idd | (starts & pl.col("slow"))},
+        {"nsn": pl.when("__extract").then("__after_cc").otherwise("digits")},
     )
 
 
@@ -161,46 +204,22 @@ def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
     main = _plan(main_region) if main_region else None
     if plan is None or main is None:
         return [frame.lazy().with_columns(slow=pl.lit(True))]
-    cc = str(plan.country_code)
-    idd = (
-        pl.col("digits").str.contains(plan.international_prefix)
-        if plan.international_prefix
-        else pl.lit(False)
-    )
-    lazy = frame.lazy().with_columns(slow=pl.lit(False), __after_cc=pl.col("digits").str.slice(len(cc)))
-    # A national number may still start with the region's own country code (`44 20 7946 0958`).
-    lazy = _strip_national_prefix(lazy, "__after_cc", "__after_cc", plan)
-    starts = pl.col("digits").str.starts_with(cc)
-    too_long = ~pl.col("digits").str.len_chars().is_in(list(plan.local_lengths)) & (
-        pl.col("digits").str.len_chars() > max(plan.lengths)
-    )
-    extract_cc = starts & ((~_full_match("digits", plan) & _full_match("__after_cc", plan)) | too_long)
-    lazy = lazy.with_columns(
-        __extract=extract_cc,
-        # The prefix stripping above only matters, and only needs phonenumbers, when the code is there.
-        slow=idd | (starts & pl.col("slow")),
-    )
-    nsn = pl.when("__extract").then("__after_cc").otherwise("digits")
+    lazy = _apply(frame.lazy(), _national_number(region))
     if main == plan:
-        return [_finish(lazy.with_columns(nsn=nsn), plan, plan.country_code)]
+        return [_apply(lazy, _finish(region, plan.country_code))]
     # After extracting the code, phonenumbers goes on with the metadata of the code's main region.
-    lazy = lazy.collect(engine=ENGINE)
+    lazy = lazy.collect(engine=ENGINE).lazy()
     return [
-        _finish(lazy.lazy().filter(~pl.col("__extract")).with_columns(nsn=nsn), plan, plan.country_code),
-        _finish(lazy.lazy().filter("__extract").with_columns(nsn=nsn), main, plan.country_code),
+        _apply(lazy.filter(~pl.col("__extract")), _finish(region, plan.country_code)),
+        _apply(lazy.filter("__extract"), _finish(main_region, plan.country_code)),
     ]
 
 
 def _international(frame: pl.DataFrame) -> list[pl.LazyFrame]:
     """Numbers written with `+` (or `00`): the country code comes from the number."""
     d = pl.col("digits")
-    # Country calling codes are prefix-free: at most one of the first 1, 2 or 3 digits is a code.
     frame = frame.with_columns(
-        cc=pl.when(~d.str.starts_with("0")).then(
-            pl.coalesce(
-                d.str.head(n).replace_strict(codes, default=None) for n, codes in _codes_by_length().items()
-            )
-        )
+        cc=d.str.head(3).replace_strict(_codes_by_head(), default=None, return_dtype=pl.Int64)
     )
     long_enough = d.str.len_chars() > 2
     parts = [
@@ -209,9 +228,12 @@ def _international(frame: pl.DataFrame) -> list[pl.LazyFrame]:
     ]
     for (cc,), group in frame.filter(long_enough & pl.col("cc").is_not_null()).group_by("cc"):
         region = _main_region(cc)
-        plan = _plan(region) if region else None
         lazy = group.lazy().with_columns(slow=pl.lit(False), nsn=d.str.slice(len(str(cc))))
-        parts.append(lazy.with_columns(slow=pl.lit(True)) if plan is None else _finish(lazy, plan, cc))
+        parts.append(
+            _apply(lazy, _finish(region, cc))
+            if region and _plan(region)
+            else lazy.with_columns(slow=pl.lit(True))
+        )
     return parts
 
 
@@ -229,22 +251,42 @@ def _with_library(number: str, region: str | None) -> tuple[str | None, str | No
     return f"{parsed.country_code}{phonenumbers.national_significant_number(parsed)}", None
 
 
-def _route(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Each row's route: a region's numbering plan, the `+` path, or phonenumbers itself."""
+def _numbers(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
+    """Row index `i`, `number` (`00` read as `+`), `digits` and each row's `route`."""
+    # `00` is an international prefix wherever the number was dialled from.
+    frame = pl.DataFrame({"country": countries, "number": values.str.replace("^00", "+")}).with_row_index("i")
     number = pl.col("number")
-    frame = frame.with_columns(digits=number.str.replace_all(r"[^0-9]", ""))
+    frame = frame.with_columns(skip=number.is_null(), fast=number.str.contains(_FAST_SHAPE))
+    # A number that misses the vectorized shape may only carry text that phonenumbers ignores: what
+    # comes before the first `+` or digit (`tel: `), which it drops from any number it reads (not too
+    # long, no RFC 3966 `;phone-context=`), and an extension (`... ext. 12`), which it takes off
+    # where the number stays viable without it.
+    odd = (~frame.get_column("skip") & ~frame.get_column("fast")).arg_true()
+    numbers = frame.get_column("number").gather(odd)
+    readable = numbers.str.len_chars() <= _MAX_INPUT
+    odd, numbers = odd.filter(readable), numbers.filter(readable)
+    if odd.len():
+        numbers = numbers.str.replace(_LEADING_TEXT, "")
+        bare = numbers.str.replace(_EXTENSION, "$1")
+        numbers = bare.zip_with(bare.str.replace_all(r"[^0-9]", "").str.len_chars() >= 3, numbers)
+        frame = frame.with_columns(
+            frame.get_column("number").scatter(odd, numbers),
+            frame.get_column("fast").scatter(odd, numbers.str.contains(_FAST_SHAPE)),
+        )
+    # Digits of the fast shape (the only rows that read them) are what is left without its punctuation.
+    frame = frame.with_columns(digits=number.str.replace_many(_PUNCTUATION))
     route = (
-        pl.when(pl.col("value").is_null() | pl.col("value").str.contains(HEX64))
-        .then(pl.lit(_SKIP))
-        .when(~number.str.contains(_FAST_SHAPE) | (pl.col("digits").str.len_chars() < 3))
-        .then(pl.lit(_LIBRARY))
+        pl.when("skip")
+        .then(_SKIP)
+        .when(~pl.col("fast") | (pl.col("digits").str.len_bytes() < 3))
+        .then(_LIBRARY)
         .when(number.str.starts_with("+"))
-        .then(pl.lit(_INTERNATIONAL))
+        .then(_INTERNATIONAL)
         .when(pl.col("country").is_null())
-        .then(pl.lit(NEEDS_COUNTRY))
-        .otherwise("country")
+        .then(_NEEDS_COUNTRY)
+        .otherwise(_NATIONAL)
     )
-    return frame.select("i", "value", "country", "digits", "number", route.alias("route"))
+    return frame.select("i", "country", "number", "digits", route.cast(pl.UInt8).alias("route"))
 
 
 def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
@@ -252,53 +294,54 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
 
     `countries` holds each row's upper-case alpha-2 country or null. Returns a frame of the same
     length with `value`, the E.164 digits (null when rejected), and `reason` (null when accepted);
-    null and already-hashed values get neither.
+    null values get neither.
     """
-    if values.is_empty():
-        return pl.DataFrame(schema={"value": pl.String, "reason": pl.String})
-    # `00` is an international prefix wherever the number was dialled from.
-    frame = pl.LazyFrame({"value": values, "country": countries}).with_row_index("i")
-    frame = _route(frame.with_columns(number=pl.col("value").str.replace("^00", "+"))).collect(engine=ENGINE)
-    # A number that misses the vectorized shape may only carry an extension (`... ext. 12`); taking it
-    # off is only right where phonenumbers would, which needs the number to stay viable without it.
-    library = frame.filter(pl.col("route") == _LIBRARY)
-    bare = library.lazy().with_columns(number=pl.col("number").str.replace(_EXTENSION, "$1"))
-    bare = _route(bare.filter(pl.col("number").str.replace_all(r"[^0-9]", "").str.len_chars() >= 3))
-    retried = pl.concat([bare, library.lazy().join(bare.select("i"), on="i", how="anti")]).collect(
-        engine=ENGINE
-    )
-    frame = pl.concat([frame.filter(pl.col("route") != _LIBRARY), retried])
+    frame = _numbers(values, countries)
+    route = pl.col("route")
     parts = []
-    for (name,), group in frame.group_by("route"):
-        lazy = group.lazy().with_columns(e164=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
-        if name == _SKIP:
-            parts.append(lazy.with_columns(slow=pl.lit(False)))
-        elif name == _LIBRARY:
-            parts.append(lazy.with_columns(slow=pl.lit(True)))
-        elif name == NEEDS_COUNTRY:
-            parts.append(lazy.with_columns(reason=pl.lit(NEEDS_COUNTRY), slow=pl.lit(False)))
-        elif name == _INTERNATIONAL:
-            parts.extend(_international(lazy.collect(engine=ENGINE)))
-        else:
-            parts.extend(_national(lazy.collect(engine=ENGINE), name))
-    columns = ["i", "number", "country", "e164", "reason", "slow"]
-    done = pl.concat([p.select(columns) for p in parts]).collect(engine=ENGINE)
+    # International numbers carry their own country: they form one group, without a region.
+    work = frame.filter(route.is_in([_INTERNATIONAL, _NATIONAL])).select(
+        "i",
+        "digits",
+        pl.when(route == _NATIONAL).then("country").alias("region"),
+        e164=pl.lit(None, pl.String),
+        reason=pl.lit(None, pl.String),
+    )
+    for (region,), group in work.group_by("region"):
+        group = group.drop("region")
+        parts.extend(_national(group, region) if region else _international(group))
+    done = (
+        pl.concat([p.select("i", "e164", "reason", "slow") for p in parts]).collect(engine=ENGINE)
+        if parts
+        else pl.DataFrame(schema={"i": pl.UInt32, "e164": pl.String, "reason": pl.String, "slow": pl.Boolean})
+    )
 
     # What the vectorized path could not settle goes to phonenumbers, once per distinct value.
-    library = done.filter("slow").select("number", "country").unique()
+    routes = frame.get_column("route")
+    slow = pl.concat([done.filter("slow").get_column("i"), (routes == _LIBRARY).arg_true()])
+    asked = pl.DataFrame(
+        {"i": slow, "number": frame.get_column("number").gather(slow), "country": countries.gather(slow)}
+    )
+    library = asked.select("number", "country").unique()
     answers = [_with_library(number, region) for number, region in library.iter_rows()]
     library = library.with_columns(
         e164=pl.Series([a[0] for a in answers], dtype=pl.String),
         reason=pl.Series([a[1] for a in answers], dtype=pl.String),
     )
-    settled = done.filter(~pl.col("slow")).select("i", "e164", "reason")
-    looked_up = (
-        done.filter("slow")
-        .select("i", "number", "country")
-        .join(library, on=["number", "country"], how="left", nulls_equal=True)
+    looked_up = asked.join(library, on=["number", "country"], how="left", nulls_equal=True)
+    needs_country = pl.DataFrame({"i": (routes == _NEEDS_COUNTRY).arg_true()})
+    answered = pl.concat(
+        [
+            done.filter(~pl.col("slow")).select("i", "e164", "reason"),
+            looked_up.select("i", "e164", "reason"),
+            needs_country.with_columns(e164=pl.lit(None, pl.String), reason=pl.lit(NEEDS_COUNTRY)),
+        ]
     )
-    return (
-        pl.concat([settled, looked_up.select("i", "e164", "reason")])
-        .sort("i")
-        .select(pl.col("e164").alias("value"), "reason")
+    at = answered.get_column("i")
+    unanswered = pl.repeat(None, len(values), dtype=pl.String, eager=True)
+    return pl.DataFrame(
+        {
+            "value": unanswered.clone().scatter(at, answered.get_column("e164")),
+            "reason": unanswered.scatter(at, answered.get_column("reason")),
+        }
     )

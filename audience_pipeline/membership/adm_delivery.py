@@ -31,7 +31,8 @@ No Dagster here, and nothing returned holds identity values: only counts and Ama
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,6 +87,11 @@ EXTERNAL_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
 TARGET_IDENTITIES: tuple[str, ...] = (*HASHED_PII, COUNTRY, *EXTERNAL_IDENTITIES)
 # The target identities that put something in `userIdentity`.
 SENT_IDENTITIES: tuple[str, ...] = (*HASHED_PII, *EXTERNAL_IDENTITIES)
+# A SHA-256 digest in hex.
+_DIGEST_LENGTH = 64
+_SLICE_ROWS = 50_000
+# Consent strings that travel with a member, by their key in `consent`.
+_SIGNALS = {"tcf": "tcf_string", "gpp": "gpp_string"}
 CONSENT_VALUES = ("GRANTED", "DENIED", "NOT_APPLICABLE", "UNKNOWN")
 CREATE, DELETE = "CREATE", "DELETE"
 _ENVELOPE_BYTES = len('{"members": []}')
@@ -125,71 +131,143 @@ def _text(*parts: str | pl.Expr) -> pl.Expr:
     return pl.concat_str([pl.lit(part) if isinstance(part, str) else part for part in parts])
 
 
-def _json_field(key: str, value: pl.Expr) -> pl.Expr:
-    """`"key":<value as JSON>`, or null where the value is null (so it can be left out)."""
-    encoded = pl.struct(value.alias(key)).struct.json_encode()
-    return pl.when(value.is_not_null()).then(encoded.str.slice(1, encoded.str.len_chars() - 2))
+def _value(snapshot: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
+    """The first non-null of the columns, as text."""
+    present = [snapshot.get_column(name).cast(pl.String) for name in names if name in snapshot.columns]
+    if not present:
+        return pl.repeat(None, snapshot.height, dtype=pl.String, eager=True)
+    return pl.select(pl.coalesce(present)).to_series()
 
 
-def _json_object(fields: Sequence[pl.Expr]) -> pl.Expr:
-    """A JSON object of the non-null `fields`; null when every one is null."""
-    inner = pl.concat_str(list(fields), separator=",", ignore_nulls=True) if fields else pl.lit(None)
-    return pl.when(inner.is_not_null() & (inner != "")).then(_text("{", inner, "}"))
+def _encoded(key: str, value: pl.Series) -> pl.Series:
+    """`"key":<value as JSON>`, or null where the value is null or blank (so it can be left out)."""
+    # Only the rows holding a value are encoded: most partner IDs are missing from most members.
+    rows = value.is_not_null().arg_true()
+    given = value.gather(rows).to_frame(key)
+    # JSON-encoding `{"key":value}` escapes the value; the braces come off.
+    encoded = pl.struct(key).struct.json_encode().str.slice(1).str.head(-1)
+    text = given.select(pl.when(pl.col(key).str.strip_chars() != "").then(encoded)).to_series()
+    return pl.repeat(None, value.len(), dtype=pl.String, eager=True).scatter(rows, text)
 
 
-def _column(snapshot: pl.DataFrame, names: tuple[str, ...]) -> pl.Expr:
-    present = [pl.col(name).cast(pl.String) for name in names if name in snapshot.columns]
-    blank = pl.lit(None, pl.String)
-    value = pl.coalesce(present) if present else blank
-    return pl.when(value.str.strip_chars() != "").then(value)
+def _digests(values: dict[str, pl.Series]) -> bool:
+    """Whether the values look as the identity engine writes hashed PII (64 hex digits): 64 bytes
+    each, no `"` or `\\` (which JSON escapes) and no space (a blank value is absent). One parallel
+    pass; control characters, which no hash holds either, would make the JSON invalid."""
+    if not values:
+        return True
+    length, odd = pl.all().str.len_bytes(), pl.all().str.contains_any(['"', "\\", " "])
+    return all(pl.DataFrame(values).select((length == _DIGEST_LENGTH).all() & ~odd.any()).row(0))
 
 
-def _consent(snapshot: pl.DataFrame, column: str, default: str) -> pl.Expr:
+def _object(
+    name: str, values: dict[str, pl.Series], hashes: bool
+) -> tuple[dict[str, pl.Series], list[pl.Expr], pl.Expr]:
+    """`"name":[{...}]` of the non-null `values` by key: the columns it needs, the pieces of its text
+    (null where every value is), and whether any value is non-null.
+
+    Where the values are `hashes` as the identity engine writes them (`_digests`), each goes in
+    between quotes as it is, after a literal `"key":"` that carries the comma and the closing quote
+    of the one before. Otherwise each value is JSON-encoded on its own."""
+    raw = hashes and _digests(values)
+    columns = values if raw else {key: _encoded(key, value) for key, value in values.items()}
+    pieces, earlier = [], pl.lit(False)
+    for key in columns:
+        given = pl.col(key).is_not_null()
+        if raw:
+            lead = pl.when(earlier).then(pl.lit(f'","{key}":"')).otherwise(pl.lit(f'"{key}":"'))
+        else:
+            lead = pl.when(earlier).then(pl.lit(","))
+        pieces += [pl.when(given).then(lead), pl.col(key)]
+        earlier = earlier | given
+    opening = pl.when(earlier).then(pl.lit(f'"{name}":[{{'))
+    closing = pl.when(earlier).then(pl.lit('"}]' if raw else "}]"))
+    return columns, [opening, *pieces, closing], earlier
+
+
+def _each_distinct(values: pl.Series, expr: pl.Expr) -> pl.Series:
+    """`expr` of each of `values` (`pl.col` of its name), computed once per distinct value."""
+    distinct = values.unique()
+    return values.replace_strict(distinct, distinct.to_frame().select(expr).to_series(), default=None)
+
+
+def _consent(snapshot: pl.DataFrame, column: str, default: str) -> pl.Series:
+    """Each member's signal in `column`: a known value as given, another one `UNKNOWN`, none `default`."""
     if column not in snapshot.columns:
-        return pl.lit(default)
-    given = pl.col(column).cast(pl.String).str.strip_chars().str.to_uppercase()
+        return pl.repeat(default, snapshot.height, dtype=pl.String, eager=True)
+    given = pl.col(column).str.strip_chars().str.to_uppercase()
     known = pl.when(given.is_in(CONSENT_VALUES)).then(given).otherwise(pl.lit("UNKNOWN"))
-    return pl.when(given.is_null() | (given == "")).then(pl.lit(default)).otherwise(known)
+    signal = pl.when(given.is_null() | (given == "")).then(pl.lit(default)).otherwise(known)
+    return _each_distinct(snapshot.get_column(column).cast(pl.String), signal)
+
+
+def member_payloads(snapshot: pl.DataFrame, rules: MemberRules) -> pl.DataFrame:
+    """`user_id` and `payload` of each snapshot member: the JSON text of the ADM member object it is
+    sent as, without `externalUserId` and `action`; null for a member with no identity to send."""
+    # Polars releases the GIL while it computes: each core builds the payloads of a share of the
+    # members (no fewer than `_SLICE_ROWS`, below which a thread of its own does not pay).
+    cores = pl.thread_pool_size()
+    rows = max(-(-snapshot.height // cores), _SLICE_ROWS)
+    shares = [snapshot.slice(offset, rows) for offset in range(0, snapshot.height, rows)] or [snapshot]
+    with ThreadPoolExecutor(max_workers=cores) as pool:
+        return pl.concat(pool.map(lambda share: _payloads(share, rules), shares), rechunk=False)
+
+
+def _payloads(snapshot: pl.DataFrame, rules: MemberRules) -> pl.DataFrame:
+    """`member_payloads` of some members, built in two stages: each value once, then one concatenation
+    of the values present and the literal JSON around them. (A single nested expression would be
+    copied into every branch that uses a part of it, and compute it again there.)"""
+
+    def chosen(mapping: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, pl.Series]:
+        return {
+            key: _value(snapshot, names) for name, (key, names) in mapping.items() if name in rules.identities
+        }
+
+    hashed, hashed_piis, any_hashed = _object("hashedPiis", chosen(HASHED_PII), hashes=True)
+    external, external_identities, any_external = _object(
+        "externalIdentities", chosen(EXTERNAL_IDENTITIES), hashes=False
+    )
+    signals = {key: _encoded(key, _value(snapshot, (column,))) for key, column in _SIGNALS.items()}
+    country = (
+        _each_distinct(snapshot.get_column("country_code").cast(pl.String), alpha2(pl.col("country_code")))
+        if "country_code" in snapshot.columns
+        else pl.repeat(None, snapshot.height, dtype=pl.String, eager=True)
+    )
+    frame = snapshot.select(pl.col(USER_ID).cast(pl.String)).with_columns(
+        **hashed,
+        **external,
+        **signals,
+        __country=country.fill_null(rules.country_code),
+        __ad_storage=_consent(snapshot, "amzn_ad_storage", rules.consent),
+        __user_data=_consent(snapshot, "amzn_user_data", rules.consent),
+    )
+    pieces = [
+        pl.lit('{"userIdentity":{'),
+        *hashed_piis,
+        pl.when(any_hashed & any_external).then(pl.lit(",")),
+        *external_identities,
+        pl.lit('},"userConsent":{"geo":{"countryCode":"'),
+        pl.col("__country"),
+        pl.lit('"},"consent":{"amzn":{"amznAdStorage":"'),
+        pl.col("__ad_storage"),
+        pl.lit('","amznUserData":"'),
+        pl.col("__user_data"),
+        pl.lit('"}'),
+        *(
+            piece
+            for key in signals
+            for piece in (pl.when(pl.col(key).is_not_null()).then(pl.lit(",")), pl.col(key))
+        ),
+        pl.lit("}}}"),
+    ]
+    payload = pl.when(any_hashed | any_external).then(pl.concat_str(pieces, ignore_nulls=True))
+    return frame.select(USER_ID, payload.alias("payload"))
 
 
 def adm_members(snapshot: pl.DataFrame, rules: MemberRules) -> Members:
-    """Each snapshot member as the ADM member object it is sent as (vectorized JSON building): the
-    payload is the member JSON without `externalUserId` and `action`."""
-
-    def entries(mapping: dict[str, tuple[str, tuple[str, ...]]]) -> pl.Expr:
-        chosen = [(key, columns) for name, (key, columns) in mapping.items() if name in rules.identities]
-        return _json_object([_json_field(key, _column(snapshot, columns)) for key, columns in chosen])
-
-    hashed_piis, external = entries(HASHED_PII), entries(EXTERNAL_IDENTITIES)
-    identity = _json_object(
-        [
-            pl.when(hashed_piis.is_not_null()).then(_text('"hashedPiis":[', hashed_piis, "]")),
-            pl.when(external.is_not_null()).then(_text('"externalIdentities":[', external, "]")),
-        ]
-    )
-    country = (
-        alpha2(pl.col("country_code").cast(pl.String)) if "country_code" in snapshot.columns else pl.lit(None)
-    )
-    signals = [
-        _text(
-            '"amzn":{"amznAdStorage":"',
-            _consent(snapshot, "amzn_ad_storage", rules.consent),
-            '","amznUserData":"',
-            _consent(snapshot, "amzn_user_data", rules.consent),
-            '"}',
-        ),
-        _json_field("tcf", _column(snapshot, ("tcf_string",))),
-        _json_field("gpp", _column(snapshot, ("gpp_string",))),
-    ]
-    consent = _text(
-        '"userConsent":{"geo":{"countryCode":"',
-        pl.coalesce(country, pl.lit(rules.country_code)),
-        '"},"consent":',
-        _json_object(signals),
-        "}",
-    )
-    payload = pl.when(identity.is_not_null()).then(_text('{"userIdentity":', identity, ",", consent, "}"))
-    built = snapshot.select(pl.col(USER_ID).cast(pl.String), payload.alias("payload"))
+    """Each snapshot member as the ADM member object it is sent as (`member_payloads`), with the
+    fingerprint of its payload; members with no identity to send are counted as skipped."""
+    built = member_payloads(snapshot, rules)
     sendable = built.filter(pl.col("payload").is_not_null())
     members = sendable.select(USER_ID, fingerprint(sendable, ["payload"]), "payload")
     return Members(members, built.height - sendable.height)

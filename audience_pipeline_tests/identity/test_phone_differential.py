@@ -104,3 +104,39 @@ def test_any_phone_like_text_matches_phonenumbers(pairs):
     regions = [r for _, r in pairs]
     expected = [reference(v, r) if v.strip() else None for v, r in pairs]
     assert engine(values, regions) == expected
+
+
+def test_text_before_the_number_and_overlong_input_match_phonenumbers():
+    rng = random.Random(11)
+    values, regions = _corpus(seed=11, size=3_000)
+    prefixes = [
+        "tel:",
+        "Tel. ",
+        "phone: ",
+        "T: ",
+        "Mob.",
+        "tel:;phone-context=",
+        "tel:+1;",
+        "½ ",
+        "٣ ",
+        "ph(",
+        "x ",
+    ]
+    values = [rng.choice(prefixes) + v for v in values]
+    # phonenumbers reads no input longer than 250 characters, even where only spaces make it long.
+    values += [
+        "tel:" + " " * 250 + "2065550100",
+        "2065550100 " + " " * 240 + "ext. 12",
+        "(206) 555-0100 ext. 12",
+    ]
+    regions += ["US", "US", "US"]
+    expected = [reference(v, r) for v, r in zip(values, regions, strict=True)]
+    assert engine(values, regions) == expected
+    assert sum(e is not None for e in expected) > 0.2 * len(expected)
+
+
+def test_country_calling_codes_are_prefix_free():
+    # The `+` path finds a number's code with one lookup of its first three digits.
+    codes = [str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE]
+    assert max(map(len, codes)) <= 3
+    assert not [(a, b) for a in codes for b in codes if a != b and b.startswith(a)]

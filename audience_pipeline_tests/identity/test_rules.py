@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from audience_pipeline.identity import normalize_identities
+from audience_pipeline.identity import HASHED_FIELDS, normalize_identities
 
 from .conftest import sha
 
@@ -33,6 +33,13 @@ def test_hashed_values_pass_through_lowercased_including_uppercase_hex(one):
     digest = sha("john.doe@example.com")
     assert one("email", f"  {digest.upper()} ", "US") == (digest, [])
     assert one("phone", digest, None) == (digest, [])
+
+
+@pytest.mark.parametrize("field", [f for f in HASHED_FIELDS if f != "country_code"])
+def test_hashed_values_of_every_field_pass_through_without_a_reject(one, field):
+    # A US state is looked up by name: the hashed one must not be.
+    digest = sha("x")
+    assert one(field, digest.upper(), "US", country_code="US") == (digest, [])
 
 
 @pytest.mark.parametrize(
