@@ -114,7 +114,7 @@ class Pipeline:
         return self.sandbox.ads.state.family("adm")["members"][dataset["dataSetId"]]
 
     def ledger(self) -> pl.DataFrame:
-        return Ledger(StateStore(root=str(self.state)).store, DESTINATION, 7).load().frame
+        return Ledger(StateStore(root=str(self.state)).store, DESTINATION, 7).read()
 
 
 def member_requests(sandbox) -> list[list[dict]]:

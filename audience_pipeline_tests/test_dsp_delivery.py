@@ -11,11 +11,16 @@ from pydantic import ValidationError
 
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.components.dsp import DspMobileAdIdsComponent
-from audience_pipeline.membership.dsp_queue import DspQueue, audience_maids, enqueue
+from audience_pipeline.membership.delivery import ITEM, Answer
+from audience_pipeline.membership.dsp_delivery import DspAdapter, flush
+from audience_pipeline.membership.dsp_queue import DspQueue, audience_maids, enqueue, queue_audience
+from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.profiles import PROFILES
+from audience_pipeline.state import ParquetStore, buckets
+from audience_pipeline.state.buckets import Spill
 
 from .conftest import add_fault, amazon_ads_resource, journal
 
@@ -119,6 +124,12 @@ class Pipeline:
     def queue(self):
         return DspQueue(self.state.store, self.component.destination, "7").load()
 
+    def queued(self) -> pl.DataFrame:
+        """The queued changes."""
+        queue = DspQueue(self.state.store, self.component.destination, "7")
+        with queue.reader(queue.load()) as queued:
+            return pl.concat([queued.read(bucket, queued.bits) for bucket in range(1 << queued.bits)])
+
 
 def metadata(result, key: dg.AssetKey) -> dict:
     [materialization] = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
@@ -154,7 +165,7 @@ def test_a_flush_leaves_dsp_holding_the_audiences_maids_and_round_two_sends_the_
     assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
     assert (first["sent"], first["added"], first["removed"], first["requests"]) == (3, 3, 0, 1)
     assert 0.0 <= first["match_rate_pct"] <= 100.0 and first["received"] == 3
-    assert pipeline.queue().frame.is_empty() and pipeline.queue().last_upload_at == int(pipeline.clock.now)
+    assert pipeline.queue().changes == 0 and pipeline.queue().last_upload_at == int(pipeline.clock.now)
     [audience] = dsp_records(sandbox)["audiences"].values()
     assert (audience["advertiserId"], audience["metadata"]["externalAudienceId"]) == (123456789, "7")
 
@@ -183,7 +194,7 @@ def test_changes_are_queued_once_while_pending_and_undone_ones_leave_the_queue(p
     undone = pipeline.enqueue()
     # u1's addition was never sent, so it is dropped rather than followed by a removal.
     assert (undone["added"], undone["removed"], undone["queued"]) == (0, 1, 2)
-    assert set(pipeline.queue().frame["maid"]) == {GAID_2, IDFA_3}
+    assert set(pipeline.queued()["maid"]) == {GAID_2, IDFA_3}
 
 
 def sensor_tick(pipeline, instance, cursor=None):
@@ -247,7 +258,7 @@ def test_throttling_and_server_errors_on_patch_lose_nothing(pipeline, sandbox):
     failed = pipeline.flush(raise_on_error=False)
     assert not failed.success
     assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
-    assert list(pipeline.queue().frame["maid"]) == [IDFA_1]
+    assert list(pipeline.queued()["maid"]) == [IDFA_1]
 
     retried = metadata(pipeline.flush(), pipeline.component.flush_key)
     assert (retried["removed"], retried["queued_left"]) == (1, 0)
@@ -258,13 +269,13 @@ def test_throttling_and_server_errors_on_patch_lose_nothing(pipeline, sandbox):
 def test_dry_run_sends_and_writes_nothing(pipeline, sandbox):
     planned = pipeline.enqueue(dry_run=True)
     assert (planned["dry_run"], planned["added"]) == (True, 3)
-    assert pipeline.queue().frame.is_empty()
+    assert pipeline.queue().changes == 0
 
     pipeline.enqueue()
     dry = metadata(pipeline.flush(dry_run=True), pipeline.component.flush_key)
     assert (dry["dry_run"], dry["added"], dry["requests"], dry["projected_audience_size"]) == (True, 3, 1, 3)
     assert [e for e in journal(sandbox.ads_url) if "/v2/" in e["path"]] == []
-    assert pipeline.queue().frame.height == 3
+    assert pipeline.queue().changes == 3
 
 
 def test_an_unknown_profile_fails_naming_the_setting(tmp_path, env):
@@ -340,4 +351,67 @@ def test_a_lost_creation_answer_never_makes_a_second_dsp_audience(pipeline, sand
     posts = [e for e in journal(sandbox.ads_url) if e["method"] == "POST" and "audiencemetadata" in e["path"]]
     assert len(posts) == 1 and len(dsp_records(sandbox)["audiences"]) == 1
     assert "members" not in dsp_records(sandbox) or not any(dsp_records(sandbox)["members"].values())
-    assert pipeline.queue().frame.height == 3
+    assert pipeline.queue().changes == 3
+
+
+class ConfirmingDsp(DspAdapter):
+    """The DSP adapter with a destination that confirms every patch, without HTTP."""
+
+    def __init__(self):
+        super().__init__(None, None, time.time)
+        self.sent: list[tuple[str, str]] = []
+
+    def send(self, items: pl.DataFrame):
+        self.sent += items.select("user_id", "op").rows()
+        yield Answer(confirmed=items[ITEM].to_list())
+
+
+def test_maids_are_queued_flushed_and_saved_a_bucket_at_a_time(tmp_path, monkeypatch):
+    # Buckets of about five MAIDs, everything set aside on disk.
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 5)
+    monkeypatch.setattr(buckets, "SPILL_MEMORY_BYTES", 0)
+    store = ParquetStore(str(tmp_path))
+    queue, ledger = DspQueue(store, "dsp/NA/1", "7"), Ledger(store, "dsp/NA/1", "7")
+    maids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(40)]
+
+    def snapshot(users: list[int]) -> Spill:
+        spill = Spill(pl.Schema({"user_id": pl.String, "idfa": pl.String}), 3)
+        spill.add(pl.DataFrame({"user_id": [f"u{i}" for i in users], "idfa": [maids[i] for i in users]}))
+        return spill
+
+    with snapshot(list(range(30))) as audience:
+        queued = queue_audience(queue, audience, ledger, now=10)
+    assert (queued.maids, queued.added, queued.queue.changes, queued.queue.oldest_queued_at) == (
+        30,
+        30,
+        30,
+        10,
+    )
+    dsp = ConfirmingDsp()
+    flushed = flush(queue, ledger, dsp, now=20, max_removal_share=0.5)
+    assert (flushed.left, flushed.outcome.ledger.bits > 0) == (0, True)
+    assert sorted(dsp.sent) == sorted((m, "add") for m in maids[:30])
+    assert sorted(ledger.read()["user_id"]) == maids[:30] and queue.load().last_upload_at == 20
+
+    with snapshot(list(range(5, 40))) as audience:
+        queued = queue_audience(queue, audience, ledger, now=30)
+    assert (queued.added, queued.removed, queue.load().changes) == (10, 5, 15)
+    dsp = ConfirmingDsp()
+    assert flush(queue, ledger, dsp, now=40, max_removal_share=0.5).left == 0
+    assert sorted(dsp.sent) == sorted(
+        [*((m, "remove") for m in maids[:5]), *((m, "add") for m in maids[30:])]
+    )
+    assert sorted(ledger.read()["user_id"]) == maids[5:40]
+
+
+def test_a_queue_written_in_one_piece_by_an_earlier_version_is_read(tmp_path):
+    store = ParquetStore(str(tmp_path))
+    queue = DspQueue(store, "dsp/NA/1", "7")
+    rows = pl.DataFrame({"maid": [IDFA_1, GAID_2], "op": ["add", "remove"], "queued_at": [5, 9]})
+    store.write(queue.key, rows, metadata={"last_upload_at": "3"})
+
+    state = queue.load()
+
+    assert (state.adds, state.removes, state.oldest_queued_at, state.last_upload_at) == (1, 1, 5, 3)
+    with queue.reader(state) as queued:
+        assert queued.bits == 0 and queued.read(0, 0).equals(rows)

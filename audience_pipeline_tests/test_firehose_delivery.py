@@ -20,6 +20,7 @@ from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.ledger_cipher import LedgerCipher
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
+from audience_pipeline.state import buckets
 
 from .conftest import add_fault, wired_resources
 from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages
@@ -85,7 +86,7 @@ class Pipeline:
         )
 
     def ledger(self) -> pl.DataFrame:
-        return Ledger(StateStore(root=str(self.state)).store, DESTINATION, 7).load().frame
+        return Ledger(StateStore(root=str(self.state)).store, DESTINATION, 7).read()
 
 
 def metadata(result) -> dict:
@@ -154,7 +155,17 @@ def test_each_member_lands_once_as_the_source_holds_it_and_a_rerun_sends_nothing
     assert len(delivered_messages(pipeline.s3)) == 4
 
 
-def test_joins_leaves_and_identity_changes(pipeline):
+@pytest.fixture
+def small_buckets(monkeypatch):
+    """Buckets of a member or two, and everything set aside on disk: a large audience's path in small."""
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 1)
+    monkeypatch.setattr(buckets, "SPILL_MEMORY_BYTES", 0)
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_joins_leaves_and_identity_changes(pipeline, request, bucketed):
+    if bucketed:
+        request.getfixturevalue("small_buckets")
     pipeline.run()
     first_ids = {m["MessageId"] for m in delivered_messages(pipeline.s3)}
     rows = [list(row) for row in PROFILES]
@@ -220,7 +231,7 @@ def test_past_the_retry_limit_the_run_fails_and_the_changes_stay_pending(pipelin
 
 
 def test_a_crash_before_the_commit_resends_the_same_message_ids(pipeline, monkeypatch):
-    real_commit = Ledger.commit
+    real_commit = Ledger.commit_changes
     crashes = []
 
     def crash_once(self, *args, **kwargs):
@@ -229,7 +240,7 @@ def test_a_crash_before_the_commit_resends_the_same_message_ids(pipeline, monkey
             raise RuntimeError("killed between send and commit")
         return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(Ledger, "commit", crash_once)
+    monkeypatch.setattr(Ledger, "commit_changes", crash_once)
     assert not pipeline.run(raise_on_error=False).success
     first = sorted(m["MessageId"] for m in delivered_messages(pipeline.s3))
     assert len(first) == 4 and pipeline.ledger().is_empty()
@@ -349,7 +360,7 @@ def test_a_damaged_ledger_fails_naming_the_file_and_the_way_back(pipeline):
 
     message = error.message.split(": ", 1)[1].strip()
     assert message.startswith(f"Ledger {path} is not a readable Parquet file; nothing was sent.")
-    assert "delete it" in message and "\n" not in message
+    assert "or delete both" in message and "\n" not in message
     assert error.cause is None
 
 
@@ -407,3 +418,11 @@ def test_a_fake_firehose_resource_stands_in_for_aws_without_the_sandbox(tmp_path
 
     assert metadata(result)["sent"] == 4
     assert identity_sets(received, True) == as_json(ALICE, BOB, {"MPID": "m3"}, CAROL)
+
+
+def test_the_stream_quota_is_awss_default_for_its_region_unless_set():
+    large = FirehoseComponent(delivery_stream_name="s", audiences=[7])
+    small = FirehoseComponent(delivery_stream_name="s", region="ap-south-1", audiences=[7], mib_per_second=2)
+
+    assert large.quota == {"records": 500_000, "requests": 2_000, "bytes": 5 * 1024 * 1024}
+    assert small.quota == {"records": 100_000, "requests": 1_000, "bytes": 2 * 1024 * 1024}

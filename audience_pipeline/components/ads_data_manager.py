@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
-    read_snapshot,
+    open_snapshot,
 )
 from audience_pipeline.components.destination import DeliveryRunConfig, DestinationComponent
 from audience_pipeline.components.ui import name_part
@@ -29,7 +29,7 @@ from audience_pipeline.membership.adm_delivery import (
     adm_members,
     dataset_name,
 )
-from audience_pipeline.membership.delivery import deliver
+from audience_pipeline.membership.delivery import BucketedMembers, Members, deliver
 from audience_pipeline.membership.ledger import Ledger
 
 MEMBERS_ACCEPTED_CHECK = "members_accepted"
@@ -176,7 +176,6 @@ class AdsDataManagerComponent(DestinationComponent):
         self, context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
     ) -> dict[str, Any]:
         state_store = context.resources.state_store
-        snapshot = read_snapshot(state_store, audience)
         name = dataset_name(audience)
         adm = (
             None
@@ -186,14 +185,18 @@ class AdsDataManagerComponent(DestinationComponent):
         # The description names the audience by its immutable id, never by its internal name.
         description = f"audience_pipeline audience {audience.partition_key}"
         adapter = AdmAdapter(name, self.country_code, description, adm)
-        members = adm_members(snapshot, self.rules)
-        outcome = deliver(
-            Ledger(state_store.store, self.ledger_destination(name), audience.partition_key),
-            lambda state: members,
-            adapter,
-            dry_run=config.dry_run,
-            max_removal_share=self.max_share(config),
-        )
+        with open_snapshot(state_store, audience) as snapshot:
+
+            def bucket(number: int, level: int) -> Members:
+                return adm_members(snapshot.read(number, level), self.rules)
+
+            outcome = deliver(
+                Ledger(state_store.store, self.ledger_destination(name), audience.partition_key),
+                lambda state, held: BucketedMembers(snapshot.bits, bucket),
+                adapter,
+                dry_run=config.dry_run,
+                max_removal_share=self.max_share(config),
+            )
         if config.dry_run:
             return self.report(context, outcome, config, dataset_name=name)
         dataset = adapter.dataset()

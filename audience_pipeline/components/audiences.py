@@ -2,8 +2,8 @@
 
 Other components get the same audiences with `find_audiences(context)`: `routed` checks the
 audiences a destination names, `routed_partitions_def` gives the partitions of its per-audience assets
-(only those audiences, mapped to the snapshot's partitions of the same keys), and `read_snapshot` /
-`snapshot_state_key` give an audience's snapshot.
+(only those audiences, mapped to the snapshot's partitions of the same keys), `open_snapshot` /
+`snapshot_state_key` give an audience's snapshot, and `query_stream` its query's result.
 """
 
 import re
@@ -22,14 +22,21 @@ from audience_pipeline.components.setting_errors import CheckedSettings, Setting
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
 from audience_pipeline.identity.countries import country_setting
-from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
+from audience_pipeline.resources.duckdb_source import DuckDBSource, QueryStream, source_tables
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.snapshot import MissingUserIdError, build_snapshot
+from audience_pipeline.state import StoreError
+from audience_pipeline.state.buckets import BucketedFile
 
 SNAPSHOT_ASSET_KEY = dg.AssetKey("audience_snapshot")
 
 # Ids become partition keys and file names, so they keep to characters that are safe in both.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+# An audience query's rows are only set aside as they come (the identity engine works on buckets, not
+# batches), so small batches cost nothing, and keep what DuckDB and Arrow hold small: streaming 1M
+# rows of 48 columns peaks at ~0.7 GiB with batches of 50k rows, ~1.2 GiB with 250k.
+_BATCH_ROWS = 50_000
 
 # These DuckDB errors describe the SQL text; any other kind may quote a source value.
 _SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
@@ -192,16 +199,21 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
 
             Runs the audience's SQL on the source, keeps one row per `user_id` (null and repeated
             ids are rejects), hashes the identities and replaces the audience's snapshot Parquet
-            in the state store. Metadata holds counts only.
+            in the state store, a bucket of members at a time as the result streams in (memory does
+            not grow with the audience). Metadata holds counts only.
             """
             audience = self.audience(context.partition_key)
             started = time.perf_counter()
-            result = run_audience_query(source, audience)
+            key = snapshot_state_key(audience.partition_key)
+            country = audience.country_code or self.country_code
             try:
-                snapshot = build_snapshot(result, default_country=audience.country_code or self.country_code)
+                with query_stream(source, audience) as result, state_store.store.replacing(key) as staged:
+                    snapshot = build_snapshot(result.frames, result.schema, staged.path, country)
             except MissingUserIdError as e:
                 raise dg.Failure(f"{_describe(audience)}: {e}; its `sql` must select `user_id`") from None
-            path = state_store.write_parquet(snapshot_state_key(audience.partition_key), snapshot.frame)
+            except StoreError as e:
+                raise dg.Failure(str(e)) from None
+            path = state_store.path(key)
             rejects_total = sum(n for reasons in snapshot.rejects.values() for n in reasons.values())
             context.log.info(
                 f"audience {audience.partition_key}: {snapshot.members} members from {snapshot.rows} rows, "
@@ -256,10 +268,28 @@ def _describe(audience: Audience) -> str:
     return f"audience {audience.partition_key!r} ({audience.name})"
 
 
-def run_audience_query(source: DuckDBSource, audience: Audience) -> pl.DataFrame:
-    """The audience query's result; errors name the audience but never quote source data."""
-    with source_query_errors(_describe(audience), "sql"):
-        return source.query(audience.sql)
+@contextmanager
+def query_stream(source: DuckDBSource, audience: Audience) -> Iterator[QueryStream]:
+    """The audience query's result, read a batch of rows at a time inside the `with` block; its errors,
+    while it runs or while it streams, name the audience but never quote source data."""
+    with source_query_errors(_describe(audience), "sql"), source.stream(audience.sql, _BATCH_ROWS) as stream:
+        yield QueryStream(stream.schema, _duckdb_errors(stream.frames))
+
+
+def _duckdb_errors(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """`frames`, with DuckDB's errors while streaming raised as DuckDB's exceptions again.
+
+    They reach us through Arrow's reader as an OSError whose message starts with DuckDB's kind
+    ("Conversion Error: ..."), so `source_query_errors` would not know them.
+    """
+    try:
+        yield from frames
+    except OSError as error:
+        kind = str(error).split(" Error:", 1)[0].replace(" ", "")
+        exception = getattr(duckdb, f"{kind}Exception", None)
+        if not (isinstance(exception, type) and issubclass(exception, duckdb.Error)):
+            exception = duckdb.Error
+        raise exception(str(error)) from None
 
 
 @contextmanager
@@ -283,14 +313,18 @@ def source_query_errors(where: str, setting: str) -> Iterator[None]:
         ) from None
 
 
-def read_snapshot(state_store: StateStore, audience: Audience) -> pl.DataFrame:
-    """An audience's current snapshot; a run before its first snapshot fails saying what to do."""
-    snapshot = state_store.read_parquet(snapshot_state_key(audience.partition_key))
-    if snapshot is None:
-        raise dg.Failure(
-            f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
-        )
-    return snapshot
+@contextmanager
+def open_snapshot(
+    state_store: StateStore, audience: Audience, columns: list[str] | None = None
+) -> Iterator[BucketedFile]:
+    """An audience's current snapshot (its `columns`, default all), read a bucket at a time inside the
+    `with` block; a run before its first snapshot fails saying what to do."""
+    with state_store.store.open(snapshot_state_key(audience.partition_key)) as stored:
+        if stored is None:
+            raise dg.Failure(
+                f"audience {audience.partition_key} has no snapshot yet: materialize audience_snapshot first"
+            )
+        yield BucketedFile(stored, columns=columns)
 
 
 def snapshot_state_key(partition_key: str) -> str:

@@ -24,12 +24,12 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
-    read_snapshot,
+    open_snapshot,
 )
 from audience_pipeline.components.destination import DeliveryRunConfig, DestinationComponent
 from audience_pipeline.membership.dsp_audiences import DspAudienceRecord
 from audience_pipeline.membership.dsp_delivery import DspAdapter, DspTarget, flush
-from audience_pipeline.membership.dsp_queue import DspQueue, QueueState, audience_maids, enqueue
+from audience_pipeline.membership.dsp_queue import DspQueue, queue_audience
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 
@@ -155,22 +155,23 @@ class DspMobileAdIdsComponent(DestinationComponent):
             context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
         ) -> dict[str, Any]:
             state_store: StateStore = context.resources.state_store
-            found = audience_maids(read_snapshot(state_store, audience))
-            delivered = Ledger(state_store.store, self.destination, audience.partition_key).load()
-            queue = DspQueue(state_store.store, self.destination, audience.partition_key)
-            loaded = queue.load()
-            result = enqueue(loaded.frame, delivered.frame.get_column("user_id"), found.maids, int(clock()))
-            if not config.dry_run:
-                queue.save(loaded, result.frame, loaded.last_upload_at)
+            with open_snapshot(state_store, audience) as snapshot:
+                queued = queue_audience(
+                    DspQueue(state_store.store, self.destination, audience.partition_key),
+                    snapshot,
+                    Ledger(state_store.store, self.destination, audience.partition_key),
+                    int(clock()),
+                    dry_run=config.dry_run,
+                )
             return {
                 "dry_run": config.dry_run,
-                "maids": found.maids.len(),
-                "added": result.added,
-                "removed": result.removed,
-                "rejects_total": sum(found.rejects.values()),
-                "rejects": found.rejects,
-                "queued": result.frame.height,
-                "queue_bytes": QueueState(result.frame, None, None).size_bytes,
+                "maids": queued.maids,
+                "added": queued.added,
+                "removed": queued.removed,
+                "rejects_total": sum(queued.rejects.values()),
+                "rejects": queued.rejects,
+                "queued": queued.queue.changes,
+                "queue_bytes": queued.queue.size_bytes,
             }
 
         return self.delivery_asset(
@@ -217,7 +218,7 @@ class DspMobileAdIdsComponent(DestinationComponent):
                 max_removal_share=self.max_share(config),
             )
             counts = flushed.outcome.counts
-            projected = flushed.outcome.ledger.frame.height + counts["added"] - counts["removed"]
+            projected = flushed.outcome.held + counts["added"] - counts["removed"]
             if config.dry_run:
                 return self.report(context, flushed.outcome, config, projected_audience_size=projected)
             size = None
@@ -279,7 +280,7 @@ class DspMobileAdIdsComponent(DestinationComponent):
                 state = DspQueue(state_store.store, self.destination, partition).load()
                 reason = state.due(now, interval, self.queue_size_limit_bytes)
                 if reason is None:
-                    waiting.append(f"{partition}: {state.frame.height} changes, {state.size_bytes} bytes")
+                    waiting.append(f"{partition}: {state.changes} changes, {state.size_bytes} bytes")
                     continue
                 last = requested.get(partition)
                 if last is not None and last[0] == state.revision and now - last[1] < interval:

@@ -11,12 +11,13 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from audience_pipeline.clients.firehose import check_stream, send_records
+from audience_pipeline.clients.firehose import check_stream, default_quota, send_records
+from audience_pipeline.clients.rate_limit import RateLimit
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
-    read_snapshot,
-    run_audience_query,
+    open_snapshot,
+    query_stream,
 )
 from audience_pipeline.components.aws_settings import (
     check_env_var_name,
@@ -26,11 +27,17 @@ from audience_pipeline.components.aws_settings import (
 )
 from audience_pipeline.components.destination import DeliveryRunConfig, DestinationComponent
 from audience_pipeline.components.ui import name_part
-from audience_pipeline.membership.delivery import deliver
-from audience_pipeline.membership.firehose_delivery import FirehoseAdapter, FirehoseTarget, stream_members
+from audience_pipeline.membership.delivery import USER_ID, BucketedMembers, Members, deliver
+from audience_pipeline.membership.firehose_delivery import (
+    FirehoseAdapter,
+    FirehoseTarget,
+    stream_columns,
+    stream_members,
+)
 from audience_pipeline.membership.firehose_messages import ForwardingRules
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.aws import AwsConnection
+from audience_pipeline.snapshot import set_aside
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
 
@@ -74,6 +81,27 @@ class FirehoseComponent(DestinationComponent):
     identities_to_exclude: list[str] = Field(
         default_factory=list,
         description="Identities never sent: Firehose keys (`FacebookId`) or column names (`facebook_id`).",
+    )
+    max_in_flight_requests: int = Field(
+        default=4, ge=1, le=64, description="Calls to the stream in flight at once."
+    )
+    records_per_second: int | None = Field(
+        default=None,
+        gt=0,
+        description="The stream's records-per-second quota; unset: AWS's default Direct PUT quota for the "
+        "region (500,000 in us-east-1, us-west-2 and eu-west-1, 100,000 elsewhere).",
+    )
+    requests_per_second: int | None = Field(
+        default=None,
+        gt=0,
+        description="The stream's requests-per-second quota; unset: AWS's default (2,000 in us-east-1, "
+        "us-west-2 and eu-west-1, 1,000 elsewhere).",
+    )
+    mib_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="The stream's MiB-per-second quota; unset: AWS's default (5 in us-east-1, us-west-2 "
+        "and eu-west-1, 1 elsewhere).",
     )
 
     @field_validator("delivery_stream_name")
@@ -134,6 +162,15 @@ class FirehoseComponent(DestinationComponent):
         )
 
     @property
+    def quota(self) -> dict[str, float]:
+        """The stream's quota per second (records, requests, bytes): the settings, else AWS's defaults."""
+        quota: dict[str, float] = default_quota(self.region)
+        settings = {"records": self.records_per_second, "requests": self.requests_per_second}
+        if self.mib_per_second is not None:
+            settings["bytes"] = self.mib_per_second * 1024 * 1024
+        return {**quota, **{name: value for name, value in settings.items() if value is not None}}
+
+    @property
     def label(self) -> str:
         """`Firehose <stream>`."""
         return f"Firehose {self.delivery_stream_name}"
@@ -171,32 +208,46 @@ class FirehoseComponent(DestinationComponent):
         self, context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
     ) -> dict[str, Any]:
         state_store = context.resources.state_store
-        snapshot = read_snapshot(state_store, audience)
         cipher = context.resources.ledger_cipher.cipher()
-        members = stream_members(
-            run_audience_query(context.resources.source, audience), self.rules, snapshot["user_id"]
-        )
         target = FirehoseTarget(
             self.destination, audience.id, audience.destination_name, self.send_remove_on_identity_change
         )
         client = None if config.dry_run else context.resources.firehose.get_client(self.connection())
+        # One limit for the whole run: every call of every bucket takes from the stream's quota.
+        rate_limit = RateLimit(self.quota)
         adapter = FirehoseAdapter(
             target,
             cipher,
             changed_at=int(time.time()),
             check=lambda: check_stream(client, self.delivery_stream_name),
-            put=lambda records: send_records(client, self.delivery_stream_name, records),
+            put=lambda records: send_records(
+                client,
+                self.delivery_stream_name,
+                records,
+                rate_limit=rate_limit,
+                max_in_flight=self.max_in_flight_requests,
+            ),
         )
-        outcome = deliver(
-            Ledger(state_store.store, self.destination, audience.partition_key),
-            lambda state: members,
-            adapter,
-            dry_run=config.dry_run,
-            max_removal_share=self.max_share(config),
-        )
-        extra = (
-            {} if config.dry_run else {"batches": adapter.result.batches, "put_mode": adapter.result.put_mode}
-        )
+        # The snapshot has hashes only: the identities go as the query returns them, set aside by
+        # bucket (encrypted) and read beside the snapshot's bucket of the same user ids.
+        with (
+            open_snapshot(state_store, audience, columns=[USER_ID]) as snapshot,
+            query_stream(context.resources.source, audience) as result,
+            set_aside(result.frames, stream_columns(result.schema), result.schema) as rows,
+        ):
+
+            def bucket(number: int, level: int) -> Members:
+                user_ids = snapshot.read(number, level).get_column(USER_ID)
+                return stream_members(rows.spill.read(number, level), self.rules, user_ids)
+
+            outcome = deliver(
+                Ledger(state_store.store, self.destination, audience.partition_key),
+                lambda state, held: BucketedMembers(snapshot.bits, bucket),
+                adapter,
+                dry_run=config.dry_run,
+                max_removal_share=self.max_share(config),
+            )
+        extra = {} if config.dry_run else {"batches": adapter.batches, "put_mode": adapter.put_mode}
         return self.report(context, outcome, config, **extra)
 
     def connection(self) -> AwsConnection:

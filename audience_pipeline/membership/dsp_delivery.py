@@ -7,10 +7,10 @@
 
 A member is one MAID: the ledger of a DSP destination has one row per MAID (`user_id` is the MAID,
 `fingerprint` its SHA-256, no payload), so the core's diff of "ledger plus pending changes" against
-the ledger is exactly the queue's pending adds and removes. A request that still fails after the
-client's retries stops the flush: what was confirmed before it is committed and leaves the queue,
-the rest stays queued for the next flush (patches are idempotent, so a crash between sending and
-committing only re-sends).
+the ledger is exactly the queue's pending adds and removes. Queue and ledger are both bucketed by
+MAID and read a bucket at a time. A request that still fails after the client's retries stops the
+flush: what was confirmed before it is committed and leaves the queue, the rest stays queued for
+the next flush (patches are idempotent, so a crash between sending and committing only re-sends).
 
 No Dagster here, and what is returned holds counts only.
 """
@@ -32,6 +32,7 @@ from audience_pipeline.membership.delivery import (
     REMOVED,
     USER_ID,
     Answer,
+    BucketedMembers,
     DeliveryInterrupted,
     Members,
     Outcome,
@@ -40,9 +41,9 @@ from audience_pipeline.membership.delivery import (
 )
 from audience_pipeline.membership.diff import MembershipDiff
 from audience_pipeline.membership.dsp_audiences import DspAudienceRecord, dsp_audience_name
-from audience_pipeline.membership.dsp_queue import ADD, REMOVE, DspQueue, QueueConflict, pending
+from audience_pipeline.membership.dsp_queue import ADD, MAID, REMOVE, DspQueue, QueueConflict, pending
 from audience_pipeline.membership.fingerprints import fingerprint
-from audience_pipeline.membership.ledger import Ledger, LedgerState
+from audience_pipeline.membership.ledger import Ledger, LedgerReader, LedgerState
 
 # A queue replaced by the queue asset while a flush ran is loaded again this many times.
 _SAVE_ATTEMPTS = 3
@@ -51,10 +52,11 @@ _WIDEST_AUDIENCE_ID = 10**18
 
 
 def flush_members(queue: pl.DataFrame, delivered: pl.Series) -> Members:
-    """The MAIDs DSP holds once `queue` is flushed, given the `delivered` MAIDs (the ledger's)."""
+    """The MAIDs DSP holds once `queue` is flushed, given the `delivered` MAIDs (the ledger's); for a
+    whole audience, or for one bucket of MAIDs of both."""
     work = pending(queue, delivered)
-    removes = work.filter(pl.col("op") == REMOVE).get_column("maid")
-    adds = work.filter(pl.col("op") == ADD).get_column("maid")
+    removes = work.filter(pl.col("op") == REMOVE).get_column(MAID)
+    adds = work.filter(pl.col("op") == ADD).get_column(MAID)
     maids = pl.concat([delivered.filter(~delivered.is_in(removes.implode())), adds])
     frame = pl.DataFrame({USER_ID: maids.cast(pl.String)})
     return Members(frame.with_columns(fingerprint(frame, [USER_ID]), payload=pl.lit(None, dtype=pl.String)))
@@ -87,8 +89,8 @@ class DspAdapter:
     """MAID patches to one audience's DSP audience (see the module docstring).
 
     `access` is None in a dry run. The profile is looked up and the DSP audience found or created
-    (`DspAudienceRecord`) on the first request, so a dry run or a stopped flush touches neither.
-    After `send`, `dsp` and `dsp_audience_id` say where the patches went.
+    (`DspAudienceRecord`) before the first request, once, so a dry run or a stopped flush touches
+    neither. After `send`, `dsp` and `dsp_audience_id` say where the patches went.
     """
 
     noun = "patches"
@@ -122,7 +124,7 @@ class DspAdapter:
         """One PATCH per batch; Amazon confirms a request's patches all at once."""
         if items.is_empty():
             return
-        audience_id = self._connect()
+        audience_id = self.dsp_audience_id if self.dsp_audience_id is not None else self._connect()
         numbers = items.get_column(ITEM).to_list()
         done = 0
         for batch in patch_batches(_patches(items, audience_id)):
@@ -183,34 +185,46 @@ def flush(
     confirmed, with `now` (Unix seconds) as its last upload when anything was confirmed. A dry run
     sends and writes nothing. Raises what `deliver` raises, after saving the queue."""
 
-    def members(state: LedgerState) -> Members:
-        return flush_members(queue.load().frame, state.frame.get_column(USER_ID))
+    loaded = queue.load()
+    with queue.reader(loaded) as queued:
 
-    try:
-        outcome = deliver(ledger, members, adapter, dry_run=dry_run, max_removal_share=max_removal_share)
-    except DeliveryInterrupted as stopped:
-        _save(queue, stopped.outcome, now)
-        raise
+        def members(state: LedgerState, held: LedgerReader) -> BucketedMembers:
+            def bucket(number: int, level: int) -> Members:
+                return flush_members(queued.read(number, level), held.read(number, level).get_column(USER_ID))
+
+            return BucketedMembers(queued.bits, bucket)
+
+        try:
+            outcome = deliver(ledger, members, adapter, dry_run=dry_run, max_removal_share=max_removal_share)
+        except DeliveryInterrupted as stopped:
+            _save(queue, ledger, stopped.outcome, now)
+            raise
     if dry_run:
         return Flushed(outcome, outcome.counts["added"] + outcome.counts["removed"])
-    return Flushed(outcome, _save(queue, outcome, now))
+    return Flushed(outcome, _save(queue, ledger, outcome, now))
 
 
-def _save(queue: DspQueue, outcome: Outcome, now: int) -> int:
+def _save(queue: DspQueue, ledger: Ledger, outcome: Outcome, now: int) -> int:
     """Drop what the ledger now holds from the queue (loaded afresh: the queue asset may have appended
     meanwhile), stamping the upload time; returns how many changes are left."""
-    delivered = outcome.ledger.frame.get_column(USER_ID)
     uploaded_at = now if outcome.confirmed else None
     for _ in range(_SAVE_ATTEMPTS - 1):
         try:
-            return _save_once(queue, delivered, uploaded_at)
+            return _save_once(queue, ledger, outcome.ledger, uploaded_at)
         except QueueConflict:
             continue
-    return _save_once(queue, delivered, uploaded_at)
+    return _save_once(queue, ledger, outcome.ledger, uploaded_at)
 
 
-def _save_once(queue: DspQueue, delivered: pl.Series, uploaded_at: int | None) -> int:
+def _save_once(queue: DspQueue, ledger: Ledger, state: LedgerState, uploaded_at: int | None) -> int:
     loaded = queue.load()
-    left = pending(loaded.frame, delivered)
-    queue.save(loaded, left, uploaded_at if uploaded_at is not None else loaded.last_upload_at)
-    return left.height
+    with queue.reader(loaded) as queued, ledger.reader(state) as held:
+        level = max(queued.bits, held.bits)
+        left = (
+            (number, pending(queued.read(number, level), held.read(number, level).get_column(USER_ID)))
+            for number in range(1 << level)
+        )
+        saved = queue.save(
+            loaded, left, level, uploaded_at if uploaded_at is not None else loaded.last_upload_at
+        )
+    return saved.changes

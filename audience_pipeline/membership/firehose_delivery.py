@@ -47,7 +47,12 @@ from audience_pipeline.membership.delivery import (
 )
 from audience_pipeline.membership.diff import MembershipDiff
 from audience_pipeline.membership.fingerprints import fingerprint, message_id
-from audience_pipeline.membership.firehose_messages import ForwardingRules, messages, user_identities
+from audience_pipeline.membership.firehose_messages import (
+    IDENTITY_KEYS,
+    ForwardingRules,
+    messages,
+    user_identities,
+)
 from audience_pipeline.membership.ledger import LedgerState
 from audience_pipeline.membership.payload_crypto import PayloadCipher
 
@@ -57,9 +62,16 @@ _KIND = {ADD: ADDED, REMOVE: REMOVED, IDENTITY_REMOVE: CHANGED, IDENTITY_ADD: CH
 OVERSIZE = f"message over Firehose's {MAX_RECORD_BYTES // 1024:,} KiB record limit"
 
 
+def stream_columns(schema: pl.Schema) -> list[str]:
+    """The columns of an audience query's result that `stream_members` reads: the user id and the
+    identities a stream may receive."""
+    return [column for column in schema if column == USER_ID or column in IDENTITY_KEYS]
+
+
 def stream_members(result: pl.DataFrame, rules: ForwardingRules, user_ids: pl.Series) -> Members:
-    """The members among `user_ids` (the audience snapshot's) in an audience query's raw `result`:
-    `payload` is the raw `UserIdentities` JSON, which the ledger keeps only encrypted.
+    """The members among `user_ids` (the audience snapshot's) in an audience query's raw `result` (all
+    of it, or one bucket of user ids of both): `payload` is the raw `UserIdentities` JSON, which the
+    ledger keeps only encrypted.
 
     As in the snapshot, user ids are trimmed text and the first row the query returned for a user
     wins; members the query no longer returns are left out.
@@ -93,7 +105,8 @@ class FirehoseAdapter:
 
     `changed_at` (Unix seconds) is the messages' `MembershipChangedTimestamp`. `check` is
     `check_stream` and `put` is `send_records`, bound to a client and stream (unused in a dry run).
-    After `send`, `result` is the client's `SendResult` (`put_mode`, `batches`).
+    After sending, `batches` counts the record batches of every `put` and `put_mode` is the API the
+    last records went with (see `SendResult`).
     """
 
     noun = "records"
@@ -109,7 +122,8 @@ class FirehoseAdapter:
     ):
         self.target, self.cipher, self.changed_at = target, cipher, changed_at
         self.check, self.put = check, put
-        self.result = SendResult()
+        self.batches, self.put_mode = 0, None
+        self._checked = False
 
     def items(self, changes: MembershipDiff, state: LedgerState) -> pl.DataFrame:
         """One message per change; removals carry what the stream was given, which only the
@@ -164,20 +178,24 @@ class FirehoseAdapter:
         return sum(1 for _ in record_batches(_records(items)))
 
     def send(self, items: pl.DataFrame) -> Iterator[Answer]:
-        """Check the stream (exists, ACTIVE, Direct PUT), then send every message; records still
-        failing after the client's retries are failed items."""
-        try:
-            self.check()
-        except FirehoseStreamError as error:
-            raise SettingProblem("delivery_stream_name", str(error)) from None
-        self.result = self.put(_records(items))
+        """Check the stream (exists, ACTIVE, Direct PUT) before the first messages, then send every
+        message; records still failing after the client's retries are failed items."""
+        if not self._checked:
+            try:
+                self.check()
+            except FirehoseStreamError as error:
+                raise SettingProblem("delivery_stream_name", str(error)) from None
+            self._checked = True
+        result: SendResult = self.put(_records(items))
+        self.batches += result.batches
+        self.put_mode = result.put_mode or self.put_mode
         numbers = items.get_column(ITEM).to_list()
-        failed = {record.index for record in self.result.failed}
+        failed = {record.index for record in result.failed}
         yield Answer(
             confirmed=[number for index, number in enumerate(numbers) if index not in failed],
             failed=[numbers[index] for index in failed],
-            requests=self.result.calls,
-            retries=self.result.retried,
+            requests=result.calls,
+            retries=result.retried,
         )
 
     def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:

@@ -1,37 +1,42 @@
 """Parquet files under one root, a local folder or `s3://bucket/prefix`, each replaced atomically.
 
-A reader sees the old file or the new one, never a partial one: locally every write goes to a
-temporary file in the target's folder and is moved into place with `os.replace`; on S3 the
-complete Parquet bytes go up in one PutObject, which S3 makes visible all at once.
+A reader sees the old file or the new one, never a partial one: a file is written whole into a
+staging file first (locally in the target's folder, for S3 in a temporary folder), then moved into
+place with `os.replace` or sent in one PutObject, which S3 makes visible all at once. Files can be
+written and read a part at a time (`replacing`, `open`), so no file has to fit in memory.
 
-Each stored file has a revision: an opaque token that changes with every write (the S3 ETag, or a
-random id kept in the local file's Parquet metadata). `write_if` replaces a file only while it is
-still at the revision the caller read, which is how a ledger refuses a lost update.
+Each stored file has a revision: an opaque token that changes with every write (the S3 ETag, or the
+local file's inode, modification time and size: every write is a new file moved into place). `write_if`
+and `replacing` replace a file only while it is still at the revision the caller read, which is how a
+ledger refuses a lost update.
 """
 
 import fcntl
-import io
 import os
+import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
-# Kept in the Parquet metadata of local files; S3 has ETags for the same purpose.
-_REVISION_KEY = "audience_pipeline.revision"
+# Local files written before revisions came from the file system kept one in their metadata.
+_OLD_REVISION_KEY = "audience_pipeline.revision"
 # Ledgers are mostly hashes and ciphertext: zstd's higher levels barely shrink them and take about
 # twice as long (10M members: 4 s and 984 MiB at level 1, 7 s and 1055 MiB at the default).
-_COMPRESSION_LEVEL = 1
+COMPRESSION_LEVEL = 1
 # 412: the object changed (If-Match) or appeared (If-None-Match); 409: a concurrent conditional
 # write to the same key won; 404 under If-Match: the object was deleted since it was read.
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "409", "412"}
+_COPY_BUFFER = 1 << 20
 
 
 class StoreError(RuntimeError):
@@ -46,6 +51,13 @@ class UnreadableFile(StoreError):
     """A stored file is there but is not Parquet (truncated, overwritten, not written by the pipeline)."""
 
 
+class _Unconditional:
+    """`replacing` without a revision to check."""
+
+
+UNCONDITIONAL = _Unconditional()
+
+
 @dataclass(frozen=True)
 class StoredFrame:
     """A stored file: its rows, the metadata written with it, and the revision it is at."""
@@ -53,6 +65,65 @@ class StoredFrame:
     frame: pl.DataFrame
     metadata: dict[str, str]
     revision: str
+
+
+@dataclass
+class Staged:
+    """A file being replaced: write the new Parquet file at `path`; `revision` is its revision once
+    it is in place. Set `discard` to leave the stored file as it is after all."""
+
+    path: str
+    revision: str | None = None
+    discard: bool = False
+
+
+class StoredFile:
+    """A stored Parquet file, open for reading a range of its row groups: what `ParquetStore.open` yields."""
+
+    def __init__(self, store: "ParquetStore", key: str, file: BinaryIO, revision: str):
+        self._store, self.key, self.revision = store, key, revision
+        with store._errors("reading", key):
+            footer = pq.read_metadata(file)
+        self.metadata = _user_metadata({k.decode(): v.decode() for k, v in (footer.metadata or {}).items()})
+        self._starts = list(
+            accumulate((footer.row_group(i).num_rows for i in range(footer.num_row_groups)), initial=0)
+        )
+        # Polars reads the open file through its descriptor, so the rows are those of the revision
+        # opened even when the file is replaced meanwhile (and a temporary copy needs no name).
+        self._path = f"/dev/fd/{file.fileno()}"
+
+    @property
+    def row_groups(self) -> int:
+        """How many row groups the file has."""
+        return len(self._starts) - 1
+
+    @property
+    def rows(self) -> int:
+        """How many rows the file has."""
+        return self._starts[-1]
+
+    @property
+    def schema(self) -> pl.Schema:
+        """The columns of the file's rows."""
+        with self._store._errors("reading", self.key):
+            return pl.scan_parquet(self._path).collect_schema()
+
+    def read(
+        self, row_groups: range | None = None, columns: list[str] | None = None, where: pl.Expr | None = None
+    ) -> pl.DataFrame:
+        """The rows of the consecutive `row_groups` (default: all of them), with `columns` (default: all),
+        those for which `where` holds (default: all): columns outside `where` are decoded only for
+        those rows."""
+        with self._store._errors("reading", self.key):
+            scan = pl.scan_parquet(self._path)
+            if row_groups is not None:
+                start = self._starts[row_groups.start]
+                scan = scan.slice(start, self._starts[row_groups.stop] - start)
+            if where is not None:
+                scan = scan.filter(where)
+            if columns is not None:
+                scan = scan.select(columns)
+            return scan.collect()
 
 
 class ParquetStore:
@@ -109,46 +180,82 @@ class ParquetStore:
 
     def read_stored(self, key: str) -> StoredFrame | None:
         """The frame, metadata and revision stored at `key`, or None when nothing is stored there."""
+        with self.open(key) as stored:
+            if stored is None:
+                return None
+            return StoredFrame(stored.read(), stored.metadata, stored.revision)
+
+    @contextmanager
+    def open(self, key: str) -> Iterator[StoredFile | None]:
+        """The file at `key` open for reading a part at a time, or None when nothing is stored there.
+
+        What is read through it is the revision opened, even if the file is replaced meanwhile.
+        """
         with self._errors("reading", key):
-            if self._local:
-                return self._read_local(key)
-            return self._read_s3(key)
+            opened = self._open_local(key) if self._local else self._open_s3(key)
+        if opened is None:
+            yield None
+            return
+        file, revision = opened
+        with file:
+            yield StoredFile(self, key, file, revision)
 
     def write(self, key: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None = None) -> str:
         """Replace the file at `key` with `frame` atomically; return the new revision."""
-        with self._errors("writing", key):
-            if self._local:
-                return self._write_local(key, frame, metadata)
-            return self._write_s3(key, frame, metadata, {})
+        return self.write_if(key, frame, UNCONDITIONAL, metadata=metadata)
 
     def write_if(
         self,
         key: str,
         frame: pl.DataFrame,
-        expected_revision: str | None,
+        expected_revision: str | None | _Unconditional,
         *,
         metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Like `write`, but only while `key` is at `expected_revision` (None: while it is absent).
 
-        Raises `RevisionConflict` otherwise. The check and the replacement are one step: S3
-        evaluates `If-Match`/`If-None-Match` itself; locally a lock file next to the target
-        serializes conditional writers on this host, which is all a local folder can be shared by.
+        Raises `RevisionConflict` otherwise; see `replacing`.
+        """
+        with self.replacing(key, expected_revision) as staged, self._errors("writing", key):
+            frame.write_parquet(
+                staged.path, compression_level=COMPRESSION_LEVEL, metadata=dict(metadata or {})
+            )
+        return staged.revision
+
+    @contextmanager
+    def replacing(
+        self, key: str, expected_revision: str | None | _Unconditional = UNCONDITIONAL
+    ) -> Iterator[Staged]:
+        """Replace the file at `key` with the Parquet file the caller writes at the yielded `Staged.path`,
+        once the `with` block ends without an error (with one, or `Staged.discard` set, the file at `key`
+        stays as it was).
+
+        With `expected_revision` (None: absent), the file is replaced only while `key` is still at that
+        revision, else `RevisionConflict`. The check and the replacement are one step: S3 evaluates
+        `If-Match`/`If-None-Match` itself; locally a lock file next to the target serializes conditional
+        writers on this host, which is all a local folder can be shared by.
         """
         with self._errors("writing", key):
             if self._local:
-                with self._locked(key):
-                    current = self._local_revision(key)
-                    if current != expected_revision:
-                        raise RevisionConflict(self._conflict_message(key, expected_revision))
-                    return self._write_local(key, frame, metadata)
-            condition = {"IfNoneMatch": "*"} if expected_revision is None else {"IfMatch": expected_revision}
-            try:
-                return self._write_s3(key, frame, metadata, condition)
-            except ClientError as error:
-                if _error_code(error) in _CONFLICT_CODES:
-                    raise RevisionConflict(self._conflict_message(key, expected_revision)) from None
-                raise
+                folder = (self._folder / _checked(key)).parent
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                folder = None
+            fd, path = tempfile.mkstemp(dir=folder, prefix=f".{PurePosixPath(key).name}.", suffix=".tmp")
+            os.close(fd)
+        staged = Staged(path)
+        try:
+            yield staged
+            if staged.discard:
+                return
+            with self._errors("writing", key):
+                staged.revision = (
+                    self._place_local(key, path, expected_revision)
+                    if self._local
+                    else self._place_s3(key, path, expected_revision)
+                )
+        finally:
+            Path(path).unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         """Remove the file at `key`; nothing happens when it is absent."""
@@ -158,49 +265,56 @@ class ParquetStore:
             else:
                 self._s3.delete_object(Bucket=self._bucket, Key=self._object_key(key))
 
+    def keys(self, folder: str) -> list[str]:
+        """The keys of the files stored under `folder` (a key prefix ending before a `/`), sorted."""
+        with self._errors("listing", folder):
+            if self._local:
+                base = self._folder / _checked(folder)
+                if not base.is_dir():
+                    return []
+                return sorted(
+                    f"{folder}/{path.relative_to(base).as_posix()}"
+                    for path in base.rglob("*")
+                    if path.is_file() and not path.name.startswith(".")
+                )
+            prefix = self._object_key(folder) + "/"
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix)
+            strip = len(self._prefix) + 1 if self._prefix else 0
+            return sorted(item["Key"][strip:] for page in pages for item in page.get("Contents", []))
+
     # --- local folder ------------------------------------------------------------------------------
 
-    def _read_local(self, key: str) -> StoredFrame | None:
+    def _open_local(self, key: str) -> tuple[BinaryIO, str] | None:
+        # The revision is the open file's: a concurrent os.replace swaps the directory entry, not the
+        # file already open, so revision and rows always match.
         try:
-            # One open file for both the footer and the rows: a concurrent os.replace swaps the
-            # directory entry, not the file already open, so revision and rows always match.
-            with open(self._folder / _checked(key), "rb") as file:
-                metadata = pl.read_parquet_metadata(file)
-                file.seek(0)
-                frame = pl.read_parquet(file)
+            file = open(self._folder / _checked(key), "rb")  # noqa: SIM115 (closed by `open`)
         except FileNotFoundError:
             return None
-        revision = metadata.pop(_REVISION_KEY, "")
-        return StoredFrame(frame, _user_metadata(metadata), revision)
+        return file, _revision(os.fstat(file.fileno()))
 
     def _local_revision(self, key: str) -> str | None:
         try:
-            return pl.read_parquet_metadata(self._folder / _checked(key)).get(_REVISION_KEY, "")
+            return _revision(os.stat(self._folder / _checked(key)))
         except FileNotFoundError:
             return None
 
-    def _write_local(self, key: str, frame: pl.DataFrame, metadata: Mapping[str, str] | None) -> str:
+    def _place_local(self, key: str, path: str, expected_revision: str | None | _Unconditional) -> str:
         target = self._folder / _checked(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        revision = uuid.uuid4().hex
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            frame.write_parquet(
-                tmp,
-                compression_level=_COMPRESSION_LEVEL,
-                metadata={**(metadata or {}), _REVISION_KEY: revision},
-            )
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A rename keeps inode, modification time and size: this is the revision once in place.
+        revision = _revision(os.stat(path))
+        if isinstance(expected_revision, _Unconditional):
+            os.replace(path, target)
+            return revision
+        with self._locked(key):
+            if self._local_revision(key) != expected_revision:
+                raise RevisionConflict(self._conflict_message(key, expected_revision))
+            os.replace(path, target)
         return revision
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         target = self._folder / _checked(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         with open(target.parent / f".{target.name}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
@@ -211,25 +325,39 @@ class ParquetStore:
         key = _checked(key)
         return f"{self._prefix}/{key}" if self._prefix else key
 
-    def _read_s3(self, key: str) -> StoredFrame | None:
+    def _open_s3(self, key: str) -> tuple[BinaryIO, str] | None:
         try:
             response = self._s3.get_object(Bucket=self._bucket, Key=self._object_key(key))
         except ClientError as error:
             if _error_code(error) in ("NoSuchKey", "404"):
                 return None
             raise
-        data = response["Body"].read()
-        metadata = pl.read_parquet_metadata(data)
-        return StoredFrame(pl.read_parquet(data), _user_metadata(metadata), response["ETag"])
+        # On local disk rather than in memory: a snapshot or ledger part may be larger than memory.
+        file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by `open`)
+        try:
+            shutil.copyfileobj(response["Body"], file, _COPY_BUFFER)
+            file.seek(0)
+        except BaseException:
+            file.close()
+            raise
+        return file, response["ETag"]
 
-    def _write_s3(
-        self, key: str, frame: pl.DataFrame, metadata: Mapping[str, str] | None, condition: dict[str, str]
-    ) -> str:
-        buffer = io.BytesIO()
-        frame.write_parquet(buffer, compression_level=_COMPRESSION_LEVEL, metadata=dict(metadata or {}))
-        response = self._s3.put_object(
-            Bucket=self._bucket, Key=self._object_key(key), Body=buffer.getvalue(), **condition
-        )
+    def _place_s3(self, key: str, path: str, expected_revision: str | None | _Unconditional) -> str:
+        if isinstance(expected_revision, _Unconditional):
+            condition = {}
+        elif expected_revision is None:
+            condition = {"IfNoneMatch": "*"}
+        else:
+            condition = {"IfMatch": expected_revision}
+        try:
+            with open(path, "rb") as body:
+                response = self._s3.put_object(
+                    Bucket=self._bucket, Key=self._object_key(key), Body=body, **condition
+                )
+        except ClientError as error:
+            if condition and _error_code(error) in _CONFLICT_CODES:
+                raise RevisionConflict(self._conflict_message(key, expected_revision)) from None
+            raise
         return response["ETag"]
 
     # --- errors ------------------------------------------------------------------------------------
@@ -246,7 +374,7 @@ class ParquetStore:
             yield
         except StoreError:
             raise
-        except pl.exceptions.PolarsError as error:
+        except (pl.exceptions.PolarsError, pa.ArrowInvalid) as error:
             raise UnreadableFile(f"State store {self.root}: {action} {key} failed: {error}") from None
         except (OSError, ClientError, BotoCoreError) as error:
             raise StoreError(f"State store {self.root}: {action} {key} failed: {error}") from None
@@ -267,9 +395,13 @@ def _checked(key: str) -> str:
     return key
 
 
+def _revision(stat: os.stat_result) -> str:
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
 def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
     # Parquet writers add their own entries (the Arrow schema); callers get back what they wrote.
-    return {k: v for k, v in metadata.items() if k not in ("ARROW:schema", _REVISION_KEY)}
+    return {k: v for k, v in metadata.items() if k not in ("ARROW:schema", _OLD_REVISION_KEY)}
 
 
 def _error_code(error: ClientError) -> str:

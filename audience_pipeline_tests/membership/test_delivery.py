@@ -12,12 +12,14 @@ from audience_pipeline.membership.delivery import (
     REJECT,
     USER_ID,
     Answer,
+    BucketedMembers,
     DeliveryInterrupted,
     MassRemoval,
     Members,
     deliver,
 )
-from audience_pipeline.state import ParquetStore
+from audience_pipeline.state import ParquetStore, buckets
+from audience_pipeline.state.buckets import bits_for, bucket_of
 
 
 class Refused(Exception):
@@ -79,11 +81,11 @@ def ledger(tmp_path) -> Ledger:
 
 
 def run(ledger, audience: Members, adapter=None, **options):
-    return deliver(ledger, lambda state: audience, adapter or FakeAdapter(), **options)
+    return deliver(ledger, lambda state, held: audience, adapter or FakeAdapter(), **options)
 
 
 def held(ledger) -> list[tuple[str, str]]:
-    return sorted(ledger.load().frame.select(USER_ID, "payload").rows())
+    return sorted(ledger.read().select(USER_ID, "payload").rows())
 
 
 def test_only_what_the_destination_confirmed_is_committed_in_one_metrics_shape(ledger):
@@ -122,8 +124,8 @@ def test_a_change_is_committed_only_when_all_its_items_were_confirmed(ledger):
     outcome = run(ledger, members("u1", "u2", version="-new"), adapter)
 
     assert outcome.counts["identity_changed"] == 2 and outcome.counts["planned"] == 4
-    assert ledger.load().frame.filter(pl.col(USER_ID) == "u2")["fingerprint"].item() == "u2"
-    assert ledger.load().frame.filter(pl.col(USER_ID) == "u1")["fingerprint"].item() == "u1-new"
+    assert ledger.read().filter(pl.col(USER_ID) == "u2")["fingerprint"].item() == "u2"
+    assert ledger.read().filter(pl.col(USER_ID) == "u1")["fingerprint"].item() == "u1-new"
 
 
 def test_a_dry_run_counts_and_neither_sends_nor_writes(ledger):
@@ -162,7 +164,7 @@ def test_the_guard_stops_a_mass_removal_before_sending_unless_allowed(ledger):
         run(ledger, members())
     # Half is allowed by default; the whole audience only on request.
     assert run(ledger, members("u1", "u2"), adapter).counts["removed"] == 2
-    assert run(ledger, members(), adapter, max_removal_share=1.0).ledger.frame.is_empty()
+    assert ledger.read(run(ledger, members(), adapter, max_removal_share=1.0).ledger).is_empty()
 
 
 def test_the_first_delivery_of_an_audience_is_never_stopped(ledger):
@@ -176,3 +178,46 @@ def test_the_epoch_is_written_before_the_first_send(ledger):
     epoch = ledger.load().epoch
     assert epoch
     assert run(ledger, members("u1")).ledger.epoch == epoch
+
+
+def bucketed(*users: str, version: str = "") -> BucketedMembers:
+    """`members` kept in buckets, as a snapshot is."""
+    audience = members(*users, version=version).frame
+    bits = bits_for(audience.height)
+    return BucketedMembers(
+        bits, lambda bucket, level: Members(audience.filter(bucket_of(USER_ID, level) == bucket))
+    )
+
+
+def test_a_large_audience_is_planned_sent_and_committed_a_bucket_at_a_time(ledger, monkeypatch):
+    # Buckets of about five members, everything set aside on disk.
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 5)
+    monkeypatch.setattr(buckets, "SPILL_MEMORY_BYTES", 0)
+    users = [f"u{i:03}" for i in range(60)]
+    adapter = FakeAdapter(per_request=7)
+
+    first = run(ledger, bucketed(*users), adapter)
+
+    assert first.counts["added"] == first.confirmed == 60 and first.ledger.bits > 0
+    assert sorted(adapter.sent) == users and held(ledger) == [(u, u.upper()) for u in users]
+    # Each bucket's items go in requests of their own.
+    assert first.requests > -(-60 // 7)
+
+    changed = [*users[5:50], *(f"n{i}" for i in range(5))]
+    adapter = FakeAdapter(broken=sorted(changed)[30])
+    with pytest.raises(DeliveryInterrupted) as stopped:
+        run(ledger, bucketed(*changed, version="-new"), adapter)
+
+    # What was confirmed before the failing request is committed, whatever its bucket: every member is
+    # as before or as now, and some are as now.
+    outcome = stopped.value.outcome
+    assert (outcome.held, outcome.counts["removed"], outcome.counts["identity_changed"]) == (60, 15, 45)
+    assert outcome.ledger.version == 2 and 0 < outcome.confirmed < outcome.counts["planned"]
+    before = {u: u for u in users}
+    now = {u: u + "-new" for u in changed}
+    for user in set(before) | set(now):
+        stored = ledger.read().filter(pl.col(USER_ID) == user)["fingerprint"].to_list()
+        assert stored in ([before[user]] if user in before else [], [now[user]] if user in now else [])
+    again = run(ledger, bucketed(*changed, version="-new"))
+    assert again.confirmed == again.counts["planned"] > 0
+    assert dict(ledger.read().select(USER_ID, "fingerprint").iter_rows()) == now

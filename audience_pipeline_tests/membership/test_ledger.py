@@ -1,8 +1,10 @@
 """Ledgers advance only with what the destination confirmed, and never lose a concurrent commit."""
 
+import random
 import threading
 from pathlib import Path
 
+import boto3
 import polars as pl
 import pytest
 
@@ -14,7 +16,8 @@ from audience_pipeline.membership import (
     message_id,
 )
 from audience_pipeline.membership.ledger import LedgerDamaged
-from audience_pipeline.state import ParquetStore
+from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
+from audience_pipeline.state import ParquetStore, buckets
 
 
 def members(*rows: tuple[str, str, str]) -> pl.DataFrame:
@@ -34,8 +37,8 @@ def ledger(store) -> Ledger:
 def test_an_absent_ledger_loads_empty_at_version_0(ledger):
     state = ledger.load()
     assert state.version == 0
-    assert state.frame.is_empty()
-    assert state.frame.schema == {
+    assert ledger.read(state).is_empty()
+    assert ledger.read(state).schema == {
         "user_id": pl.String,
         "fingerprint": pl.String,
         "payload": pl.String,
@@ -45,20 +48,20 @@ def test_an_absent_ledger_loads_empty_at_version_0(ledger):
 
 def test_commits_upsert_and_drop_members_at_the_next_version(ledger):
     first = ledger.commit(ledger.load(), added=members(("u1", "f1", "p1"), ("u2", "f2", "p2")))
-    changes = diff(members(("u1", "f1-new", "p1-new"), ("u3", "f3", "p3")), first.frame)
+    changes = diff(members(("u1", "f1-new", "p1-new"), ("u3", "f3", "p3")), ledger.read(first))
     second = ledger.commit(first, added=changes.added, removed=changes.removed, changed=changes.changed)
 
     loaded = ledger.load()
     assert (first.version, second.version, loaded.version) == (1, 2, 2)
-    assert sorted(loaded.frame.rows()) == [("u1", "f1-new", "p1-new", 2), ("u3", "f3", "p3", 2)]
-    assert loaded.frame.equals(second.frame)
+    assert sorted(ledger.read(loaded).rows()) == [("u1", "f1-new", "p1-new", 2), ("u3", "f3", "p3", 2)]
+    assert ledger.read(loaded).equals(ledger.read(second))
 
 
 def test_a_commit_that_only_removes_still_moves_the_version_on(ledger):
     state = ledger.commit(ledger.load(), added=members(("u1", "f1", "p1")))
     state = ledger.commit(state, removed=pl.DataFrame({"user_id": ["u1"]}))
     loaded = ledger.load()
-    assert (state.version, loaded.version, loaded.frame.height) == (2, 2, 0)
+    assert (state.version, loaded.version, ledger.read(loaded).height) == (2, 2, 0)
 
 
 def test_only_the_confirmed_changes_are_recorded_and_the_rest_is_found_again(ledger):
@@ -66,7 +69,7 @@ def test_only_the_confirmed_changes_are_recorded_and_the_rest_is_found_again(led
         ledger.load(), added=members(("u1", "f1", "p1"), ("u2", "f2", "p2"), ("u3", "f3", "p3"))
     )
     snapshot = members(("u1", "f1", "p1"), ("u2", "f2-new", "p2-new"), ("u4", "f4", "p4"), ("u5", "f5", "p5"))
-    changes = diff(snapshot, state.frame)
+    changes = diff(snapshot, ledger.read(state))
 
     # The destination took u4 and the removal of u3, but neither u5 nor u2's new identities.
     state = ledger.commit(
@@ -76,11 +79,11 @@ def test_only_the_confirmed_changes_are_recorded_and_the_rest_is_found_again(led
         changed=changes.changed.filter(pl.col("user_id") == "nobody"),
     )
 
-    pending = diff(snapshot, ledger.load().frame)
+    pending = diff(snapshot, ledger.read())
     assert pending.added.get_column("user_id").to_list() == ["u5"]
     assert pending.removed.is_empty()
     assert pending.changed.select("user_id", "old_payload").rows() == [("u2", "p2")]
-    assert sorted(ledger.load().frame.rows()) == [
+    assert sorted(ledger.read().rows()) == [
         ("u1", "f1", "p1", 1),
         ("u2", "f2", "p2", 1),
         ("u4", "f4", "p4", 2),
@@ -102,7 +105,7 @@ def test_a_member_confirmed_twice_in_one_commit_is_refused(ledger):
 
 def outgoing_ids(ledger: Ledger, snapshot: pl.DataFrame) -> list[str]:
     state = ledger.load()
-    changes = diff(snapshot, state.frame)
+    changes = diff(snapshot, ledger.read(state))
     ids = [
         changes.added.select(
             message_id(
@@ -186,7 +189,8 @@ def test_a_damaged_ledger_names_its_file_and_the_way_back(ledger, store, damage,
 
     message = str(error.value)
     assert message.startswith(f"Ledger {path} {problem}") and "\n" not in message
-    assert "Restore the file from a backup of the state store, or delete it" in message
+    assert f"Restore the file and its parts ({path.removesuffix('.parquet')}@parts) from a backup" in message
+    assert "or delete both" in message
 
 
 def test_a_commit_on_a_ledger_that_moved_on_raises_a_conflict(ledger):
@@ -197,7 +201,7 @@ def test_a_commit_on_a_ledger_that_moved_on_raises_a_conflict(ledger):
     with pytest.raises(LedgerConflict, match="version 1"):
         ledger.commit(mine, added=members(("u3", "f3", "p3")))
     assert ledger.load().version == base.version + 1
-    assert sorted(ledger.load().frame.get_column("user_id")) == ["u1", "u2"]
+    assert sorted(ledger.read().get_column("user_id")) == ["u1", "u2"]
 
 
 def test_two_first_commits_of_the_same_ledger_conflict(ledger):
@@ -217,7 +221,7 @@ def test_audiences_committed_concurrently_never_touch_each_other(store):
             for round_ in range(5):
                 members_now = members(*[(f"{audience}-u{i}", f"f{round_}", f"p{round_}") for i in range(50)])
                 state = ledger.load()
-                changes = diff(members_now, state.frame)
+                changes = diff(members_now, ledger.read(state))
                 ledger.commit(state, added=changes.added, changed=changes.changed)
         except Exception as error:  # surfaced below: a thread's failure would otherwise vanish
             errors.append(error)
@@ -230,10 +234,10 @@ def test_audiences_committed_concurrently_never_touch_each_other(store):
 
     assert errors == []
     for audience in audiences:
-        state = Ledger(store, "firehose/my_stream", audience).load()
-        assert state.version == 5
-        assert sorted(state.frame.get_column("user_id")) == sorted(f"{audience}-u{i}" for i in range(50))
-        assert set(state.frame.get_column("fingerprint")) == {"f4"}
+        ledger = Ledger(store, "firehose/my_stream", audience)
+        assert ledger.load().version == 5
+        assert sorted(ledger.read().get_column("user_id")) == sorted(f"{audience}-u{i}" for i in range(50))
+        assert set(ledger.read().get_column("fingerprint")) == {"f4"}
 
 
 def test_racing_commits_of_one_ledger_lose_no_update(store):
@@ -256,7 +260,7 @@ def test_racing_commits_of_one_ledger_lose_no_update(store):
 
     state = ledger.load()
     assert state.version == 6
-    assert sorted(state.frame.get_column("user_id")) == sorted(f"u{i}" for i in range(6))
+    assert sorted(ledger.read(state).get_column("user_id")) == sorted(f"u{i}" for i in range(6))
 
 
 @pytest.mark.parametrize(
@@ -276,3 +280,89 @@ def test_ledger_keys_stay_inside_the_ledgers_folder(destination, audience, key):
 def test_empty_key_parts_are_refused(destination, audience):
     with pytest.raises(ValueError, match="must not be empty"):
         ledger_key(destination, audience)
+
+
+@pytest.fixture
+def small_buckets(monkeypatch, tmp_path):
+    """Buckets of about five members, and changes set aside on disk: a large ledger's layout in small."""
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 5)
+    monkeypatch.setattr(buckets, "SPILL_MEMORY_BYTES", 0)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path, monkeypatch) -> ParquetStore:
+    if request.param == "local":
+        return ParquetStore(str(tmp_path / "state"))
+    sandbox = request.getfixturevalue("sandbox")
+    for name, value in DUMMY_AWS_KEYS.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=sandbox.aws_url).create_bucket(Bucket="state")
+    return ParquetStore("s3://state/pipeline", endpoint_url=sandbox.aws_url, region="us-east-1")
+
+
+def test_a_large_ledger_commits_its_changes_by_bucket_and_reads_back_exactly(small_buckets, any_store):
+    ledger = Ledger(any_store, "firehose/my_stream", 1001)
+    expected = {f"u{i}": (f"f{i}", f"p{i}") for i in range(100)}
+    state = ledger.commit(ledger.start(ledger.load()), added=members(*((u, *v) for u, v in expected.items())))
+    assert state.bits > 0 and len(state.parts) == 1 << state.bits
+
+    rng = random.Random(7)
+    for round_ in range(12):
+        leaving = rng.sample(sorted(expected), 3)
+        changing = rng.sample(sorted(set(expected) - set(leaving)), 3)
+        joining = [f"n{round_}-{i}" for i in range(3)]
+        snapshot = {u: v for u, v in expected.items() if u not in leaving}
+        snapshot |= {u: (f"f{u}-{round_}", f"p{u}-{round_}") for u in changing + joining}
+        changes = diff(members(*((u, *v) for u, v in snapshot.items())), ledger.read(state))
+        assert (changes.added.height, changes.removed.height, changes.changed.height) == (3, 3, 3)
+        state = ledger.commit(state, added=changes.added, removed=changes.removed, changed=changes.changed)
+        expected = snapshot
+        stored = ledger.read()
+        assert {u: (f, p) for u, f, p, _ in stored.rows()} == expected
+        # Commits write deltas; compaction keeps the rows still read from them under a fifth of the
+        # ledger, and every file not named is gone.
+        bases = {part.bucket: part.version for part in state.parts if part.bucket is not None}
+        deltas = [part for part in state.parts if part.bucket is None]
+        pending = sum(n for d in deltas for b, n in enumerate(d.bucket_rows) if d.version > bases[b])
+        assert pending <= 0.25 * len(expected) and len(deltas) <= 16
+        named = {ledger.key, *(part.key for part in state.parts if part.key)}
+        assert set(any_store.keys("ledgers")) == named
+
+    assert ledger.load().epoch == state.epoch and ledger.load().version == 13
+
+
+def test_a_ledger_in_one_file_is_read_and_written_in_parts_by_its_next_commit(small_buckets, store):
+    ledger = Ledger(store, "firehose/my_stream", 1001)
+    old = members(*((f"u{i}", f"f{i}", f"p{i}") for i in range(20))).with_columns(version=pl.lit(3, pl.Int64))
+    store.write(ledger.key, old, metadata={"ledger_version": "3", "ledger_epoch": "e1"})
+
+    state = ledger.load()
+    assert (state.version, state.epoch, state.single_file) == (3, "e1", True)
+    assert ledger.read(state).sort("user_id").equals(old.sort("user_id"))
+    changes = diff(
+        members(("u0", "f0-new", "p0-new"), *((f"u{i}", f"f{i}", f"p{i}") for i in range(1, 20))),
+        ledger.read(state),
+    )
+
+    state = ledger.commit(state, changed=changes.changed)
+
+    assert not state.single_file and state.bits > 0 and (state.version, state.epoch) == (4, "e1")
+    assert ledger.read().filter(pl.col("user_id") == "u0").rows() == [("u0", "f0-new", "p0-new", 4)]
+    assert ledger.read().height == 20
+
+
+def test_a_missing_part_is_named_and_one_replaced_by_another_commit_is_a_conflict(small_buckets, store):
+    ledger = Ledger(store, "firehose/my_stream", 1001)
+    state = ledger.commit(ledger.load(), added=members(*((f"u{i}", "f", "p") for i in range(30))))
+    part = next(part.key for part in state.parts if part.key)
+
+    newer = ledger.commit(state, added=members(*((f"v{i}", "f", "p") for i in range(60))))
+    # `state` is an older version: a run that loaded it finds its parts replaced.
+    with pytest.raises(LedgerConflict, match="committed by another run while this one read version 1"):
+        ledger.read(state)
+
+    store.delete(next(part.key for part in newer.parts if part.key))
+    with pytest.raises(LedgerDamaged) as damaged:
+        ledger.read()
+    assert "names the part" in str(damaged.value) and "which is missing" in str(damaged.value)
+    assert part not in store.keys("ledgers")
