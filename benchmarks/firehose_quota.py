@@ -13,14 +13,13 @@ second. Figures are printed, never asserted.
 
 import argparse
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import boto3
 import requests
+
+# The benchmarks' folder is the script's: its sandbox-in-a-process helper is shared.
+from sandbox_throughput import sandbox
 
 from audience_pipeline.clients.firehose import send_records
 from audience_pipeline.clients.rate_limit import RateLimit
@@ -59,7 +58,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000)
     parser.add_argument("--records", type=int, default=100_000)
     args = parser.parse_args()
-    with sandbox_process() as env:
+    with sandbox(state_dir=None) as (env, _):
         aws_url = env["AWS_ENDPOINT_URL"]
         session = boto3.Session(
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -112,27 +111,6 @@ def main() -> None:
             rate = round(result.sent / seconds)
             line = {"run": "no_quota", "max_in_flight": in_flight, "messages": result.sent}
             print(json.dumps({**line, "seconds": round(seconds, 2), "messages_per_second": rate}), flush=True)
-
-
-@contextmanager
-def sandbox_process() -> Iterator[dict[str, str]]:
-    """`audience-pipeline sandbox` on free ports, until the block ends; the environment it prints."""
-    command = [sys.executable, "-m", "audience_pipeline.cli", "sandbox", "--ads-port", "0", "--aws-port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        env = {}
-        for line in process.stdout:
-            if line.startswith("export "):
-                name, _, value = line.removeprefix("export ").strip().partition("=")
-                env[name] = value
-            elif env:
-                break
-            if "AWS_ENDPOINT_URL" in env and "AWS_SECRET_ACCESS_KEY" in env and "AWS_ACCESS_KEY_ID" in env:
-                break
-        yield env
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _post(aws_url: str, body: dict) -> None:

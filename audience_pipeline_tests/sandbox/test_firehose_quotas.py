@@ -8,23 +8,14 @@ from botocore.exceptions import ClientError
 
 from audience_pipeline.clients.firehose import send_records
 from audience_pipeline.clients.rate_limit import RateLimit
-from audience_pipeline.resources.aws import FirehoseResource
 
+from .. import test_firehose_client as client_tests
 from .test_aws_firehose import STREAM, aws_clients, delivered_messages, message
 
 # Records bind first for 59-byte messages; 3,000 of them take about 1.5 s at the quota.
 QUOTA = {"records": 2000, "requests": 40, "bytes": 200_000}
-
-
-@pytest.fixture
-def firehose(sandbox):
-    # As the pipeline makes it: botocore does not retry, so every refused call is seen.
-    return FirehoseResource(
-        region_name="us-east-1",
-        endpoint_url=sandbox.aws_url,
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    ).get_client()
+# As the pipeline makes it: botocore does not retry, so every refused call is seen.
+firehose = client_tests.firehose
 
 
 def set_quota(sandbox, **per_second) -> None:
