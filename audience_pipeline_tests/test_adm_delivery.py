@@ -226,8 +226,8 @@ def test_a_refused_member_is_a_reject_while_the_rest_advance(pipeline, sandbox):
     delivery = pipeline.assets[1]
     pipeline.run()  # round 1, then corrupt one member's hash in the stored snapshot
     store = StateStore(root=str(pipeline.state))
-    snapshot = store.read_parquet("snapshots/7.parquet")
-    store.write_parquet(
+    snapshot = store.store.read("snapshots/7.parquet")
+    store.store.write(
         "snapshots/7.parquet",
         snapshot.with_columns(
             pl.when(pl.col("user_id") == "u4").then(pl.lit("not-a-hash")).otherwise("email").alias("email"),

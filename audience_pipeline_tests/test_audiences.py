@@ -130,8 +130,8 @@ def test_one_partition_per_audience_and_each_runs_its_own_sql(source, tmp_path):
     assert materialize(audiences, "gb_only", source, tmp_path).success
 
     store = StateStore(root=str(tmp_path / "state"))
-    assert store.read_parquet(snapshot_state_key("gb_only"))["user_id"].to_list() == ["u2"]
-    assert store.read_parquet(snapshot_state_key("7")) is None
+    assert store.store.read(snapshot_state_key("gb_only"))["user_id"].to_list() == ["u2"]
+    assert store.store.read(snapshot_state_key("7")) is None
 
 
 def test_the_audience_country_overrides_the_component_country(source, tmp_path):
@@ -145,7 +145,7 @@ def test_the_audience_country_overrides_the_component_country(source, tmp_path):
         component({**national_phone, "country_code": "GB"}, country_code="US"), "1", source, tmp_path
     ).success
 
-    snapshot = StateStore(root=str(tmp_path / "state")).read_parquet(snapshot_state_key("1"))
+    snapshot = StateStore(root=str(tmp_path / "state")).store.read(snapshot_state_key("1"))
     assert snapshot["phone"].to_list() == [sha256("442079460958")]
 
 

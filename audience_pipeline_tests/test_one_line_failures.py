@@ -87,4 +87,4 @@ def test_another_ledger_key_than_the_ledgers_is_named(pipeline, monkeypatch):
     message = one_line_failure(pipeline.run(raise_on_error=False, allow_mass_removal=True))
 
     assert "the ledger was encrypted with another key than AUDIENCE_PIPELINE_LEDGER_KEY holds" in message
-    assert StateStore(root=str(pipeline.state)).read_parquet("snapshots/7.parquet") is not None
+    assert StateStore(root=str(pipeline.state)).store.read("snapshots/7.parquet") is not None

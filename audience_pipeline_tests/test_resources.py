@@ -13,6 +13,7 @@ from audience_pipeline.resources.aws import AwsConnection, FirehoseResource, S3R
 from audience_pipeline.resources.duckdb_source import DuckDBSource, SourceNotFoundError
 from audience_pipeline.resources.state_store import STATE_ENV_VAR, StateStore
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
+from audience_pipeline.state import StoreError
 
 
 @pytest.fixture
@@ -76,27 +77,27 @@ def test_a_missing_source_file_names_the_setting_and_how_to_make_sample_data(tmp
 
 
 def test_state_store_round_trips_and_replaces(tmp_path):
-    store = StateStore(root=str(tmp_path / "state"))
-    assert store.read_parquet("snapshots/1.parquet") is None
+    state = StateStore(root=str(tmp_path / "state"))
+    assert state.store.read("snapshots/1.parquet") is None
 
-    store.write_parquet("snapshots/1.parquet", pl.DataFrame({"user_id": ["a", "b"]}))
-    path = store.write_parquet("snapshots/1.parquet", pl.DataFrame({"user_id": ["c"]}))
+    state.store.write("snapshots/1.parquet", pl.DataFrame({"user_id": ["a", "b"]}))
+    state.store.write("snapshots/1.parquet", pl.DataFrame({"user_id": ["c"]}))
 
+    path = state.path("snapshots/1.parquet")
     assert path == tmp_path / "state" / "snapshots" / "1.parquet"
-    assert store.read_parquet("snapshots/1.parquet")["user_id"].to_list() == ["c"]
+    assert state.store.read("snapshots/1.parquet")["user_id"].to_list() == ["c"]
     assert [p.name for p in path.parent.iterdir()] == ["1.parquet"]
 
 
 def test_state_store_keeps_the_old_file_when_a_write_fails(tmp_path):
-    store = StateStore(root=str(tmp_path))
-    store.write_parquet("x.parquet", pl.DataFrame({"user_id": ["a"]}))
+    store = StateStore(root=str(tmp_path)).store
+    store.write("x.parquet", pl.DataFrame({"user_id": ["a"]}))
     unwritable = pl.DataFrame({"user_id": [object()]})
 
-    # The run fails with the store's one-line message.
-    with pytest.raises(dg.Failure, match=r"^State store .*: writing x\.parquet failed"):
-        store.write_parquet("x.parquet", unwritable)
+    with pytest.raises(StoreError, match=r"^State store .*: writing x\.parquet failed"):
+        store.write("x.parquet", unwritable)
 
-    assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
+    assert store.read("x.parquet")["user_id"].to_list() == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
 
 
@@ -107,8 +108,8 @@ def test_an_s3_state_store_wired_as_in_defs_reaches_the_sandbox(sandbox_env, mon
 
     @dg.asset
     def round_trip(state_store: StateStore) -> list[str]:
-        state_store.write_parquet("snapshots/1.parquet", pl.DataFrame({"user_id": ["a"]}))
-        return state_store.read_parquet("snapshots/1.parquet")["user_id"].to_list()
+        state_store.store.write("snapshots/1.parquet", pl.DataFrame({"user_id": ["a"]}))
+        return state_store.store.read("snapshots/1.parquet")["user_id"].to_list()
 
     result = dg.materialize([round_trip], resources=resources)
 
@@ -126,8 +127,9 @@ def test_an_s3_state_store_gets_its_client_from_its_aws_settings(sandbox, monkey
     store = StateStore(root="s3://state/p", endpoint_url=sandbox.aws_url)
     assert isinstance(store, S3Resource)
 
-    assert store.write_parquet("x.parquet", pl.DataFrame({"user_id": ["a"]})) == "s3://state/p/x.parquet"
-    assert store.read_parquet("x.parquet")["user_id"].to_list() == ["a"]
+    store.store.write("x.parquet", pl.DataFrame({"user_id": ["a"]}))
+    assert store.path("x.parquet") == "s3://state/p/x.parquet"
+    assert store.store.read("x.parquet")["user_id"].to_list() == ["a"]
 
 
 def test_a_destinations_own_aws_keys_and_region_take_precedence_over_the_resources():

@@ -1,15 +1,11 @@
 """Where the pipeline keeps what it computed and delivered: Parquet files under one root."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import dagster as dg
-import polars as pl
 from pydantic import Field, PrivateAttr
 
 from audience_pipeline.resources.aws import S3Resource
-from audience_pipeline.state import ParquetStore, StoreError
+from audience_pipeline.state import ParquetStore
 
 STATE_ENV_VAR = "AUDIENCE_PIPELINE_STATE"
 DEFAULT_STATE = ".audience_state"
@@ -42,23 +38,3 @@ class StateStore(S3Resource):
         """Where a key is stored: a local path, or an `s3://` URI."""
         uri = self.store.uri(key)
         return uri if uri.startswith("s3://") else Path(uri)
-
-    def write_parquet(self, key: str, frame: pl.DataFrame) -> Path | str:
-        """Replace the file at `key` with `frame`, atomically; return where it is stored."""
-        with _as_failure():
-            self.store.write(key, frame)
-        return self.path(key)
-
-    def read_parquet(self, key: str) -> pl.DataFrame | None:
-        """The frame stored at `key`, or None when nothing was stored there yet."""
-        with _as_failure():
-            return self.store.read(key)
-
-
-@contextmanager
-def _as_failure() -> Iterator[None]:
-    """A store error fails the run with its message alone: it names the root, the key and the cause."""
-    try:
-        yield
-    except StoreError as error:
-        raise dg.Failure(str(error)) from None
