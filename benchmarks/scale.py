@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import duckdb
@@ -106,10 +107,16 @@ def measured(work) -> dict[str, Any]:
 def child(stage: str, workdir: Path, source: Path, env: dict[str, str]) -> dict[str, Any]:
     """Run `stage` in a fresh process; its line, with the child's peak RSS and CPU seconds."""
     context = multiprocessing.get_context("spawn")
-    queue = context.SimpleQueue()
+    queue = context.Queue()
     process = context.Process(target=_stage_process, args=(queue, stage, workdir, source, env))
     process.start()
-    line = queue.get()
+    line = None
+    while line is None:
+        try:
+            line = queue.get(timeout=1)
+        except Empty:
+            if not process.is_alive():  # ended without a word: killed, or crashed in native code
+                line = {"error": f"the process ended with exit code {process.exitcode}"}
     process.join()
     if "error" in line:
         sys.exit(f"stage {stage} failed: {line['error']}")

@@ -374,10 +374,14 @@ def _batches(planned: Plan, adapter: Adapter, progress: _Progress) -> Iterator[_
 
 def _confirm(batch: _Batch, numbers: list[int], adapter: Adapter, confirmed: LedgerChanges) -> None:
     """Add to `confirmed` every change of `batch` whose items are all among the confirmed `numbers`."""
-    numbers_confirmed = pl.Series(ITEM, numbers, dtype=pl.UInt32).implode()
+    # Marked row by row with a join, then grouped: an `is_in` of the numbers inside the aggregation
+    # would repeat the whole list for every member (memory quadratic in the batch).
+    confirmed_items = pl.DataFrame({ITEM: numbers}, schema={ITEM: pl.UInt32}).unique()
     done = (
-        batch.items.group_by(USER_ID, KIND)
-        .agg(pl.col(ITEM).is_in(numbers_confirmed).all().alias("confirmed"))
+        batch.items.select(USER_ID, KIND, ITEM)
+        .join(confirmed_items.with_columns(pl.lit(True).alias("confirmed")), on=ITEM, how="left")
+        .group_by(USER_ID, KIND)
+        .agg(pl.col("confirmed").is_not_null().all())
         .filter("confirmed")
     )
 
