@@ -132,11 +132,20 @@ def _stage_process(queue, stage: str, workdir: Path, source: Path, env: dict[str
         if line.get("items"):
             line["rate_per_second"] = round(line["items"] / seconds)
         line["seconds"] = round(seconds, 2)
-        line["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        line["peak_rss_mib"] = _peak_rss_mib()
         line["cpu_seconds"] = round(_cpu(resource.RUSAGE_SELF), 2)
     except Exception as error:  # reported by the parent, which stops
         line = {"error": f"{type(error).__name__}: {error}"}
     queue.put(line)
+
+
+def _peak_rss_mib() -> int:
+    """This process's own peak RSS: Linux's `VmHWM`. (`ru_maxrss` survives `exec`, so a spawned child
+    would report its parent's peak, the sandbox's here, if that was higher.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _cpu(who: int) -> float:
