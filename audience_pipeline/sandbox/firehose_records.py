@@ -130,7 +130,22 @@ class FirehoseRecords:
     def _forward(self, environ: dict, data: bytes) -> Response:
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
-        return Response.from_app(self.app, environ, buffered=True)
+        return _model_error_body(Response.from_app(self.app, environ, buffered=True))
+
+
+def _model_error_body(answer: Response) -> Response:
+    """moto's error bodies name the message `Message`; botocore's model of every Firehose error names
+    it `message`, as AWS sends it."""
+    if answer.status_code < 400:
+        return answer
+    try:
+        body = json.loads(answer.get_data())
+    except ValueError:
+        return answer
+    if not isinstance(body, dict) or "Message" not in body:
+        return answer
+    body["message"] = body.pop("Message")
+    return Response(json.dumps(body), status=answer.status_code, mimetype=_JSON)
 
 
 # What AWS fills in for an S3 destination created without them; botocore's model makes them required

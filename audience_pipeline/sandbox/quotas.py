@@ -40,7 +40,7 @@ class _Window:
 
     quota: Quota
     updated: float
-    tokens: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, float] = field(init=False)
     taken: int = 0
     throttled: int = 0
 

@@ -8,6 +8,8 @@ import json
 
 import botocore.session
 import pytest
+import requests
+from botocore.exceptions import ClientError
 
 from audience_pipeline.clients.firehose import send_records
 from audience_pipeline.resources.aws import FirehoseResource
@@ -51,6 +53,9 @@ def problems(exchanges) -> list[str]:
                 found.append(
                     f"{name} -> {status}: {kind or 'no __type'} is not an error of {name} ({errors})"
                 )
+            else:
+                body = {key: value for key, value in response.items() if key != "__type"}
+                found += [f"{name} -> {kind}: {p}" for p in shape_problems(MODEL.shape_for(kind), body)]
     return found
 
 
@@ -98,3 +103,16 @@ def test_the_checker_catches_a_missing_or_invented_member(firehose):
     assert problems([(name, request, status, invented)]) == [
         "PutRecord response: body.SequenceNumber: not a member of PutRecordOutput"
     ]
+
+
+def test_a_put_over_the_streams_quota_is_the_models_service_unavailable(sandbox, firehose):
+    client, exchanges = firehose
+    quota = {"stream": STREAM, "requests_per_second": 1}
+    requests.post(f"{sandbox.aws_url}/_sandbox/firehose-quotas", json=quota, timeout=10).raise_for_status()
+    client.put_record(DeliveryStreamName=STREAM, Record={"Data": b"1\n"})
+
+    with pytest.raises(ClientError, match="ServiceUnavailableException"):
+        client.put_record(DeliveryStreamName=STREAM, Record={"Data": b"2\n"})
+
+    assert [status for *_, status, _ in exchanges] == [200, 503]
+    assert problems(exchanges) == []
