@@ -89,6 +89,8 @@ TARGET_IDENTITIES: tuple[str, ...] = (*HASHED_PII, COUNTRY, *EXTERNAL_IDENTITIES
 SENT_IDENTITIES: tuple[str, ...] = (*HASHED_PII, *EXTERNAL_IDENTITIES)
 # A SHA-256 digest in hex.
 _DIGEST_LENGTH = 64
+# What JSON escapes or the encoder may write otherwise: all but printable ASCII, and `"` and `\`.
+_ESCAPED = r'[^\x20-\x7e]|["\\]'
 _SLICE_ROWS = 50_000
 # Consent strings that travel with a member, by their key in `consent`.
 _SIGNALS = {"tcf": "tcf_string", "gpp": "gpp_string"}
@@ -144,8 +146,12 @@ def _encoded(key: str, value: pl.Series) -> pl.Series:
     # Only the rows holding a value are encoded: most partner IDs are missing from most members.
     rows = value.is_not_null().arg_true()
     given = value.gather(rows).to_frame(key)
-    # JSON-encoding `{"key":value}` escapes the value; the braces come off.
-    encoded = pl.struct(key).struct.json_encode().str.slice(1).str.head(-1)
+    if given.select(pl.col(key).str.contains(_ESCAPED).any()).item():
+        # JSON-encoding `{"key":value}` escapes the value; the braces come off.
+        encoded = pl.struct(key).struct.json_encode().str.slice(1).str.head(-1)
+    else:
+        # Printable ASCII but `"` and `\` (partner IDs, consent strings) is its own JSON text.
+        encoded = _text(f'"{key}":"', pl.col(key), '"')
     text = given.select(pl.when(pl.col(key).str.strip_chars() != "").then(encoded)).to_series()
     return pl.repeat(None, value.len(), dtype=pl.String, eager=True).scatter(rows, text)
 
@@ -160,29 +166,17 @@ def _digests(values: dict[str, pl.Series]) -> bool:
     return all(pl.DataFrame(values).select((length == _DIGEST_LENGTH).all() & ~odd.any()).row(0))
 
 
-def _object(
-    name: str, values: dict[str, pl.Series], hashes: bool
-) -> tuple[dict[str, pl.Series], list[pl.Expr], pl.Expr]:
-    """`"name":[{...}]` of the non-null `values` by key: the columns it needs, the pieces of its text
-    (null where every value is), and whether any value is non-null.
+def _members_of(values: dict[str, pl.Series], hashes: bool) -> tuple[dict[str, pl.Series], pl.Expr]:
+    """The columns an object of `values` needs, and the text between its braces: the non-null
+    values as `"key":value`, joined by commas (`""` where every value is null).
 
     Where the values are `hashes` as the identity engine writes them (`_digests`), each goes in
-    between quotes as it is, after a literal `"key":"` that carries the comma and the closing quote
-    of the one before. Otherwise each value is JSON-encoded on its own."""
+    between quotes as it is; otherwise each value is JSON-encoded on its own. One concatenation with
+    a separator that skips nulls: the comma needs no branch of its own."""
     raw = hashes and _digests(values)
     columns = values if raw else {key: _encoded(key, value) for key, value in values.items()}
-    pieces, earlier = [], pl.lit(False)
-    for key in columns:
-        given = pl.col(key).is_not_null()
-        if raw:
-            lead = pl.when(earlier).then(pl.lit(f'","{key}":"')).otherwise(pl.lit(f'"{key}":"'))
-        else:
-            lead = pl.when(earlier).then(pl.lit(","))
-        pieces += [pl.when(given).then(lead), pl.col(key)]
-        earlier = earlier | given
-    opening = pl.when(earlier).then(pl.lit(f'"{name}":[{{'))
-    closing = pl.when(earlier).then(pl.lit('"}]' if raw else "}]"))
-    return columns, [opening, *pieces, closing], earlier
+    pairs = [_text(f'"{key}":"', pl.col(key), '"') if raw else pl.col(key) for key in columns]
+    return columns, pl.concat_str(pairs, separator=",", ignore_nulls=True) if pairs else pl.lit("")
 
 
 def _each_distinct(values: pl.Series, expr: pl.Expr) -> pl.Series:
@@ -223,10 +217,8 @@ def _payloads(snapshot: pl.DataFrame, rules: MemberRules) -> pl.DataFrame:
             key: _value(snapshot, names) for name, (key, names) in mapping.items() if name in rules.identities
         }
 
-    hashed, hashed_piis, any_hashed = _object("hashedPiis", chosen(HASHED_PII), hashes=True)
-    external, external_identities, any_external = _object(
-        "externalIdentities", chosen(EXTERNAL_IDENTITIES), hashes=False
-    )
+    hashed, hashed_piis = _members_of(chosen(HASHED_PII), hashes=True)
+    external, external_identities = _members_of(chosen(EXTERNAL_IDENTITIES), hashes=False)
     signals = {key: _encoded(key, _value(snapshot, (column,))) for key, column in _SIGNALS.items()}
     country = (
         _each_distinct(snapshot.get_column("country_code").cast(pl.String), alpha2(pl.col("country_code")))
@@ -241,11 +233,17 @@ def _payloads(snapshot: pl.DataFrame, rules: MemberRules) -> pl.DataFrame:
         __ad_storage=_consent(snapshot, "amzn_ad_storage", rules.consent),
         __user_data=_consent(snapshot, "amzn_user_data", rules.consent),
     )
+    frame = frame.with_columns(__hashed=hashed_piis, __external=external_identities)
+    any_hashed, any_external = pl.col("__hashed") != "", pl.col("__external") != ""
     pieces = [
         pl.lit('{"userIdentity":{'),
-        *hashed_piis,
+        pl.when(any_hashed).then(pl.lit('"hashedPiis":[{')),
+        pl.col("__hashed"),
+        pl.when(any_hashed).then(pl.lit("}]")),
         pl.when(any_hashed & any_external).then(pl.lit(",")),
-        *external_identities,
+        pl.when(any_external).then(pl.lit('"externalIdentities":[{')),
+        pl.col("__external"),
+        pl.when(any_external).then(pl.lit("}]")),
         pl.lit('},"userConsent":{"geo":{"countryCode":"'),
         pl.col("__country"),
         pl.lit('"},"consent":{"amzn":{"amznAdStorage":"'),
