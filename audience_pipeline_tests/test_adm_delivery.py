@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from audience_pipeline.clients.adm import MAX_REQUEST_BYTES, members_body
 from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent, dataset_name
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.identity import normalize_identities
@@ -313,6 +314,9 @@ def test_dataset_names_are_valid_for_amazon():
         ({"advertiser_account_id": "has space"}, "advertiser_account_id"),
         ({"audiences": [7, "7"]}, "audiences"),
         ({"manager_account_id": "has space"}, "manager_account_id"),
+        ({"max_in_flight_requests": 0}, "max_in_flight_requests"),
+        ({"max_in_flight_requests": 11}, "max_in_flight_requests"),
+        ({"requests_per_second": -1}, "requests_per_second"),
     ],
 )
 def test_bad_settings_fail_at_load_naming_the_setting(settings, named):
@@ -333,10 +337,24 @@ def test_unknown_audiences_fail_at_load():
 def test_requests_hold_at_most_5000_members_and_10_mb():
     small = pl.Series(["{}"] * 12_001)
     assert request_slices(small) == [(0, 5_000), (5_000, 5_000), (10_000, 2_001)]
-    # Members of 3 MB each (as sent: `json.dumps` adds a space after each `:`): three per request.
+    # Members of 3 MB each: three per request.
     big = pl.Series(['{"a":"' + "x" * 3_000_000 + '"}'] * 7)
     assert request_slices(big) == [(0, 3), (3, 3), (6, 1)]
     assert request_slices(pl.Series([], dtype=pl.String)) == []
+
+
+def test_a_request_body_is_sized_exactly_up_to_10_mb():
+    # Two members whose body, `{"members":[a,b]}`, is exactly 10 MB go together.
+    room = MAX_REQUEST_BYTES - len(members_body(["", ""]))
+    exact = pl.Series(["x" * (room // 2), "x" * (room - room // 2)])
+    assert len(members_body(exact.to_list())) == MAX_REQUEST_BYTES
+    assert request_slices(exact) == [(0, 2)]
+    # One byte more (a character of two bytes for one of one) and they go apart.
+    over = pl.Series([exact[0], exact[1][1:] + "é"])
+    assert len(members_body(over.to_list())) == MAX_REQUEST_BYTES + 1
+    assert request_slices(over) == [(0, 1), (1, 1)]
+    # A member alone over the limit still goes alone, for Amazon to refuse.
+    assert request_slices(pl.Series(["{}", "x" * MAX_REQUEST_BYTES, "{}"])) == [(0, 1), (1, 1), (2, 1)]
 
 
 def test_the_country_identity_sends_no_hashed_pii_only_the_consent_country():

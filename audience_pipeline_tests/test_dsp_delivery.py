@@ -292,7 +292,15 @@ def test_an_unknown_profile_fails_naming_the_setting(tmp_path, env):
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("region", "US"), ("upload_interval", "soon"), ("upload_interval", 0), ("queue_size_limit_bytes", 0)],
+    [
+        ("region", "US"),
+        ("upload_interval", "soon"),
+        ("upload_interval", 0),
+        ("queue_size_limit_bytes", 0),
+        ("max_in_flight_requests", 0),
+        ("max_in_flight_requests", 11),
+        ("requests_per_second", 0),
+    ],
 )
 def test_bad_settings_fail_at_load_naming_the_setting(setting, value):
     settings = {"advertiser_id": 1, "marketplace_profile_name": "US", "profile_name": "x", "audiences": [7]}

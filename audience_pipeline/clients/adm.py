@@ -4,12 +4,17 @@ Shapes, media types and headers follow `AdsDataManager_prod_3p.json`; limits fol
 Member uploads and identity deletions are safe to repeat (CREATE and DELETE are upserts by
 `externalUserId`), so they are retried on 429 and 5xx; creating an audience is not: on a failure
 that may hide a success the client looks the audience up by name before giving up.
+
+Members built as JSON text (the delivery writes them column-wise) go into the upload's body as they
+are, so the body's size is known exactly before it is sent (`members_body`).
 """
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from audience_pipeline.clients.ads_api import LOST_ANSWER, AdsApiClient, ApiModel
+from audience_pipeline.clients.rate_limit import RateLimit
 
 MANAGER_ACCOUNT_HEADER = "Amazon-Ads-Manager-Account-ID"
 ADVERTISER_ACCOUNT_HEADER = "Amazon-Ads-AccountId"
@@ -22,6 +27,12 @@ MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 RECOMMENDED_MEMBERS_PER_REQUEST = 5_000
 MAX_DELETION_TARGETS = 1_000
+
+
+def members_body(members: Sequence[str]) -> bytes:
+    """The body of a member upload, byte for byte, from each member object's JSON text:
+    `{"members":[m1,m2,…]}`, so its size is its envelope's plus each member's and a comma, less one."""
+    return ('{"members":[' + ",".join(members) + "]}").encode()
 
 
 class AdmAudience(ApiModel):
@@ -146,16 +157,25 @@ class AdmClient:
                 raise
             return created
 
-    def upload_members(self, data_set_id: str, members: Sequence[dict[str, Any]]) -> MembersResult:
-        """CREATE/DELETE up to 10,000 members; refused members come back by index."""
+    def upload_members(
+        self,
+        data_set_id: str,
+        members: Sequence[str] | Sequence[Mapping[str, Any]],
+        *,
+        rate_limit: RateLimit | None = None,
+    ) -> MembersResult:
+        """CREATE/DELETE up to 10,000 members, each its JSON text (sent as it is, see `members_body`) or
+        an object; refused members come back by index. With `rate_limit`, each attempt takes from it."""
         if not 1 <= len(members) <= MAX_MEMBERS_PER_REQUEST:
             raise ValueError(f"members: {len(members)} given, 1..{MAX_MEMBERS_PER_REQUEST} per request")
+        texts = [m if isinstance(m, str) else json.dumps(m, separators=(",", ":")) for m in members]
         body = self._call(
             "POST",
             f"/adm/audiences/{data_set_id}/members",
-            json_body={"members": list(members)},
+            json_text=members_body(texts),
             idempotent=True,
             media_type=MEMBERS_MEDIA_TYPE,
+            rate_limit=rate_limit,
         )
         return MembersResult.model_validate(body)
 

@@ -6,6 +6,10 @@
   retried after a 5xx or a lost connection: the caller looks it up first (no API has an
   idempotency key).
 - JSON is parsed whatever the Content-Type, with integers kept exact (DSP ids exceed 2^53).
+- A body already written as JSON text (`json_text`) goes as it is, not parsed and written again.
+- Several threads may share a client (`clients.concurrency`): with a `RateLimit`, each attempt of a
+  request, retries included, first takes its request from it; `thread_retries` counts the calling
+  thread's retries, so each request counts its own.
 """
 
 import contextlib
@@ -19,6 +23,8 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+from audience_pipeline.clients.rate_limit import RateLimit
 
 API_HOSTS = {
     "NA": "https://advertising-api.amazon.com",
@@ -37,6 +43,9 @@ AUTH_URLS = {
     "FE": "https://apac.account.amazon.com/ap/oa",
 }
 _REFRESH_MARGIN_SECONDS = 60
+# The connections a session keeps per host (requests' default pool): more requests in flight at once
+# than this would open and drop a connection each time.
+MAX_IN_FLIGHT = 10
 
 
 class ApiModel(BaseModel):
@@ -115,6 +124,14 @@ class AdsApiClient:
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
         self.retries = 0  # requests repeated because of throttling or server errors, for metadata
+        self._retries_lock = threading.Lock()
+        self._thread = threading.local()
+
+    @property
+    def thread_retries(self) -> int:
+        """The retries made on the calling thread: what a request took is the difference across it,
+        whatever other threads sharing the client retried meanwhile."""
+        return getattr(self._thread, "retries", 0)
 
     # --- tokens ----------------------------------------------------------------------------------
 
@@ -176,27 +193,39 @@ class AdsApiClient:
         path: str,
         *,
         json_body: Any = None,
+        json_text: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         media_type: str | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Any:
         """Call the API and return the parsed body (None when empty); raise `AmazonAdsApiError`.
 
+        The body is `json_body`, written as JSON, or `json_text`, JSON already written, sent as it is.
         `idempotent` defaults to True for every method but POST. `media_type` is the operation's
         documented content type (several APIs version theirs, e.g. `application/vnd.…v1+json`): it is
         sent as `Accept`, and as `Content-Type` of a JSON body; plain `application/json` otherwise.
+        With `rate_limit`, every attempt first takes one request from it.
         """
         safe = method.upper() != "POST" if idempotent is None else idempotent
-        headers = {**_media_headers(media_type, json_body is not None), **(headers or {})}
+        has_body = json_body is not None or json_text is not None
+        headers = {
+            **({"Content-Type": "application/json"} if json_text is not None else {}),
+            **_media_headers(media_type, has_body),
+            **(headers or {}),
+        }
         refreshed = False
         attempt = 0
         while True:
+            if rate_limit is not None:
+                rate_limit.take(requests=1)
             try:
                 response = self.session.request(
                     method,
                     f"{self.base_url}{path}",
                     json=json_body,
+                    data=json_text,
                     params=params,
                     headers={**self._headers(), **headers},
                     timeout=self.timeout,
@@ -232,7 +261,9 @@ class AdsApiClient:
         }
 
     def _back_off(self, attempt: int, response: requests.Response | None) -> None:
-        self.retries += 1
+        with self._retries_lock:
+            self.retries += 1
+        self._thread.retries = self.thread_retries + 1
         delay = random.uniform(0, min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt))
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after is not None:

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from audience_pipeline.clients.ads_api import AdsApiClient, AmazonAdsApiError, ApiModel
+from audience_pipeline.clients.rate_limit import RateLimit
 
 SCOPE_HEADER = "Amazon-Advertising-API-Scope"
 JSON_CONTENT = {"Content-Type": "application/json"}
@@ -126,8 +127,14 @@ class DspClient:
             raise
         return DspAudience.model_validate(answer["audience"])
 
-    def patch_audiences(self, patches: Sequence[dict[str, Any]]) -> str:
-        """Apply one request of add/remove patches (see `patch_batches`); returns the job id."""
+    def patch_audiences(
+        self, patches: Sequence[dict[str, Any]], *, rate_limit: RateLimit | None = None
+    ) -> str:
+        """Apply one request of add/remove patches (see `patch_batches`); returns the job id. With
+        `rate_limit`, each attempt first takes its request from it."""
         if not 1 <= len(patches) <= MAX_PATCHES_PER_REQUEST:
             raise ValueError(f"patches: {len(patches)} given, 1..{MAX_PATCHES_PER_REQUEST} per request")
-        return self._call("PATCH", "/v2/dp/audience", json_body={"patches": list(patches)})["jobId"]
+        answer = self._call(
+            "PATCH", "/v2/dp/audience", json_body={"patches": list(patches)}, rate_limit=rate_limit
+        )
+        return answer["jobId"]

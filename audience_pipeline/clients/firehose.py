@@ -22,13 +22,13 @@ import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
+from audience_pipeline.clients.concurrency import completed
 from audience_pipeline.clients.rate_limit import RateLimit
 
 MAX_RECORDS_PER_CALL = 500
@@ -213,20 +213,14 @@ def _send_concurrently(
     """Send each unit with at most `max_in_flight` calls at once, merging each unit's own result into
     `result` on this thread; a refused call stops new units and is raised once the others ended."""
     refused: FirehoseSendError | None = None
-    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="firehose") as pool:
-        in_flight: set[Future[SendResult]] = set()
-        while True:
-            while refused is None and len(in_flight) < max_in_flight and (unit := next(units, None)):
-                in_flight.add(pool.submit(_sent, send, unit, result.put_mode))
-            if not in_flight:
-                break
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                try:
-                    _merge(result, future.result())
-                except FirehoseSendError as error:
-                    _merge(result, error.result)
-                    refused = refused or error
+    # Each unit goes with the API the records went with so far, read as the unit starts.
+    starting = ((unit, result.put_mode) for unit in units)
+    for future in completed(starting, lambda start: _sent(send, *start), max_in_flight):
+        try:
+            _merge(result, future.result())
+        except FirehoseSendError as error:
+            _merge(result, error.result)
+            refused = refused or error
     if refused is not None:
         refused.result = result
         raise refused

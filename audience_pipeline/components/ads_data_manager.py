@@ -12,6 +12,9 @@ from typing import Any, ClassVar, Literal
 import dagster as dg
 from pydantic import Field, field_validator
 
+from audience_pipeline.clients.ads_api import MAX_IN_FLIGHT
+from audience_pipeline.clients.concurrency import RequestPace
+from audience_pipeline.clients.rate_limit import RateLimit
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
@@ -33,6 +36,10 @@ from audience_pipeline.membership.delivery import BucketedMembers, Members, deli
 from audience_pipeline.membership.ledger import Ledger
 
 MEMBERS_ACCEPTED_CHECK = "members_accepted"
+# Amazon publishes no rate for member uploads: the Ads API's limits are dynamic, and it answers 429
+# with Retry-After past them. 5 uploads of 5,000 members a second is 25,000 members a second, room
+# for other runs and apps on the same credentials (see docs/configuration.md).
+DEFAULT_UPLOADS_PER_SECOND = 5.0
 
 
 class AdsDataManagerComponent(DestinationComponent):
@@ -72,6 +79,16 @@ class AdsDataManagerComponent(DestinationComponent):
             f"`{COUNTRY}` has no key in Amazon's member identity and sends nothing of its own: a member's "
             "country always goes as its consent country, and the dataset's country is `country_code`."
         ),
+    )
+
+    max_in_flight_requests: int = Field(
+        default=4, ge=1, le=MAX_IN_FLIGHT, description="Member uploads in flight at once, per delivery."
+    )
+    requests_per_second: float = Field(
+        default=DEFAULT_UPLOADS_PER_SECOND,
+        gt=0,
+        description="Member uploads per second, retries included, that a delivery stays within. Amazon "
+        "publishes no fixed rate (its limits are dynamic and answered with 429 and Retry-After).",
     )
 
     @field_validator("manager_account_id")
@@ -160,7 +177,8 @@ class AdsDataManagerComponent(DestinationComponent):
             description="Members of one audience in its Ads Data Manager audience dataset.\n\n"
             "Builds each snapshot member's `userIdentity` (hashed PII, partner IDs) and `userConsent`; "
             "diffs them against this account's ledger; finds or creates the dataset; sends removals as "
-            "DELETE and additions and identity changes as CREATE, ≤5,000 and ≤10 MB per request; commits "
+            "DELETE and additions and identity changes as CREATE, ≤5,000 and ≤10 MB per request, "
+            "`max_in_flight_requests` at once within `requests_per_second`; commits "
             "the members Amazon accepted (refused ones are rejects by Amazon's reason and stay pending); "
             "records the dataset's match metrics. Metadata holds counts only.",
             kinds={"amazon", "adm"},
@@ -184,7 +202,9 @@ class AdsDataManagerComponent(DestinationComponent):
         )
         # The description names the audience by its immutable id, never by its internal name.
         description = f"audience_pipeline audience {audience.partition_key}"
-        adapter = AdmAdapter(name, self.country_code, description, adm)
+        # One limit for the whole run: every upload of every bucket takes from it.
+        pace = RequestPace(self.max_in_flight_requests, RateLimit({"requests": self.requests_per_second}))
+        adapter = AdmAdapter(name, self.country_code, description, adm, pace)
         with open_snapshot(state_store, audience) as snapshot:
 
             def bucket(number: int, level: int) -> Members:

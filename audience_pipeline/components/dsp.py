@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
+from audience_pipeline.clients.ads_api import MAX_IN_FLIGHT
+from audience_pipeline.clients.concurrency import RequestPace
+from audience_pipeline.clients.rate_limit import RateLimit
 from audience_pipeline.components.audiences import (
     Audience,
     AudiencesComponent,
@@ -34,6 +37,9 @@ from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 
 REGIONS = ("NA", "EU", "FE")
+# Amazon's Data Provider guide gives `PATCH /v2/dp/audience` a 100 TPS throttle, shared by every flush
+# and app on the same credentials: a tenth of it, 20,000 MAIDs a second (see docs/configuration.md).
+DEFAULT_PATCHES_PER_SECOND = 10.0
 _INTERVAL = TypeAdapter(timedelta)
 
 # The flush's own automation: a partition never materialized is requested once its queue partition has
@@ -78,6 +84,16 @@ class DspMobileAdIdsComponent(DestinationComponent):
     )
     queue_size_limit_bytes: int = Field(
         default=1_000_000, gt=0, description="Upload as soon as the queued patches reach this size."
+    )
+
+    max_in_flight_requests: int = Field(
+        default=4, ge=1, le=MAX_IN_FLIGHT, description="PATCH requests in flight at once, per flush."
+    )
+    requests_per_second: float = Field(
+        default=DEFAULT_PATCHES_PER_SECOND,
+        gt=0,
+        description="PATCH requests per second, retries included, that a flush stays within (Amazon's "
+        "guide: a 100 TPS throttle on the endpoint).",
     )
 
     @field_validator("region")
@@ -208,7 +224,9 @@ class DspMobileAdIdsComponent(DestinationComponent):
             )
             access = None if config.dry_run else context.resources.amazon_ads
             record = DspAudienceRecord(store, self.destination, audience.partition_key)
-            adapter = DspAdapter(target, record, clock, access)
+            # One limit for the whole flush: every PATCH of every bucket takes from it.
+            pace = RequestPace(self.max_in_flight_requests, RateLimit({"requests": self.requests_per_second}))
+            adapter = DspAdapter(target, record, clock, access, pace)
             flushed = flush(
                 DspQueue(store, self.destination, audience.partition_key),
                 Ledger(store, self.destination, audience.partition_key),
@@ -241,7 +259,8 @@ class DspMobileAdIdsComponent(DestinationComponent):
             flush_step,
             description="One audience's DSP queue, uploaded: `PATCH /v2/dp/audience` with add/remove "
             "patches.\n\nCreates the DSP audience on first use (its id is recorded in the state store, "
-            "its intent before the request), sends the queued patches in requests within Amazon's limits, "
+            "its intent before the request), sends the queued patches in requests within Amazon's limits "
+            "(`max_in_flight_requests` at once within `requests_per_second`), "
             "commits the confirmed ones to the ledger and takes them off the queue, records the upload "
             "time and reads the audience's match rate. Patches not confirmed stay queued and fail the "
             "run. Metadata holds counts only.\n\nAn audience's first flush runs as soon as its queue "

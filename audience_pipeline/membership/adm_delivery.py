@@ -29,7 +29,6 @@
 No Dagster here, and nothing returned holds identity values: only counts and Amazon's reasons.
 """
 
-import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +43,10 @@ from audience_pipeline.clients.adm import (
     RECOMMENDED_MEMBERS_PER_REQUEST,
     AdmAudience,
     AdmClient,
+    members_body,
 )
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.clients.concurrency import RequestPace
 from audience_pipeline.identity.countries import alpha2
 from audience_pipeline.membership.delivery import (
     ADDED,
@@ -96,7 +97,7 @@ _SLICE_ROWS = 50_000
 _SIGNALS = {"tcf": "tcf_string", "gpp": "gpp_string"}
 CONSENT_VALUES = ("GRANTED", "DENIED", "NOT_APPLICABLE", "UNKNOWN")
 CREATE, DELETE = "CREATE", "DELETE"
-_ENVELOPE_BYTES = len('{"members": []}')
+_ENVELOPE_BYTES = len(members_body([]))
 # Amazon's dataset name pattern with its minLength 5 folded in.
 _DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,99}")
 
@@ -283,33 +284,25 @@ def _json_field_value(column: str) -> pl.Expr:
     return encoded.str.slice(5, encoded.str.len_chars() - 6)
 
 
-def _wire_bytes(members: pl.Series) -> list[int]:
-    """At least the bytes each member's JSON takes in the request: it is sent as `json.dumps` writes
-    it, with a space after every `:` and `,` and non-ASCII characters as `\\uXXXX` escapes (up to
-    12 bytes for a 4-byte character), and a separator after it."""
-    frame = pl.DataFrame({"m": members})
-    size = (
-        pl.col("m").str.len_bytes()
-        + pl.col("m").str.count_matches("[:,]")
-        + 8 * pl.col("m").str.count_matches(r"[^\x00-\x7f]")
-        + 2
-    )
-    return frame.select(size.cast(pl.Int64)).to_series().to_list()
-
-
 def request_slices(members: pl.Series) -> list[tuple[int, int]]:
     """`(offset, length)` of each request over the members' JSON texts, in order: at most the 5,000
     members Amazon recommends and at most its 10 MB per request (a member alone over 10 MB still
-    goes alone, for Amazon to refuse)."""
-    slices, start, size = [], 0, _ENVELOPE_BYTES
-    for index, member_size in enumerate(_wire_bytes(members)):
-        full = index - start >= RECOMMENDED_MEMBERS_PER_REQUEST or size + member_size > MAX_REQUEST_BYTES
-        if index > start and full:
-            slices.append((start, index - start))
-            start, size = index, _ENVELOPE_BYTES
-        size += member_size
-    if start < members.len():
-        slices.append((start, members.len() - start))
+    goes alone, for Amazon to refuse).
+
+    The texts go into the body as they are (`members_body`), so a request's size is exact: the
+    envelope, and each member's bytes and a comma, less one comma. One cumulative sum, then a search
+    per request, not a step per member."""
+    if members.is_empty():
+        return []
+    ends = (members.str.len_bytes().cast(pl.Int64) + 1).cum_sum()  # bytes up to each member's comma
+    room = MAX_REQUEST_BYTES - _ENVELOPE_BYTES + 1  # the last member has no comma
+    slices, start = [], 0
+    while start < members.len():
+        before = ends[start - 1] if start else 0
+        fits = ends.search_sorted(before + room, side="right") - start
+        length = max(1, min(RECOMMENDED_MEMBERS_PER_REQUEST, fits))
+        slices.append((start, length))
+        start += length
     return slices
 
 
@@ -317,14 +310,23 @@ class AdmAdapter:
     """Members of one audience to its dataset of one manager account (see the module docstring).
 
     `adm` is None in a dry run. The dataset is found or created on the first request (`dataset`),
-    so a dry run or a stopped delivery creates none.
+    so a dry run or a stopped delivery creates none. Uploads go at `pace` (default: one at a time,
+    unlimited): several at once, each attempt taking its request from the pace's rate limit.
     """
 
     noun = "members"
     request_errors = (AmazonAdsApiError, requests.RequestException)
 
-    def __init__(self, name: str, country_code: str, description: str, adm: AdmClient | None = None):
+    def __init__(
+        self,
+        name: str,
+        country_code: str,
+        description: str,
+        adm: AdmClient | None = None,
+        pace: RequestPace | None = None,
+    ):
         self.name, self.country_code, self.description, self.adm = name, country_code, description, adm
+        self.pace = pace or RequestPace()
         self._dataset: AdmAudience | None = None
 
     def dataset(self) -> AdmAudience:
@@ -351,20 +353,26 @@ class AdmAdapter:
         return len(request_slices(items.get_column("member")))
 
     def send(self, items: pl.DataFrame) -> Iterator[Answer]:
-        """One upload per request slice; members Amazon refuses are rejects with its reason."""
+        """One upload per request slice, as they complete; members Amazon refuses are rejects with its
+        reason. The dataset is found first, once, before any upload starts."""
         data_set_id = self.dataset().data_set_id
-        for offset, length in request_slices(items.get_column("member")):
-            chunk = items.slice(offset, length)
-            retries = self.adm.api.retries
-            # One JSON parse per request: the members were built as JSON text, column-wise.
-            result = self.adm.upload_members(data_set_id, json.loads("[" + ",".join(chunk["member"]) + "]"))
-            numbers = chunk.get_column(ITEM).to_list()
-            refused = {error.index: error.reason for error in result.errors}
-            yield Answer(
-                confirmed=[number for index, number in enumerate(numbers) if index not in refused],
-                rejected={numbers[index]: reason for index, reason in refused.items()},
-                retries=self.adm.api.retries - retries,
-            )
+        members = items.get_column("member")
+        chunks = (items.slice(offset, length) for offset, length in request_slices(members))
+        yield from self.pace.results(chunks, lambda chunk: self._upload(data_set_id, chunk))
+
+    def _upload(self, data_set_id: str, chunk: pl.DataFrame) -> Answer:
+        """One upload of `chunk`'s members, their JSON texts sent as they are."""
+        retries = self.adm.api.thread_retries
+        result = self.adm.upload_members(
+            data_set_id, chunk.get_column("member").to_list(), rate_limit=self.pace.rate_limit
+        )
+        numbers = chunk.get_column(ITEM).to_list()
+        refused = {error.index: error.reason for error in result.errors}
+        return Answer(
+            confirmed=[number for index, number in enumerate(numbers) if index not in refused],
+            rejected={numbers[index]: reason for index, reason in refused.items()},
+            retries=self.adm.api.thread_retries - retries,
+        )
 
     def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:
         """As sent: hashes, partner IDs and consent are no raw PII."""

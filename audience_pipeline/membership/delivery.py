@@ -20,8 +20,10 @@ sent, the guard, the dry run, the commit of exactly what was confirmed and the o
   finds it again.
 - An item the adapter knows can never be sent (`REJECT` set, e.g. over a size limit) is not sent:
   it is a reject with its reason, in a dry run too.
+- Answers are matched to items by number, so requests sent several at once may answer in any order.
 - A request that fails for good (one of the adapter's `request_errors`) stops the delivery: what was
-  confirmed before is committed and `DeliveryInterrupted` carries the outcome.
+  confirmed before it, and by the requests in flight with it, is committed and `DeliveryInterrupted`
+  carries the outcome.
 
 No Dagster and no HTTP here: the errors a destination raises are named by its adapter.
 """
@@ -124,7 +126,10 @@ class Adapter(Protocol):
         ...
 
     def send(self, items: pl.DataFrame) -> Iterator[Answer]:
-        """Send `items` (with their `item` numbers), answering request by request."""
+        """Send `items` (with their `item` numbers), answering request by request, in any order
+        (requests may run several at once, `clients.concurrency`). A request failing for good raises
+        one of `request_errors`, and only after the answers of every request already sent, so that
+        what the destination confirmed is committed."""
         ...
 
     def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:

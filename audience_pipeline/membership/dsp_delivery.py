@@ -24,6 +24,7 @@ import requests
 
 from audience_pipeline.clients.accounts import ProfileNotFound
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.clients.concurrency import RequestPace
 from audience_pipeline.clients.dsp import DspClient, maid_patch, patch_batches
 from audience_pipeline.membership.delivery import (
     ADDED,
@@ -90,7 +91,9 @@ class DspAdapter:
 
     `access` is None in a dry run. The profile is looked up and the DSP audience found or created
     (`DspAudienceRecord`) before the first request, once, so a dry run or a stopped flush touches
-    neither. After `send`, `dsp` and `dsp_audience_id` say where the patches went.
+    neither. After `send`, `dsp` and `dsp_audience_id` say where the patches went. PATCHes go at
+    `pace` (default: one at a time, unlimited): several at once, each attempt taking its request from
+    the pace's rate limit.
     """
 
     noun = "patches"
@@ -102,8 +105,10 @@ class DspAdapter:
         record: DspAudienceRecord,
         clock: Callable[[], float],
         access: DspAccess | None = None,
+        pace: RequestPace | None = None,
     ):
         self.target, self.record, self.clock, self.access = target, record, clock, access
+        self.pace = pace or RequestPace()
         self.dsp: DspClient | None = None
         self.dsp_audience_id: int | None = None
 
@@ -121,17 +126,26 @@ class DspAdapter:
         return sum(1 for _ in patch_batches(_patches(items, _WIDEST_AUDIENCE_ID)))
 
     def send(self, items: pl.DataFrame) -> Iterator[Answer]:
-        """One PATCH per batch; Amazon confirms a request's patches all at once."""
+        """One PATCH per batch, as they complete; Amazon confirms a request's patches all at once. The
+        DSP audience is found or created first, once, before any PATCH starts."""
         if items.is_empty():
             return
         audience_id = self.dsp_audience_id if self.dsp_audience_id is not None else self._connect()
         numbers = items.get_column(ITEM).to_list()
-        done = 0
-        for batch in patch_batches(_patches(items, audience_id)):
-            retries = self.dsp.api.retries
-            self.dsp.patch_audiences(batch)
-            yield Answer(confirmed=numbers[done : done + len(batch)], retries=self.dsp.api.retries - retries)
-            done += len(batch)
+
+        def batches() -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+            done = 0
+            for batch in patch_batches(_patches(items, audience_id)):
+                yield numbers[done : done + len(batch)], batch
+                done += len(batch)
+
+        yield from self.pace.results(batches(), lambda numbered: self._patch(*numbered))
+
+    def _patch(self, numbers: list[int], batch: list[dict[str, Any]]) -> Answer:
+        """One PATCH confirming the patches `numbers`."""
+        retries = self.dsp.api.thread_retries
+        self.dsp.patch_audiences(batch, rate_limit=self.pace.rate_limit)
+        return Answer(confirmed=numbers, retries=self.dsp.api.thread_retries - retries)
 
     def stored(self, confirmed: pl.DataFrame) -> pl.DataFrame:
         """The MAID and its fingerprint; there is no payload."""

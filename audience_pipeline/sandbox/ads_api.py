@@ -1,7 +1,8 @@
 """The Amazon Ads API emulator: a Flask app with one blueprint per API family.
 
 Every call but the token endpoint and the consent page needs a bearer token; errors come in the
-family's own body shape; the app sits behind `SandboxMiddleware` for faults, the journal and reset.
+family's own body shape; the app sits behind `SandboxMiddleware` for faults, the journal and reset,
+and behind the request-rate quotas of `sandbox.api_quotas`.
 """
 
 import json
@@ -22,6 +23,7 @@ from audience_pipeline.sandbox import (
     profiles,
     rule_based,
 )
+from audience_pipeline.sandbox.api_quotas import RouteQuotas
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.errors import STATUS_CODES, ApiError, error_response, family_of
 from audience_pipeline.sandbox.faults import Decision, Faults, Journal, SandboxMiddleware
@@ -85,6 +87,22 @@ def create_app(sandbox: AdsSandbox) -> SandboxMiddleware:
         except ValueError:
             return None
 
+    # Inside the middleware, so a throttled request is journaled with its 429 like any other answer.
+    quotas = RouteQuotas(app.wsgi_app)
+
+    def reset() -> None:
+        sandbox.state.reset()
+        quotas.clear()
+
     return SandboxMiddleware(
-        app.wsgi_app, sandbox.faults, sandbox.journal, sandbox.state.reset, respond_fault, journal_body
+        quotas,
+        sandbox.faults,
+        sandbox.journal,
+        reset,
+        respond_fault,
+        journal_body,
+        admin_routes={
+            ("POST", "/_sandbox/ads-quotas"): quotas.register,
+            ("GET", "/_sandbox/ads-quotas"): quotas.counts,
+        },
     )

@@ -35,11 +35,16 @@ class FaultRule(BaseModel):
     record_failure_rate: float | None = Field(default=None, ge=0, le=1)
 
     def matches(self, method: str, path: str, target: str | None) -> bool:
-        """`METHOD /path-prefix` matches requests by method and path; anything else is an X-Amz-Target."""
-        verb, _, prefix = self.route.partition(" ")
-        if prefix:
-            return verb.upper() == method.upper() and path.startswith(prefix)
-        return target == self.route
+        """See `route_matches`."""
+        return route_matches(self.route, method, path, target)
+
+
+def route_matches(route: str, method: str, path: str, target: str | None = None) -> bool:
+    """`METHOD /path-prefix` matches requests by method and path; anything else is an X-Amz-Target."""
+    verb, _, prefix = route.partition(" ")
+    if prefix:
+        return verb.upper() == method.upper() and path.startswith(prefix)
+    return target == route
 
 
 @dataclass
@@ -95,14 +100,17 @@ class Faults:
 
 @dataclass
 class Journal:
-    """Requests as the server received them: method, path, status and (where recorded) the body."""
+    """Requests as the server received them: method, path, status, (where recorded) the body, and
+    when the server received the request and finished its answer (`started`, `ended`: seconds on the
+    server's monotonic clock, for the order and overlap of requests, not for the time of day)."""
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, method: str, path: str, status: int, body: Any = None) -> None:
+    def record(self, method: str, path: str, status: int, body: Any, started: float, ended: float) -> None:
+        entry = {"method": method, "path": path, "status": status, "body": body}
         with self._lock:
-            self.entries.append({"method": method, "path": path, "status": status, "body": body})
+            self.entries.append({**entry, "started": started, "ended": ended})
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -141,6 +149,7 @@ class SandboxMiddleware:
         self.admin_routes = dict(admin_routes or {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.monotonic()
         request = Request(environ)
         if request.path.startswith(ADMIN_PREFIX):
             return self._admin(request)(environ, start_response)
@@ -163,9 +172,9 @@ class SandboxMiddleware:
         else:
             result = self.app(environ, recording_start_response)
         body = list(result)
-        self.journal.record(
-            request.method, request.path, statuses[0] if statuses else 0, self.journal_body(request)
-        )
+        status = statuses[0] if statuses else 0
+        ended = time.monotonic()
+        self.journal.record(request.method, request.path, status, self.journal_body(request), started, ended)
         return body
 
     def _admin(self, request: Request) -> Response:

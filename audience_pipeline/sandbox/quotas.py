@@ -8,14 +8,15 @@ at the quota and holds at most one second of it. A quota registered for a stream
 /_sandbox/firehose-quotas` `{"stream": "...", "records_per_second": n?, "requests_per_second": n?,
 "bytes_per_second": n?}`, forgotten on reset) refuses a call whole, before it reaches the stream,
 when any bucket lacks its share. `GET /_sandbox/firehose-quotas` counts, per stream, the calls taken
-and refused. Streams without a quota are unlimited, as moto is.
+and refused. Streams without a quota are unlimited, as moto is. The buckets (`Buckets`) are also the
+Ads API's request-rate quotas (`sandbox.api_quotas`).
 """
 
 import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field, ValidationError
@@ -35,41 +36,48 @@ class Quota(BaseModel):
 
 
 @dataclass
-class _Window:
-    """A stream's buckets (full at first), and the calls it took and refused."""
+class Buckets:
+    """Token buckets, one a limit, each refilling at its limit per second and holding at most one
+    second of it (full at first), or one unit for a limit under one a second (else nothing would ever
+    pass it); and the calls they took and refused."""
 
-    quota: Quota
+    limits: dict[str, float]
     updated: float
     tokens: dict[str, float] = field(init=False)
     taken: int = 0
     throttled: int = 0
 
     def __post_init__(self) -> None:
-        self.tokens = {name: float(limit) for name, limit in self._limits().items()}
+        self.tokens = {name: max(limit, 1.0) for name, limit in self.limits.items()}
 
-    def _limits(self) -> dict[str, int]:
-        quota = self.quota
-        limits = {
-            "requests": quota.requests_per_second,
-            "records": quota.records_per_second,
-            "bytes": quota.bytes_per_second,
-        }
-        return {name: limit for name, limit in limits.items() if limit is not None}
-
-    def admit(self, now: float, records: int, size: int) -> bool:
-        """Take the call if every bucket, refilled up to now, holds its share."""
-        limits = self._limits()
+    def admit(self, now: float, wanted: Mapping[str, float]) -> bool:
+        """Take the call's share (`wanted`, by limit) if every bucket, refilled up to now, holds it."""
         elapsed, self.updated = now - self.updated, now
-        for name, limit in limits.items():
-            self.tokens[name] = min(limit, self.tokens[name] + elapsed * limit)
-        wanted = {"requests": 1, "records": records, "bytes": size}
-        if any(self.tokens[name] < wanted[name] for name in limits):
+        for name, limit in self.limits.items():
+            self.tokens[name] = min(max(limit, 1.0), self.tokens[name] + elapsed * limit)
+        if any(self.tokens[name] < wanted[name] for name in self.limits):
             self.throttled += 1
             return False
-        for name in limits:
+        for name in self.limits:
             self.tokens[name] -= wanted[name]
         self.taken += 1
         return True
+
+    def seconds_until(self, wanted: Mapping[str, float]) -> float:
+        """How long until every bucket holds the call's share, as of the last `admit`."""
+        return max(
+            (max(0.0, wanted[name] - self.tokens[name]) / limit for name, limit in self.limits.items()),
+            default=0.0,
+        )
+
+
+def _limits(quota: Quota) -> dict[str, float]:
+    limits = {
+        "requests": quota.requests_per_second,
+        "records": quota.records_per_second,
+        "bytes": quota.bytes_per_second,
+    }
+    return {name: float(limit) for name, limit in limits.items() if limit is not None}
 
 
 class StreamQuotas:
@@ -77,7 +85,7 @@ class StreamQuotas:
 
     def __init__(self, app: Callable, clock: Callable[[], float] = time.monotonic):
         self.app, self.clock = app, clock
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[str, Buckets] = {}
         self._lock = threading.Lock()
 
     def register(self, request: Request) -> tuple[dict, int]:
@@ -87,7 +95,7 @@ class StreamQuotas:
         except ValidationError as error:
             return {"error": "invalid Firehose quota", "details": json.loads(error.json())}, 400
         with self._lock:
-            self._windows[quota.stream] = _Window(quota, updated=self.clock())
+            self._windows[quota.stream] = Buckets(_limits(quota), updated=self.clock())
         return {"registered": quota.stream}, 201
 
     def counts(self, request: Request) -> tuple[dict, int]:
@@ -120,7 +128,8 @@ class StreamQuotas:
             return self.app(environ, start_response)  # malformed: the stream's own validation answers
         with self._lock:
             window = self._windows.get(stream)
-            admitted = window is None or window.admit(self.clock(), len(sizes), sum(sizes))
+            wanted = {"requests": 1, "records": len(sizes), "bytes": sum(sizes)}
+            admitted = window is None or window.admit(self.clock(), wanted)
         if admitted:
             return self.app(environ, start_response)
         answer = json.dumps({"__type": "ServiceUnavailableException", "message": "Slow down."})

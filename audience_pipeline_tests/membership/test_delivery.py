@@ -1,10 +1,12 @@
 """The delivery core with a fake adapter: no Dagster, no HTTP."""
 
+import time
 from collections.abc import Iterator
 
 import polars as pl
 import pytest
 
+from audience_pipeline.clients.concurrency import RequestPace
 from audience_pipeline.membership import Ledger
 from audience_pipeline.membership.delivery import (
     ITEM,
@@ -146,6 +148,43 @@ def test_a_failed_request_commits_what_came_before_and_says_so(ledger):
     assert isinstance(stopped.value.__cause__, Refused)
     assert (stopped.value.outcome.confirmed, stopped.value.outcome.ledger.version) == (2, 1)
     assert held(ledger) == [("u1", "U1"), ("u2", "U2")]
+
+
+class ConcurrentAdapter(FakeAdapter):
+    """`FakeAdapter` sending its requests three at a time (`RequestPace`): the first request fails at
+    once, the others answer after it, out of order. `started` maps each request started (by its first
+    item number) to its users."""
+
+    def send(self, items: pl.DataFrame) -> Iterator[Answer]:
+        self.started: dict[int, list[str]] = {}
+
+        def request(chunk: pl.DataFrame) -> Answer:
+            first, users = chunk[ITEM][0], chunk[USER_ID].to_list()
+            self.started[first] = users
+            if first == 0:
+                raise Refused("503 from the fake")
+            time.sleep(0.1 * (3 - first // self.per_request))
+            self.sent += users
+            return Answer(confirmed=chunk[ITEM].to_list())
+
+        yield from RequestPace(max_in_flight=3).results(items.iter_slices(self.per_request), request)
+
+
+def test_a_failed_request_commits_what_the_requests_in_flight_with_it_confirmed(ledger):
+    adapter = ConcurrentAdapter()
+    audience = members("u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8")
+
+    with pytest.raises(DeliveryInterrupted) as stopped:
+        run(ledger, audience, adapter)
+
+    # The three first requests were in flight together; nothing started after the failure, and what
+    # the two others confirmed is committed.
+    assert sorted(adapter.started) == [0, 2, 4]
+    confirmed = sorted(adapter.started[2] + adapter.started[4])
+    assert sorted(adapter.sent) == confirmed
+    assert (stopped.value.outcome.confirmed, stopped.value.outcome.requests) == (4, 2)
+    assert held(ledger) == [(user, user.upper()) for user in confirmed]
+    assert run(ledger, audience).confirmed == 4
 
 
 def test_the_guard_stops_a_mass_removal_before_sending_unless_allowed(ledger):
