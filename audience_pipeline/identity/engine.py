@@ -12,47 +12,50 @@ from audience_pipeline.identity.fields import HASHED_FIELDS, IDENTITY_FIELDS, MA
 from audience_pipeline.identity.hashing import is_hashed, sha256_hex
 from audience_pipeline.identity.phone import normalize_phones
 from audience_pipeline.identity.result import REJECT_SCHEMA, IdentityResult
-from audience_pipeline.identity.rules import ENGINE
+from audience_pipeline.identity.rules import ENGINE, distinct_rows, positions
 
 _RULES: dict[str, rules.Rule] = {
-    "email": rules.email,
     "first_name": rules.person_name,
     "last_name": rules.person_name,
     "city": rules.city,
     "state": rules.state,
-    "zip": rules.zip_code,
     "country_code": rules.country_code,
     **{f: rules.mobile_ad_id for f in MAID_FIELDS},
 }
-# Fields whose rule partitions rows (by country or numbering plan) rather than being one plan:
-# (values, countries) -> a frame of the same length with the normalized `value` and a `reason`.
+# Fields whose rule partitions rows (by country, numbering plan, house number or whether a value is
+# in normal form already) rather than being one plan: (values, countries) -> a frame of the same
+# length with the normalized `value` and a `reason`.
 _FRAME_RULES: dict[str, Callable[[pl.Series, pl.Series], pl.DataFrame]] = {
     "phone": normalize_phones,
     "address": normalize_addresses,
+    "zip": rules.zip_codes,
+    "email": rules.emails,
 }
 _COUNTRY_DEPENDENT = frozenset({"phone", "address", "state", "zip", "country_code"})
 # The longest rules start first, so the short ones fill the cores beside them.
 _COST_ORDER = {"address": 0, "phone": 1, "zip": 2, "email": 3}
-# Normalizing each distinct value once and joining the answers back costs a hash of every row twice;
-# it pays when values repeat (names, cities, states), not when nearly all are distinct (e-mail
-# addresses, phones, street addresses). The engine measures the share per field and batch: ZIP codes
-# of the sample data, 31 % distinct, are faster by distinct value; 67 % distinct, directly.
+# Normalizing each distinct value once and gathering the answers back costs a pass of hashes and a
+# join on them; it pays when values repeat (names, cities, states), not when nearly all are distinct
+# (e-mail addresses, phones, street addresses). The engine measures the share per field and batch:
+# ZIP codes of the sample data, 31 % distinct, are faster by distinct value; 67 % distinct, directly.
 _DISTINCT_SHARE_FOR_JOIN = 0.5
 _RAW, _COUNTRY = "__raw", "__country"
 
 
-def _as_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+def _as_text(values: pl.Series) -> pl.Series:
     """Any column as trimmed text: integers keep their digits and whole floats lose the `.0`."""
-    if dtype.is_float():
+    expr = pl.col(values.name)
+    if values.dtype.is_float():
         expr = (
             pl.when(expr == expr.round())
             .then(expr.cast(pl.Int64, strict=False).cast(pl.String))
             .otherwise(expr.cast(pl.String))
         )
-    elif dtype != pl.String:
+    elif values.dtype != pl.String:
         expr = expr.cast(pl.String)
-    stripped = expr.str.strip_chars()
-    return pl.when(stripped != "").then(stripped)
+    stripped = values.to_frame().select(expr.str.strip_chars()).to_series()
+    # Nulling the empty text through a mask touches only the validity.
+    return stripped.set((stripped == "").fill_null(False), None)
 
 
 def choose_fields(columns: Sequence[str], fields: Sequence[str] | None) -> tuple[str, ...]:
@@ -93,24 +96,23 @@ def normalize_identities(
     default = normalize_country(default_country, "default country") if default_country else None
     countries, unknown = _row_countries(frame, default)
 
-    def answer(field: str) -> pl.DataFrame:
+    def answer(field: str) -> tuple[pl.Series, pl.DataFrame]:
         country = countries if field in _COUNTRY_DEPENDENT else None
-        return _field_answers(frame.get_column(field), country, field, digest)
+        answers = _field_answers(frame.get_column(field), country, field, digest)
+        # The field's rejects are gathered here too, on the worker, rather than after all fields.
+        reasons = answers.get_column("reason")
+        rows = positions(reasons.is_not_null())
+        rejects = pl.DataFrame(
+            {"row": rows.cast(pl.Int64) + row_offset, "field": pl.repeat(field, rows.len(), eager=True)}
+        ).with_columns(reason=reasons.gather(rows))
+        return answers.get_column("out"), rejects
 
     # Polars releases the GIL while it computes: one field at a time per core it uses.
     with ThreadPoolExecutor(max_workers=pl.thread_pool_size()) as pool:
         started = {f: pool.submit(answer, f) for f in sorted(chosen, key=lambda f: _COST_ORDER.get(f, 9))}
         answers = {f: started[f].result() for f in chosen}
 
-    rejects = []
-    for field in chosen:
-        reasons = answers[field].get_column("reason")
-        rows = reasons.is_not_null().arg_true()
-        rejects.append(
-            pl.DataFrame({"row": rows.cast(pl.Int64) + row_offset, "reason": reasons.gather(rows)}).select(
-                "row", pl.lit(field).alias("field"), "reason"
-            )
-        )
+    rejects = [answers[f][1] for f in chosen]
     if "country_code" not in chosen:
         rejects.append(
             pl.DataFrame({"row": unknown.cast(pl.Int64) + row_offset}).with_columns(
@@ -122,7 +124,7 @@ def normalize_identities(
         if rejects
         else pl.DataFrame(schema=REJECT_SCHEMA)
     )
-    result = frame.with_columns(answers[f].get_column("out").alias(f) for f in chosen)
+    result = frame.with_columns(answers[f][0].alias(f) for f in chosen)
     return IdentityResult(frame=result, rejects=reject_frame, fields=chosen)
 
 
@@ -133,18 +135,18 @@ def _row_countries(frame: pl.DataFrame, default: str | None) -> tuple[pl.Series,
         return pl.repeat(default, frame.height, dtype=pl.String, eager=True), pl.Series([], dtype=pl.UInt32)
     given = frame.get_column("country_code")
     # A source holds few distinct country spellings: resolve each once and join the answers back.
-    text = _as_text(pl.col(_RAW), given.dtype)
+    distinct = given.unique().alias(_RAW)
+    text = _as_text(distinct)
     resolved = (
-        given.unique()
-        .to_frame(_RAW)
-        .with_columns(text.is_null().alias("__absent"), alpha2(text).alias(_COUNTRY))
+        pl.DataFrame({_RAW: distinct, "__text": text})
+        .with_columns(pl.col("__text").is_null().alias("__absent"), alpha2(pl.col("__text")).alias(_COUNTRY))
         .with_columns(
             pl.when("__absent").then(pl.lit(default, pl.String)).otherwise(_COUNTRY).alias(_COUNTRY),
             (~pl.col("__absent") & pl.col(_COUNTRY).is_null()).alias("__unknown"),
         )
     )
     rows = given.to_frame(_RAW).join(resolved, on=_RAW, how="left", nulls_equal=True, maintain_order="left")
-    return rows.get_column(_COUNTRY), rows.get_column("__unknown").arg_true()
+    return rows.get_column(_COUNTRY), positions(rows.get_column("__unknown"))
 
 
 def _field_answers(
@@ -153,30 +155,33 @@ def _field_answers(
     """`out` and `reason` for every row of one field, normalizing each distinct value once where
     values repeat enough for that to pay."""
     keys = pl.DataFrame({_RAW: raw} | ({_COUNTRY: countries} if countries is not None else {}))
-    # The share of distinct raw values alone (HyperLogLog, a fraction of one hash pass) is a lower
-    # bound on that of (value, country) pairs, and close to it: a value rarely spans countries.
-    if raw.len() > 1 and raw.approx_n_unique() <= _DISTINCT_SHARE_FOR_JOIN * raw.len():
-        distinct = keys.unique()
-        answered = pl.concat([distinct, _answers(distinct, field, digest)], how="horizontal")
-        joined = keys.join(answered, on=keys.columns, how="left", nulls_equal=True, maintain_order="left")
-        return joined.select("out", "reason")
+    distinct = distinct_rows(keys, _DISTINCT_SHARE_FOR_JOIN)
+    if distinct is not None:
+        rows, index = distinct
+        return _answers(rows, field, digest).gather(index)
     return _answers(keys, field, digest)
 
 
 def _answers(keys: pl.DataFrame, field: str, digest: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
     """`out` and `reason` for each row of `keys` (the raw value, and the country where the rule reads it)."""
-    value = keys.select(_as_text(pl.col(_RAW), keys.schema[_RAW])).to_series().alias("value")
+    value = _as_text(keys.get_column(_RAW)).alias("value")
     country = (
         keys.get_column(_COUNTRY)
         if _COUNTRY in keys.columns
         else pl.repeat(None, keys.height, dtype=pl.String, eager=True)
     )
-    ruled = value
+    ruled, passed = value, None
     if field in HASHED_FIELDS:
-        # Already hashed values pass through lowercased, never hashed again: the rule does not see them.
-        hashed = pl.select(is_hashed(pl.lit(value)).fill_null(False)).to_series()
-        passed = hashed.arg_true()
-        ruled = value.zip_with(~hashed, pl.repeat(None, keys.height, dtype=pl.String, eager=True))
+        # Already hashed values pass through lowercased, never hashed again: the rule does not see
+        # them. Only a 64-character value can be one, and the length costs no look at the text.
+        candidates = positions(value.str.len_bytes() == 64)
+        passed = candidates.filter(
+            value.gather(candidates).to_frame().select(is_hashed(pl.col("value"))).to_series()
+        )
+        if passed.len():
+            # Nulling through a mask touches only the validity, where a scatter copies the text.
+            hashed = pl.repeat(False, value.len(), eager=True).scatter(passed, True)
+            ruled = value.clone().set(hashed, None)
     if field in _FRAME_RULES:
         ruled = _FRAME_RULES[field](ruled, country).rename({"value": "normalized"})
     else:
@@ -187,9 +192,10 @@ def _answers(keys: pl.DataFrame, field: str, digest: Callable[[pl.Expr], pl.Expr
     out, reason = ruled.get_column("normalized"), ruled.get_column("reason")
     if field in HASHED_FIELDS:
         out = out.to_frame().select(digest(pl.col("normalized"))).to_series()
-        out = out.scatter(passed, value.gather(passed).str.to_lowercase())
-        # A rule may reject the absent value it saw in their place (a state without a country's name).
-        reason = reason.scatter(passed, None)
+        if passed.len():
+            out = out.scatter(passed, value.gather(passed).str.to_lowercase())
+            # A rule may reject the absent value it saw in their place (a state without a country's name).
+            reason = reason.clone().set(hashed, None)
     # An absent value is neither normalized nor rejected (the country rule reads the row's country).
     present = value.is_not_null()
     return pl.DataFrame({"out": out, "reason": reason, "present": present}).select(

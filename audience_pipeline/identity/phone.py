@@ -18,7 +18,7 @@ import polars as pl
 from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
-from audience_pipeline.identity.rules import ENGINE
+from audience_pipeline.identity.rules import ENGINE, in_row_order, positions
 
 INVALID = "invalid_phone"
 NEEDS_COUNTRY = "phone_needs_country"
@@ -133,7 +133,6 @@ def _strip_national_prefix(source: str, target: str, plan: _Plan) -> Stages:
     """`_maybe_strip_national_prefix_carrier_code` into `target`; transformed prefixes set `slow`."""
     if plan.national_prefix is None:
         return ({target: pl.col(source)},)
-    prefix = pl.col(source).str.extract(plan.national_prefix, 0)
     rest = pl.col("__rest")
     # A number that matched its plan keeps the prefix when stripping it would break the match.
     keep = rest.is_null() | (_full_match(pl.col(source), plan) & ~_full_match(rest, plan))
@@ -141,7 +140,9 @@ def _strip_national_prefix(source: str, target: str, plan: _Plan) -> Stages:
     if plan.transform_group is not None:
         slow = slow | pl.col(source).str.extract(plan.national_prefix, plan.transform_group).is_not_null()
     return (
-        {"__rest": pl.when(prefix.is_not_null()).then(pl.col(source).str.slice(prefix.str.len_chars()))},
+        # The prefix's length is a column of its own: used twice, it is extracted once.
+        {"__prefix": pl.col(source).str.extract(plan.national_prefix, 0).str.len_chars()},
+        {"__rest": pl.when(pl.col("__prefix").is_not_null()).then(pl.col(source).str.slice("__prefix"))},
         {target: pl.when(keep).then(pl.col(source)).otherwise(rest), "slow": slow},
     )
 
@@ -175,24 +176,29 @@ def _finish(region: str, cc: int) -> Stages:
     )
 
 
+def _idd(plan: _Plan) -> pl.Expr:
+    """Where `digits` start with the region's international prefix: only phonenumbers reads those."""
+    digits = pl.col("digits")
+    return digits.str.contains(plan.international_prefix) if plan.international_prefix else pl.lit(False)
+
+
 @functools.cache
 def _national_number(region: str) -> Stages:
-    """`nsn` from `digits` read in `region`'s plan, and `__extract` where its country code came off."""
+    """`nsn` from `digits` that start with `region`'s own country code, read in its plan, and
+    `__extract` where that code came off."""
     plan = _plan(region)
     cc = str(plan.country_code)
     digits = pl.col("digits")
-    starts = digits.str.starts_with(cc)
-    idd = digits.str.contains(plan.international_prefix) if plan.international_prefix else pl.lit(False)
     too_long = ~digits.str.len_chars().is_in(list(plan.local_lengths)) & (
         digits.str.len_chars() > max(plan.lengths)
     )
     # A national number may still start with the region's own country code (`44 20 7946 0958`).
-    extract_cc = starts & ((~_full_match(digits, plan) & _full_match(pl.col("__after_cc"), plan)) | too_long)
+    extract_cc = (~_full_match(digits, plan) & _full_match(pl.col("__after_cc"), plan)) | too_long
     return (
         {"slow": pl.lit(False), "__after_cc": digits.str.slice(len(cc))},
         *_strip_national_prefix("__after_cc", "__after_cc", plan),
         # The prefix stripping above only matters, and only needs phonenumbers, when the code is there.
-        {"__extract": extract_cc, "slow": idd | (starts & pl.col("slow"))},
+        {"__extract": extract_cc, "slow": _idd(plan) | pl.col("slow")},
         {"nsn": pl.when("__extract").then("__after_cc").otherwise("digits")},
     )
 
@@ -204,14 +210,28 @@ def _national(frame: pl.DataFrame, region: str) -> list[pl.LazyFrame]:
     main = _plan(main_region) if main_region else None
     if plan is None or main is None:
         return [frame.lazy().with_columns(slow=pl.lit(True))]
-    lazy = _apply(frame.lazy(), _national_number(region))
+    cc = plan.country_code
+    # Only a number that starts with the country code can lose it; every other one is its own
+    # national number, and skips the regexes that decide whether the code comes off.
+    starts = frame.get_column("digits").str.starts_with(str(cc))
+    parts = [
+        _apply(
+            frame.filter(~starts).lazy().with_columns(slow=_idd(plan), nsn=pl.col("digits")),
+            _finish(region, cc),
+        )
+    ]
+    with_code = frame.filter(starts)
+    if with_code.is_empty():
+        return parts
+    lazy = _apply(with_code.lazy(), _national_number(region))
     if main == plan:
-        return [_apply(lazy, _finish(region, plan.country_code))]
+        return [*parts, _apply(lazy, _finish(region, cc))]
     # After extracting the code, phonenumbers goes on with the metadata of the code's main region.
     lazy = lazy.collect(engine=ENGINE).lazy()
     return [
-        _apply(lazy.filter(~pl.col("__extract")), _finish(region, plan.country_code)),
-        _apply(lazy.filter("__extract"), _finish(main_region, plan.country_code)),
+        *parts,
+        _apply(lazy.filter(~pl.col("__extract")), _finish(region, cc)),
+        _apply(lazy.filter("__extract"), _finish(main_region, cc)),
     ]
 
 
@@ -253,15 +273,19 @@ def _with_library(number: str, region: str | None) -> tuple[str | None, str | No
 
 def _numbers(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     """Row index `i`, `number` (`00` read as `+`), `digits` and each row's `route`."""
-    # `00` is an international prefix wherever the number was dialled from.
-    frame = pl.DataFrame({"country": countries, "number": values.str.replace("^00", "+")}).with_row_index("i")
+    # `00` is an international prefix wherever the number was dialled from. Few numbers are written
+    # so: the cheap test finds them, and only they go through the regex.
+    dialled = positions(values.str.starts_with("00"))
+    if dialled.len():
+        values = values.clone().scatter(dialled, values.gather(dialled).str.replace("^00", "+"))
+    frame = pl.DataFrame({"country": countries, "number": values}).with_row_index("i")
     number = pl.col("number")
     frame = frame.with_columns(skip=number.is_null(), fast=number.str.contains(_FAST_SHAPE))
     # A number that misses the vectorized shape may only carry text that phonenumbers ignores: what
     # comes before the first `+` or digit (`tel: `), which it drops from any number it reads (not too
     # long, no RFC 3966 `;phone-context=`), and an extension (`... ext. 12`), which it takes off
     # where the number stays viable without it.
-    odd = (~frame.get_column("skip") & ~frame.get_column("fast")).arg_true()
+    odd = positions(~frame.get_column("skip") & ~frame.get_column("fast"))
     numbers = frame.get_column("number").gather(odd)
     readable = numbers.str.len_chars() <= _MAX_INPUT
     odd, numbers = odd.filter(readable), numbers.filter(readable)
@@ -296,7 +320,11 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
     length with `value`, the E.164 digits (null when rejected), and `reason` (null when accepted);
     null values get neither.
     """
-    frame = _numbers(values, countries)
+    # Absent values are left out from the start: a string kernel spends time on every row it is
+    # given. `i` below counts the rows that are left.
+    present = positions(values.is_not_null())
+    countries = countries.gather(present)
+    frame = _numbers(values.gather(present), countries)
     route = pl.col("route")
     parts = []
     # International numbers carry their own country: they form one group, without a region.
@@ -318,7 +346,7 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
 
     # What the vectorized path could not settle goes to phonenumbers, once per distinct value.
     routes = frame.get_column("route")
-    slow = pl.concat([done.filter("slow").get_column("i"), (routes == _LIBRARY).arg_true()])
+    slow = pl.concat([done.filter("slow").get_column("i"), positions(routes == _LIBRARY)])
     asked = pl.DataFrame(
         {"i": slow, "number": frame.get_column("number").gather(slow), "country": countries.gather(slow)}
     )
@@ -329,7 +357,7 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
         reason=pl.Series([a[1] for a in answers], dtype=pl.String),
     )
     looked_up = asked.join(library, on=["number", "country"], how="left", nulls_equal=True)
-    needs_country = pl.DataFrame({"i": (routes == _NEEDS_COUNTRY).arg_true()})
+    needs_country = pl.DataFrame({"i": positions(routes == _NEEDS_COUNTRY)})
     answered = pl.concat(
         [
             done.filter(~pl.col("slow")).select("i", "e164", "reason"),
@@ -337,11 +365,6 @@ def normalize_phones(values: pl.Series, countries: pl.Series) -> pl.DataFrame:
             needs_country.with_columns(e164=pl.lit(None, pl.String), reason=pl.lit(NEEDS_COUNTRY)),
         ]
     )
-    at = answered.get_column("i")
-    unanswered = pl.repeat(None, len(values), dtype=pl.String, eager=True)
-    return pl.DataFrame(
-        {
-            "value": unanswered.clone().scatter(at, answered.get_column("e164")),
-            "reason": unanswered.scatter(at, answered.get_column("reason")),
-        }
+    return in_row_order(
+        answered.select(value="e164", reason="reason"), present.gather(answered.get_column("i")), len(values)
     )
