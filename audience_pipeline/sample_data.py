@@ -51,6 +51,7 @@ PROFILE_COLUMNS = (
     "gpp_string", "ip_address",
 )  # fmt: skip
 _CHUNK = 125_000
+_DUCKDB_MEMORY = "512MB"
 _DAY = 86_400
 _ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 # Markers for values that DuckDB replaces by their SHA-256 on insert: polars has no SHA-256 of its own.
@@ -696,6 +697,10 @@ def write_sample_data(out_dir: str | Path, profiles: int, seed: int = 0) -> Path
         staged = workdir / "sample.duckdb"
         # DuckDB compresses and writes one chunk while polars builds the next.
         with duckdb.connect(str(staged)) as conn, ThreadPoolExecutor(max_workers=1) as writer:
+            # DuckDB's default (80% of RAM) let its buffers grow with the file: 7 GB at 10M profiles;
+            # with this, 1.3 GB, and no slower. Its progress bars would only interleave on stdout.
+            conn.execute(f"SET memory_limit = '{_DUCKDB_MEMORY}'")
+            conn.execute("SET enable_progress_bar = false")
             conn.execute(_DDL)
             pending: Future[None] | None = None
             next_event = next_purchase = 1

@@ -1,6 +1,7 @@
 """Read-only DuckDB access to the data audiences are selected from."""
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,10 @@ from audience_pipeline.batches import frames
 
 SOURCE_ENV_VAR = "AUDIENCE_PIPELINE_SOURCE"
 DEFAULT_SOURCE = "data/sample.duckdb"
+# DuckDB's default limit (80% of RAM) lets its buffer pool keep every block a query reads: streaming
+# 2M profiles held 0.4 GB more at the end than at the start, and that grows with the source. Past this
+# limit DuckDB evicts blocks, and spills a large join or aggregate to the connection's temporary folder.
+MEMORY_LIMIT = "256MB"
 
 
 class SourceNotFoundError(FileNotFoundError):
@@ -27,7 +32,8 @@ class DuckDBSource(dg.ConfigurableResource):
     as catalog `source`, and name lookup searches the in-memory catalog first, then `source`, so
     setup statements can add views (over Parquet, CSV, `s3://` paths, an ATTACHed postgres
     database) next to the source's tables or in place of them, while the source itself cannot be
-    written.
+    written. A connection uses at most `MEMORY_LIMIT` (a setup statement may set another
+    `memory_limit`) and spills to a temporary folder of its own past it.
     """
 
     database: str | None = Field(
@@ -44,8 +50,7 @@ class DuckDBSource(dg.ConfigurableResource):
 
     def query(self, sql: str) -> pl.DataFrame:
         """Run one query against the source and return its result as a polars frame."""
-        with duckdb.connect(":memory:") as conn:
-            self._prepare(conn)
+        with self._connect() as conn:
             return conn.sql(sql).pl()
 
     @contextmanager
@@ -55,10 +60,21 @@ class DuckDBSource(dg.ConfigurableResource):
         For results that need not fit in memory (AMC uploads): the connection stays open while the
         caller iterates `QueryStream.frames`, inside the `with` block.
         """
-        with duckdb.connect(":memory:") as conn:
-            self._prepare(conn)
+        with self._connect() as conn:
             reader = conn.sql(sql).to_arrow_reader(rows)
             yield QueryStream(pl.from_arrow(reader.schema.empty_table()).schema, frames(reader, rows))
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        # An in-memory database would spill to `.tmp` in the working directory.
+        with (
+            tempfile.TemporaryDirectory(prefix="audience_pipeline-duckdb-") as spill,
+            duckdb.connect(":memory:") as conn,
+        ):
+            conn.execute(f"SET temp_directory = '{spill}'")
+            conn.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+            self._prepare(conn)
+            yield conn
 
     def _prepare(self, conn: duckdb.DuckDBPyConnection) -> None:
         if self.database is not None:
