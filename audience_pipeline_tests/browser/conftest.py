@@ -179,7 +179,12 @@ def _serve(work: Path, sandbox: RunningSandbox, source: Path, home: Path) -> Ite
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for_webserver(process, url, log)
-        yield Webserver(url, log, source, sandbox)
+        webserver = Webserver(url, log, source, sandbox)
+        # A new instance greets the first page with a "Join the Dagster community" modal, a second after
+        # it loads, over whatever menu or dialog is open: marked seen for the instance, it never shows.
+        webserver.graphql("mutation { setNuxSeen }")
+        assert webserver.graphql("{ shouldShowNux }") == {"shouldShowNux": False}
+        yield webserver
     finally:
         _stop_group(process)
 
@@ -206,12 +211,6 @@ def chromium_page(name: str) -> Iterator[Page]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            # The webserver greets a new instance with a "Join the Dagster community" modal, at a moment
-            # of its choosing; it would swallow whatever click comes next.
-            page.add_locator_handler(
-                page.get_by_text("Join the Dagster community"),
-                lambda: page.get_by_role("button", name="Skip", exact=True).click(),
-            )
             try:
                 yield page
             except BaseException:

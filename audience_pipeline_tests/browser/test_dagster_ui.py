@@ -10,8 +10,7 @@ import time
 import duckdb
 import pytest
 import requests
-from playwright.sync_api import Locator, Page, expect
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import Page, expect
 
 from audience_pipeline_tests.browser.conftest import ARTIFACTS, Webserver, chromium_page
 
@@ -78,10 +77,8 @@ def test_an_amc_upload_launched_from_the_asset_graph_succeeds_and_its_metadata_i
         page.set_default_timeout(30_000)
         page.goto(f"{webserver.url}/asset-groups")
         # The global lineage starts with every group folded into one box.
-        _open_and_click(
-            page.get_by_role("button", name="settings", exact=True),
-            page.get_by_role("menuitem", name="Expand all groups"),
-        )
+        page.get_by_role("button", name="settings", exact=True).click()
+        page.get_by_role("menuitem", name="Expand all groups").click()
         page.keyboard.press("Escape")
         for key in (SNAPSHOT, *destinations, UPLOAD):
             _select_in_graph(page, key)
@@ -143,10 +140,8 @@ def test_a_newcomers_first_backfill_of_every_audience_ends_green_with_every_dest
         page.set_default_timeout(30_000)
         page.goto(f"{webserver.url}/assets/{'/'.join(SNAPSHOT)}")
         dialog = page.get_by_role("dialog")
-        _open_and_click(
-            page.get_by_role("button", name="Materialize…"),
-            dialog.get_by_role("button", name="All", exact=True),
-        )
+        page.get_by_role("button", name="Materialize…").click()
+        dialog.get_by_role("button", name="All", exact=True).click()
         expect(dialog.get_by_text("4 partitions", exact=True)).to_be_visible()
         dialog.get_by_role("button", name="Launch backfill").click()
         expect(dialog).to_be_hidden()
@@ -221,17 +216,3 @@ def _wait_for_backfill_and_deliveries(webserver: Webserver) -> tuple[dict, list[
             return backfill, runs, partitions
         assert time.monotonic() < deadline, (backfills, runs, partitions, webserver.log_tail())
         time.sleep(1)
-
-
-def _open_and_click(opener: Locator, target: Locator, attempts: int = 3) -> None:
-    """Clicks `opener` (a menu's button, a dialog's) and then `target` inside what it opened. The
-    community modal, closed by the page's locator handler whenever it shows, closes an open menu or
-    dialog too; it is then opened again."""
-    for attempt in range(1, attempts + 1):
-        opener.click()
-        try:
-            target.click(timeout=10_000)
-            return
-        except PlaywrightTimeoutError:
-            if attempt == attempts:
-                raise
