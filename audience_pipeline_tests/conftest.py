@@ -5,6 +5,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -40,17 +41,22 @@ def sandbox(sandbox_server: RunningSandbox) -> RunningSandbox:
     return sandbox_server
 
 
-@pytest.fixture
-def ads_client(sandbox: RunningSandbox) -> AdsApiClient:
-    """An Amazon Ads API client pointed at the sandbox, retrying without real waits."""
+def sandbox_ads_client(sandbox: RunningSandbox, **options: Any) -> AdsApiClient:
+    """An Amazon Ads API client pointed at the sandbox (which takes any credentials)."""
     return AdsApiClient(
         "sandbox-client",
         "sandbox-secret",
         "sandbox-refresh",
         base_url=sandbox.ads_url,
         token_url=sandbox.token_url,
-        sleep=lambda seconds: None,
+        **options,
     )
+
+
+@pytest.fixture
+def ads_client(sandbox: RunningSandbox) -> AdsApiClient:
+    """An Amazon Ads API client pointed at the sandbox, retrying without real waits."""
+    return sandbox_ads_client(sandbox, sleep=lambda seconds: None)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from audience_pipeline.membership.fingerprints import fingerprint
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.state import ParquetStore
 
-from .conftest import add_fault, journal
+from .conftest import add_fault, journal, sandbox_ads_client
 from .sandbox.test_ads_quotas import MEMBERS_ROUTE, PATCH_ROUTE, quota_counts, set_quota
 
 # Small requests, so that a few thousand members make the dozens of requests a rate shows over.
@@ -46,13 +46,7 @@ def small_requests(monkeypatch):
 @pytest.fixture
 def api(sandbox) -> AdsApiClient:
     """A client as the pipeline makes it: it waits out `Retry-After` for real."""
-    return AdsApiClient(
-        "sandbox-client",
-        "sandbox-secret",
-        "sandbox-refresh",
-        base_url=sandbox.ads_url,
-        token_url=sandbox.token_url,
-    )
+    return sandbox_ads_client(sandbox)
 
 
 @dataclass
