@@ -4,11 +4,17 @@ import dataclasses
 import hashlib
 import json
 
+import polars as pl
 import pytest
 
 from audience_pipeline.clients.adm import AdmClient
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
+from audience_pipeline.identity import normalize_identities
+from audience_pipeline.membership.adm_delivery import TARGET_IDENTITIES, AdmAdapter, MemberRules, adm_members
+from audience_pipeline.membership.delivery import USER_ID, deliver
+from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.sandbox.adm import COUNTRY_CODES
+from audience_pipeline.state import ParquetStore
 
 from .openapi import DEFINITIONS, Exchange, problems
 
@@ -117,3 +123,35 @@ def test_the_sandbox_takes_the_countries_amazon_lists():
     extract = json.loads((DEFINITIONS / "ads_data_manager.json").read_text())
     create = extract["paths"]["/adm/audiences"]["post"]["requestBody"]["content"]["application/json"]
     assert set(create["schema"]["properties"]["countryCode"]["enum"]) == COUNTRY_CODES
+
+
+def test_members_the_delivery_writes_as_text_conform_to_amazons_definition(recorded, adm, tmp_path):
+    """The delivery builds members as JSON text column-wise and sends the text as the body: what
+    arrives, a CREATE and then a DELETE, is held to the definition (not to hand-written dicts)."""
+    profiles = pl.DataFrame(
+        {
+            USER_ID: ["u1", "u2", "u3"],
+            "email": ["Ana@Example.com", None, "cy@example.org"],
+            "phone": ["+1 206 555 0100", "+44 20 7946 0958", None],
+            "first_name": ["Ana", "Bo", None],
+            "country_code": ["US", "GB", None],
+            "live_ramp_id": [None, 'LR-"2"', "LR-é"],
+            "amzn_user_data": ["granted", None, "nonsense"],
+            "tcf_string": ["CPXxRfAPXxRfA", None, None],
+        }
+    )
+    snapshot = normalize_identities(profiles, default_country="US").frame
+    rules = MemberRules(TARGET_IDENTITIES, "GRANTED", "US")
+    ledger = Ledger(ParquetStore(str(tmp_path)), "adm/contract", 1)
+    adapter = AdmAdapter("Text_Contract", "US", "contract", adm)
+
+    def delivered(frame: pl.DataFrame) -> int:
+        members = adm_members(frame, rules)
+        return deliver(ledger, lambda state, held: members, adapter, max_removal_share=1).confirmed
+
+    assert delivered(snapshot) == 3
+    assert delivered(snapshot.head(0)) == 3
+
+    uploads = [e for e in recorded.exchanges if e.method == "POST" and e.path.endswith("/members")]
+    assert len(uploads) == 2
+    assert problems(recorded.exchanges) == []
