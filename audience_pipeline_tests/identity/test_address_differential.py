@@ -45,6 +45,15 @@ PIECES = st.sampled_from(PIECE_LIST)
 SEPARATORS = st.sampled_from(SEPARATOR_LIST)
 
 
+def assert_engine_matches_plain_chain(values: list[str], countries: list[str | None]) -> None:
+    frame = pl.DataFrame(
+        {"address": values, "country_code": countries},
+        schema=dict.fromkeys(["address", "country_code"], pl.String),
+    )
+    got = normalize_identities(frame, fields=["address"]).frame["address"].to_list()
+    assert got == [plain(v, c) for v, c in zip(values, countries, strict=True)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
@@ -59,12 +68,7 @@ SEPARATORS = st.sampled_from(SEPARATOR_LIST)
 def test_addresses_match_the_plain_chain_of_steps(rows):
     values = ["".join(piece + separator for piece, separator in parts) for parts, _ in rows]
     countries = [country for _, country in rows]
-    frame = pl.DataFrame(
-        {"address": values, "country_code": countries},
-        schema=dict.fromkeys(["address", "country_code"], pl.String),
-    )
-    got = normalize_identities(frame, fields=["address"]).frame["address"].to_list()
-    assert got == [plain(v, c) for v, c in zip(values, countries, strict=True)]
+    assert_engine_matches_plain_chain(values, countries)
 
 
 def test_house_numbers_split_off_streets_that_repeat_match_the_plain_chain_of_steps():
@@ -81,12 +85,7 @@ def test_house_numbers_split_off_streets_that_repeat_match_the_plain_chain_of_st
         number, street, delimiter = str(rng.randint(0, 9999)), rng.choice(streets), rng.choice(delimiters)
         values.append(rng.choice([number + delimiter + street, street + delimiter + number, street]).strip())
         countries.append(rng.choice([None, "US", "GB", "FR"]))
-    frame = pl.DataFrame(
-        {"address": values, "country_code": countries},
-        schema=dict.fromkeys(["address", "country_code"], pl.String),
-    )
-    got = normalize_identities(frame, fields=["address"]).frame["address"].to_list()
-    assert got == [plain(v, c) for v, c in zip(values, countries, strict=True)]
+    assert_engine_matches_plain_chain(values, countries)
 
 
 def test_the_whitespace_delimiters_are_what_the_spec_regex_calls_whitespace():
