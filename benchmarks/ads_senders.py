@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 
 # The benchmarks' folder is the script's: its sandbox-in-a-process helper is shared.
-from sandbox_throughput import sandbox
+from sandbox_throughput import ads_client, sandbox
 
 from audience_pipeline.clients.accounts import find_profile
 from audience_pipeline.clients.adm import AdmClient
@@ -111,13 +111,7 @@ def run(
     """One delivery of `members` in a sandbox of its own; prints its JSON line."""
     pace = RequestPace(in_flight, RateLimit({"requests": rate}) if rate else None)
     with sandbox(None) as (env, cpu_seconds), tempfile.TemporaryDirectory(prefix="ads-senders-") as folder:
-        api = AdsApiClient(
-            "sandbox-client",
-            "sandbox-secret",
-            "sandbox-refresh",
-            base_url=env["AMAZON_ADS_API_URL"],
-            token_url=env["AMAZON_ADS_TOKEN_URL"],
-        )
+        api = ads_client(env)
         api.access_token()  # logged in before the clock starts
         store = ParquetStore(folder)
         ledger = Ledger(store, f"benchmark/{destination}", "1")

@@ -90,6 +90,17 @@ def sandbox(state_dir: Path | None) -> Iterator[tuple[dict[str, str], Callable[[
         child.wait()
 
 
+def ads_client(env: dict[str, str]) -> AdsApiClient:
+    """An Amazon Ads API client at the sandbox whose `env` is given (it takes any credentials)."""
+    return AdsApiClient(
+        "sandbox-client",
+        "sandbox-secret",
+        "sandbox-refresh",
+        base_url=env["AMAZON_ADS_API_URL"],
+        token_url=env["AMAZON_ADS_TOKEN_URL"],
+    )
+
+
 def maids(count: int, rng: random.Random) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
 
@@ -97,13 +108,7 @@ def maids(count: int, rng: random.Random) -> list[str]:
 def dsp_growth(label: str, state_dir: Path | None, batches: int, batch_size: int) -> None:
     """Grow one DSP audience batch by batch; print the first and last windows' cost per batch."""
     with sandbox(state_dir) as (env, cpu_seconds):
-        api = AdsApiClient(
-            "sandbox-client",
-            "sandbox-secret",
-            "sandbox-refresh",
-            base_url=env["AMAZON_ADS_API_URL"],
-            token_url=env["AMAZON_ADS_TOKEN_URL"],
-        )
+        api = ads_client(env)
         dsp = DspClient(api, PROFILES[0]["profileId"])
         audience = dsp.create_audience("Benchmark MAID audience", "throughput", 1, "benchmark", ["US"])
         rng = random.Random(0)
