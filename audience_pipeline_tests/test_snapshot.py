@@ -121,10 +121,10 @@ def test_a_large_result_is_built_a_bucket_at_a_time_from_disk(snapshot_of, tmp_p
     assert snapshot.rejects == {"user_id": {"missing_user_id": 1, "duplicate_user_id": 5}}
     assert sorted(frame["user_id"]) == sorted(users)
     assert frame.filter(pl.col("user_id") == "u3")["email"].item() == sha256("u3@x.com")
-    # 32 buckets (of about five: wide rows make small buckets) in bucket order, each sorted by user id;
-    # nothing set aside is left.
-    assert pl.read_parquet_metadata(tmp_path / "snapshot.parquet")[BITS_KEY] == "5"
-    numbered = frame.with_columns(bucket_of("user_id", 5).alias("bucket"))
+    # 64 buckets (of about two or three: wide rows make small buckets) in bucket order, each sorted by
+    # user id; nothing set aside is left.
+    assert pl.read_parquet_metadata(tmp_path / "snapshot.parquet")[BITS_KEY] == "6"
+    numbered = frame.with_columns(bucket_of("user_id", 6).alias("bucket"))
     assert numbered["bucket"].is_sorted()
     assert numbered.equals(numbered.sort("bucket", "user_id"))
     assert list(scratch.iterdir()) == []
