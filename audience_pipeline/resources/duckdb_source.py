@@ -73,6 +73,8 @@ class DuckDBSource(dg.ConfigurableResource):
         ):
             conn.execute(f"SET temp_directory = '{spill}'")
             conn.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+            # Its bar would be drawn into the run's captured output, a line per redraw.
+            conn.execute("SET enable_progress_bar = false")
             self._prepare(conn)
             yield conn
 
