@@ -7,11 +7,12 @@ DuckDB; every check and the update strategy run as set-based SQL, never row by r
 import bz2
 import gzip
 import posixpath
+import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 import duckdb
@@ -100,27 +101,27 @@ def _download(
             raise UploadFailed(f"No data files found in s3://{bucket} for {_describe(source)}")
         files = []
         for i, (file_bucket, key) in enumerate(locations):
-            data = _read(s3, file_bucket, key, instance_id)
             path = folder / f"part-{i:05d}"
-            path.write_bytes(_decompress(data, compression, f"s3://{file_bucket}/{key}"))
+            with _body(s3, file_bucket, key, instance_id) as body, open(path, "wb") as file:
+                _decompress(body, file, compression, f"s3://{file_bucket}/{key}")
             files.append(str(path))
         return files
     except (ClientError, BotoCoreError) as error:
         raise UploadFailed(f"Cannot read the upload's files from S3: {error}") from None
 
 
-def _read(s3: Any, bucket: str, key: str, instance_id: str) -> bytes:
-    """An object's bytes, if AMC's data-upload role may read it: tagged with the instance.
+def _body(s3: Any, bucket: str, key: str, instance_id: str) -> Any:
+    """An object's body, a stream, if AMC's data-upload role may read it: tagged with the instance.
 
     Every object is encrypted at rest, as S3 has done by default since January 2023 (the sandbox's S3
     too, see `s3_encryption`), so there is no unencrypted object to refuse.
     """
-    location = f"s3://{bucket}/{key}"
-    response = s3.get_object(Bucket=bucket, Key=key)
     tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
     if tags.get("instanceId") != instance_id:
-        raise UploadFailed(f"{location} is not tagged instanceId={instance_id}; AMC reads only such objects")
-    return response["Body"].read()
+        raise UploadFailed(
+            f"s3://{bucket}/{key} is not tagged instanceId={instance_id}; AMC reads only such objects"
+        )
+    return s3.get_object(Bucket=bucket, Key=key)["Body"]
 
 
 def _locations(s3: Any, bucket: str, source: dict[str, Any], instance_id: str) -> list[tuple[str, str]]:
@@ -131,7 +132,8 @@ def _locations(s3: Any, bucket: str, source: dict[str, Any], instance_id: str) -
         return [
             (bucket, o["Key"]) for p in pages for o in p.get("Contents", []) if not o["Key"].endswith("/")
         ]
-    manifest = _read(s3, bucket, source["sourceManifestS3Key"], instance_id).decode()
+    with _body(s3, bucket, source["sourceManifestS3Key"], instance_id) as body:
+        manifest = body.read().decode()
     locations = []
     for line in filter(None, (line.strip() for line in manifest.splitlines())):
         if not line.startswith("s3://") or "/" not in line[5:]:
@@ -148,19 +150,22 @@ def _describe(source: dict[str, Any]) -> str:
     return "the data source"
 
 
-def _decompress(data: bytes, compression: str, location: str) -> bytes:
-    try:
-        if compression == "GZIP":
-            return gzip.decompress(data)
-        if compression == "BZIP":
-            return bz2.decompress(data)
-    except (OSError, EOFError, ValueError, zlib.error):
-        raise UploadFailed(f"{location} is not valid {compression} data") from None
+def _decompress(body: Any, file: BinaryIO, compression: str, location: str) -> None:
+    """Copy `body` into `file`, decompressed, a block at a time: a part may be hundreds of MB."""
     if compression == "ZIP":
         raise UploadFailed("ZIP compression is deprecated since 2025-01-01; use GZIP, BZIP or NONE")
     if compression == "SNAPPY":
         raise UploadFailed("SNAPPY-compressed files are not supported by the sandbox; use GZIP or NONE")
-    return data
+    if compression == "GZIP":
+        body = gzip.GzipFile(fileobj=body)
+    elif compression == "BZIP":
+        body = bz2.BZ2File(body)
+    try:
+        shutil.copyfileobj(body, file)
+    except (OSError, EOFError, ValueError, zlib.error):
+        if compression == "NONE":
+            raise
+        raise UploadFailed(f"{location} is not valid {compression} data") from None
 
 
 # --- checking rows ------------------------------------------------------------------------------------

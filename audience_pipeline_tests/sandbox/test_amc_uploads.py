@@ -1,5 +1,8 @@
 """AMC advertiser data upload against the sandbox over real HTTP: datasets, uploads from S3, deletion."""
 
+import bz2
+import gzip
+
 import polars as pl
 import pytest
 
@@ -113,6 +116,36 @@ def test_gzip_csv_single_key_reaches_success(sandbox, amc, s3):
     rows = stored_rows(sandbox, "purchases")
     assert rows.columns == ["email", "purchase_time", "amount", "user_id"]
     assert rows["user_id"].str.len_chars().to_list() == [16] * 25
+
+
+@pytest.mark.parametrize(
+    ("compression", "compress"),
+    [
+        # Two gzip members back to back, as a parallel compressor writes them: all rows are read.
+        ("GZIP", lambda body: gzip.compress(body[:1000]) + gzip.compress(body[1000:])),
+        ("BZIP", bz2.compress),
+    ],
+)
+def test_compressed_files_are_read_whole(sandbox, amc, s3, compression, compress):
+    amc.create_dataset(fact_dataset())
+    s3.put_object(Bucket=BUCKET, Key="c/part-0", Body=compress(purchases(40).write_csv().encode()))
+    upload = upload_and_wait(
+        amc, "purchases", file_key="c/part-0", file_format=csv_format(), compression=compression
+    )
+    assert succeeded(upload["status"]), upload
+    assert upload["metrics"]["OutputRowCount"] == 40
+
+
+def test_a_damaged_gzip_file_fails_the_upload_naming_the_key(sandbox, amc, s3):
+    amc.create_dataset(fact_dataset())
+    body = gzip_csv(purchases(25))
+    s3.put_object(Bucket=BUCKET, Key="c/part-0.csv.gz", Body=body[: len(body) // 2])
+    upload = upload_and_wait(
+        amc, "purchases", file_key="c/part-0.csv.gz", file_format=csv_format(), compression="GZIP"
+    )
+    assert upload["status"] == "FAILED"
+    assert f"s3://{BUCKET}/c/part-0.csv.gz is not valid GZIP data" in upload["message"]
+    assert stored_rows(sandbox, "purchases").height == 0
 
 
 def test_json_lines_under_a_prefix_skip_hidden_files(sandbox, amc, s3):
