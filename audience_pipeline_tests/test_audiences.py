@@ -263,7 +263,8 @@ def test_a_bad_setting_in_the_yaml_is_the_error_dagster_shows(tmp_path, monkeypa
     assert str(error.value) == (
         "bad_project_defs/audiences/defs.yaml: country_code: unknown country 'Atlantis' "
         "(use an ISO 3166-1 code such as 'US' or 'GB'); "
-        "refresh_schedule: 'every hour' is not a cron schedule such as '0 3 * * *'"
+        "refresh_schedule: 'every hour' is not a cron schedule such as '0 3 * * *' (minute hour day-of-month "
+        "month day-of-week), '@hourly', '@daily' or '@monthly'"
     )
     assert error.value.__cause__ is None and error.value.__suppress_context__
 

@@ -1,6 +1,6 @@
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -76,11 +76,12 @@ def test_the_refresh_schedule_asks_for_one_run_per_audience_once_per_tick():
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     with dg.build_schedule_context(
-        scheduled_execution_time=datetime(2026, 1, 1, 3), repository_def=definitions.get_repository_def()
+        scheduled_execution_time=datetime(2026, 1, 1, 3, tzinfo=UTC),
+        repository_def=definitions.get_repository_def(),
     ) as context:
         requests = schedule.evaluate_tick(context).run_requests
     assert [(r.partition_key, r.run_key) for r in requests] == [
-        (key, f"{key}:20260101T0300") for key in ("1001", "1002", "newsletter_subscribers", "app_users_90d")
+        (key, f"{key}:20260101T0300Z") for key in ("1001", "1002", "newsletter_subscribers", "app_users_90d")
     ]
 
 

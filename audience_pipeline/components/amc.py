@@ -38,6 +38,7 @@ from audience_pipeline.components.aws_settings import (
     check_region,
     env_secret,
 )
+from audience_pipeline.components.schedules import schedule_defs
 from audience_pipeline.components.setting_errors import CheckedSettings
 from audience_pipeline.components.ui import name_part
 from audience_pipeline.resources.aws import AwsConnection, S3Resource
@@ -209,16 +210,15 @@ class AmazonMarketingCloudComponent(CheckedSettings, dg.Component, dg.Model, dg.
         ]
         targets = [*self.uploads, *self.deletions, *self.audiences]
         schedules = [
-            dg.ScheduleDefinition(
-                name=f"{'_'.join(t.asset_key.path)}_schedule",
-                cron_schedule=t.schedule,
+            schedule_defs(
+                f"{'_'.join(t.asset_key.path)}_schedule",
+                t.schedule,
+                t.schedule_timezone,
+                t.schedule_delay_seconds,
+                runs=f"Runs {t.asset_key.to_user_string()}",
                 target=[t.asset_key],
-                # A schedule in the settings is a wish to run on it, as in Treasure Data's scheduler.
-                default_status=dg.DefaultScheduleStatus.RUNNING,
-                description=f"Runs {t.asset_key.to_user_string()} on `{t.schedule}`.",
             )
             for t in targets
-            if t.schedule
         ]
         sensor = build_job_status_sensor(
             name=self.sensor_name,
@@ -233,7 +233,7 @@ class AmazonMarketingCloudComponent(CheckedSettings, dg.Component, dg.Model, dg.
             description=f"Runs every target of AMC instance {self.instance_id}: uploads, deletions and "
             "audiences.",
         )
-        return dg.Definitions(assets=assets, schedules=schedules, sensors=[sensor], jobs=[job])
+        return dg.Definitions.merge(dg.Definitions(assets=assets, sensors=[sensor], jobs=[job]), *schedules)
 
     def s3(self, resource: S3Resource) -> Any:
         """An S3 client from the `s3` resource, reaching the bucket as `s3_endpoint`, `s3_region` and

@@ -31,6 +31,7 @@ from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.aws import S3Resource
 from audience_pipeline.resources.duckdb_source import DuckDBSource, source_tables
+from audience_pipeline.td_cron import check_timezone
 
 
 class AmcRunConfig(dg.Config):
@@ -58,13 +59,26 @@ class AmcTarget(dg.Model, dg.Resolvable):
         "follows it.",
     )
     schedule: str | None = Field(
-        default=None, description="Cron schedule (e.g. `0 3 * * *`) that runs this target; none by default."
+        default=None,
+        description="Cron schedule, as Treasure Data reads it (e.g. `0 3 * * *`, `@daily`), that runs this "
+        "target; none by default or when empty.",
+    )
+    schedule_timezone: str = Field(
+        default="UTC", description="IANA time zone `schedule` is read in (e.g. `Asia/Tokyo`)."
+    )
+    schedule_delay_seconds: int = Field(
+        default=0, ge=0, description="Seconds each scheduled run starts after its time in `schedule`."
     )
 
     @field_validator("schedule")
     @classmethod
     def _check_schedule(cls, value: str | None) -> str | None:
         return check_cron(value)
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import dagster as dg
 import duckdb
 import polars as pl
 from pydantic import AfterValidator, Field, field_validator
 
-from audience_pipeline.components.schedules import check_cron
+from audience_pipeline.components.schedules import check_cron, schedule_defs
 from audience_pipeline.components.setting_errors import CheckedSettings, SettingError
 from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
@@ -27,6 +27,7 @@ from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.snapshot import MissingUserIdError, build_snapshot
 from audience_pipeline.state import StoreError
 from audience_pipeline.state.buckets import BucketedFile
+from audience_pipeline.td_cron import check_timezone
 
 SNAPSHOT_ASSET_KEY = dg.AssetKey("audience_snapshot")
 
@@ -132,8 +133,16 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
     )
     refresh_schedule: str | None = Field(
         default=None,
-        description="Cron schedule refreshing every audience's snapshot (e.g. `0 * * * *`); the deliveries "
-        "follow. None: snapshots refresh only when run.",
+        description="Cron schedule, as Treasure Data reads it, refreshing every audience's snapshot (e.g. "
+        "`0 * * * *`, `@daily`); the deliveries follow. None or empty: snapshots refresh only when run.",
+    )
+    refresh_timezone: str = Field(
+        default="UTC", description="IANA time zone `refresh_schedule` is read in (e.g. `Asia/Tokyo`)."
+    )
+    refresh_delay_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Seconds each scheduled refresh starts after its time in `refresh_schedule`.",
     )
 
     @field_validator("country_code")
@@ -145,6 +154,11 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
     @classmethod
     def _check_schedule(cls, value: str | None) -> str | None:
         return check_cron(value)
+
+    @field_validator("refresh_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @property
     def partitions_def(self) -> dg.StaticPartitionsDefinition:
@@ -241,27 +255,18 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
             selection=[SNAPSHOT_ASSET_KEY],
             description="Refreshes audience snapshots: pick the audiences (partitions) to run.",
         )
-        return dg.Definitions(assets=[audience_snapshot], jobs=[job], schedules=self._schedules(job))
-
-    def _schedules(self, job: Any) -> list[dg.ScheduleDefinition]:
-        """`audience_snapshots_schedule`: one run per audience on `refresh_schedule`, when it is set."""
-        if self.refresh_schedule is None:
-            return []
-        keys = [a.partition_key for a in self.audiences]
-
-        @dg.schedule(
-            name="audience_snapshots_schedule",
-            cron_schedule=self.refresh_schedule,
-            job=job,
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description=f"Refreshes every audience's snapshot on `{self.refresh_schedule}`.",
+        return dg.Definitions.merge(
+            dg.Definitions(assets=[audience_snapshot], jobs=[job]),
+            schedule_defs(
+                "audience_snapshots_schedule",
+                self.refresh_schedule,
+                self.refresh_timezone,
+                self.refresh_delay_seconds,
+                runs="Refreshes every audience's snapshot, one run per audience,",
+                target=job,
+                partition_keys=[a.partition_key for a in self.audiences],
+            ),
         )
-        def audience_snapshots_schedule(context: dg.ScheduleEvaluationContext):
-            """One run per audience; the run key keeps a tick from being requested twice."""
-            tick = f"{context.scheduled_execution_time:%Y%m%dT%H%M}"
-            return [dg.RunRequest(run_key=f"{key}:{tick}", partition_key=key) for key in keys]
-
-        return [audience_snapshots_schedule]
 
 
 def _describe(audience: Audience) -> str:
