@@ -167,17 +167,40 @@ def _digests(values: dict[str, pl.Series]) -> bool:
     return all(pl.DataFrame(values).select((length == _DIGEST_LENGTH).all() & ~odd.any()).row(0))
 
 
-def _members_of(values: dict[str, pl.Series], hashes: bool) -> tuple[dict[str, pl.Series], pl.Expr]:
-    """The columns an object of `values` needs, and the text between its braces: the non-null
-    values as `"key":value`, joined by commas (`""` where every value is null).
+def _members_of(
+    name: str, values: dict[str, pl.Series], hashes: bool
+) -> tuple[dict[str, pl.Series], list[pl.Expr], pl.Expr]:
+    """The columns an object of `values` needs, the pieces of the list `name` holding it, and whether
+    a member has any value. Concatenated skipping nulls, the pieces are `"name":[{`, the non-null
+    values as `"key":value` joined by commas, and `}]`; nothing where every value is null.
 
     Where the values are `hashes` as the identity engine writes them (`_digests`), each goes in
-    between quotes as it is; otherwise each value is JSON-encoded on its own. One concatenation with
-    a separator that skips nulls: the comma needs no branch of its own."""
-    raw = hashes and _digests(values)
-    columns = values if raw else {key: _encoded(key, value) for key, value in values.items()}
-    pairs = [_text(f'"{key}":"', pl.col(key), '"') if raw else pl.col(key) for key in columns]
-    return columns, pl.concat_str(pairs, separator=",", ignore_nulls=True) if pairs else pl.lit("")
+    between quotes as it is (`_raw_list`); otherwise each value is JSON-encoded on its own, and the
+    texts joined by a separator that skips nulls."""
+    if not values:
+        return values, [], pl.lit(False)
+    if hashes and _digests(values):
+        return values, *_raw_list(name, list(values))
+    encoded = {key: _encoded(key, value) for key, value in values.items()}
+    pairs = pl.concat_str([pl.col(key) for key in encoded], separator=",", ignore_nulls=True)
+    given = pl.any_horizontal(pl.col(key).is_not_null() for key in encoded)
+    return encoded, [pl.when(given).then(_text(f'"{name}":[{{', pairs, "}]"))], given
+
+
+def _raw_list(name: str, keys: list[str]) -> tuple[list[pl.Expr], pl.Expr]:
+    """The pieces of the list `name` (`_members_of`) for values that go in between quotes as they
+    are, and whether a member has any: each value, with the text before it (the list's opening before
+    a member's first value, a comma before the others) and the list's end. The payload's one
+    concatenation copies each digest once (digests are most of a payload's bytes), where joining
+    `"key":value` texts would first copy it into a text of its own."""
+    pieces, before = [], None
+    for key in keys:
+        present = pl.col(key).is_not_null()
+        opening, comma = pl.lit(f'"{name}":[{{"{key}":"'), pl.lit(f'","{key}":"')
+        lead = opening if before is None else pl.when(before).then(comma).otherwise(opening)
+        pieces += [pl.when(present).then(lead), pl.col(key)]
+        before = present if before is None else before | present
+    return [*pieces, pl.when(before).then(pl.lit('"}]'))], before
 
 
 def _each_distinct(values: pl.Series, expr: pl.Expr) -> pl.Series:
@@ -218,8 +241,10 @@ def _payloads(snapshot: pl.DataFrame, rules: MemberRules) -> pl.DataFrame:
             key: _value(snapshot, names) for name, (key, names) in mapping.items() if name in rules.identities
         }
 
-    hashed, hashed_piis = _members_of(chosen(HASHED_PII), hashes=True)
-    external, external_identities = _members_of(chosen(EXTERNAL_IDENTITIES), hashes=False)
+    hashed, hashed_piis, any_hashed = _members_of("hashedPiis", chosen(HASHED_PII), hashes=True)
+    external, external_identities, any_external = _members_of(
+        "externalIdentities", chosen(EXTERNAL_IDENTITIES), hashes=False
+    )
     signals = {key: _encoded(key, _value(snapshot, (column,))) for key, column in _SIGNALS.items()}
     country = (
         _each_distinct(snapshot.get_column("country_code").cast(pl.String), alpha2(pl.col("country_code")))
@@ -234,17 +259,13 @@ def _payloads(snapshot: pl.DataFrame, rules: MemberRules) -> pl.DataFrame:
         __ad_storage=_consent(snapshot, "amzn_ad_storage", rules.consent),
         __user_data=_consent(snapshot, "amzn_user_data", rules.consent),
     )
-    frame = frame.with_columns(__hashed=hashed_piis, __external=external_identities)
-    any_hashed, any_external = pl.col("__hashed") != "", pl.col("__external") != ""
+    frame = frame.with_columns(__any_hashed=any_hashed, __any_external=any_external)
+    any_hashed, any_external = pl.col("__any_hashed"), pl.col("__any_external")
     pieces = [
         pl.lit('{"userIdentity":{'),
-        pl.when(any_hashed).then(pl.lit('"hashedPiis":[{')),
-        pl.col("__hashed"),
-        pl.when(any_hashed).then(pl.lit("}]")),
+        *hashed_piis,
         pl.when(any_hashed & any_external).then(pl.lit(",")),
-        pl.when(any_external).then(pl.lit('"externalIdentities":[{')),
-        pl.col("__external"),
-        pl.when(any_external).then(pl.lit("}]")),
+        *external_identities,
         pl.lit('},"userConsent":{"geo":{"countryCode":"'),
         pl.col("__country"),
         pl.lit('"},"consent":{"amzn":{"amznAdStorage":"'),
