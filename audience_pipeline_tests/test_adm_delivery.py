@@ -112,7 +112,7 @@ class Pipeline:
     def held(self) -> dict[str, dict]:
         """What the sandbox's one ADM dataset holds: externalUserId → userIdentity."""
         [dataset] = self.datasets()
-        return self.sandbox.ads.state.family("adm")["members"][dataset["dataSetId"]]
+        return self.sandbox.ads.state.members("adm", dataset["dataSetId"])
 
     def ledger(self) -> pl.DataFrame:
         return Ledger(StateStore(root=str(self.state)).store, DESTINATION, 7).read()
@@ -171,8 +171,8 @@ def test_a_renamed_audience_gets_a_new_dataset_holding_every_member(pipeline, tm
     assert result["added"] == 4 and result["sent"] == 4
     datasets = {d["name"]: d["dataSetId"] for d in pipeline.datasets()}
     assert set(datasets) == {"Lucky_Seven", "Lucky_Seven_Renamed"}
-    members = sandbox_env.ads.state.family("adm")["members"]
-    assert sorted(members[datasets["Lucky_Seven_Renamed"]]) == ["u1", "u2", "u3", "u4"]
+    renamed_members = sandbox_env.ads.state.members("adm", datasets["Lucky_Seven_Renamed"])
+    assert sorted(renamed_members) == ["u1", "u2", "u3", "u4"]
 
 
 def test_removals_go_as_delete_and_identity_changes_as_create(pipeline, sandbox):

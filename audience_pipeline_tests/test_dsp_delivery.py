@@ -142,8 +142,8 @@ def dsp_records(sandbox) -> dict:
 
 def held(sandbox) -> set[str]:
     """The MAIDs of the sandbox's only DSP audience."""
-    [members] = dsp_records(sandbox)["members"].values()
-    return set(members.get("MAID", {}))
+    [audience_id] = dsp_records(sandbox)["audiences"]
+    return sandbox.ads.state.members("dsp", audience_id).get("MAID", set())
 
 
 @pytest.fixture
@@ -358,7 +358,8 @@ def test_a_lost_creation_answer_never_makes_a_second_dsp_audience(pipeline, sand
         time.sleep(0.1)
     posts = [e for e in journal(sandbox.ads_url) if e["method"] == "POST" and "audiencemetadata" in e["path"]]
     assert len(posts) == 1 and len(dsp_records(sandbox)["audiences"]) == 1
-    assert "members" not in dsp_records(sandbox) or not any(dsp_records(sandbox)["members"].values())
+    [audience_id] = dsp_records(sandbox)["audiences"]
+    assert sandbox.ads.state.members("dsp", audience_id) == {}
     assert pipeline.queue().changes == 3
 
 

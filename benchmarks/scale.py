@@ -22,10 +22,10 @@ benchmark's own steps holds all N members in memory (its DuckDB connections are 
 5. Round 2: the stages again.
 
 The sandbox is kept from holding what nobody reads here: the Ads API journal keeps only its last
-1,000 requests (it keeps each one's parsed body), while `firehose` runs another child empties the
+1,000 requests (it keeps each one's parsed body), and while `firehose` runs another child empties the
 stream's bucket as the stream's consumer would (moto keeps small objects in memory; the line says how
-much was delivered), and the sandbox's DuckDB (AMC rows) spills to the work folder past 1 GB. What it
-still holds in memory grows with N: the ADM and DSP members, as Python objects.
+much was delivered). The sandbox keeps the AMC rows and the ADM and DSP members in DuckDB on disk,
+within a memory limit of its own.
 
 Prints one JSON line per step: seconds, rate, peak RSS (`VmHWM`) and CPU seconds of the child that did
 the work. A stage's line adds the sandbox's CPU seconds meanwhile, and its RSS after the stage and peak
@@ -104,7 +104,7 @@ def run(workdir: Path, members: int, churn: float, stages: list[str]) -> None:
         }
         (workdir / "dagster_home").mkdir(exist_ok=True)
         (workdir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        _let_go(sandbox, workdir)
+        _let_go(sandbox)
         firehose_bucket = child("provision", workdir, source, env)["firehose_bucket"]
         for round_number in (1, 2):
             if round_number == 2:
@@ -119,13 +119,10 @@ def run(workdir: Path, members: int, churn: float, stages: list[str]) -> None:
         sandbox.stop()
 
 
-def _let_go(sandbox, workdir: Path) -> None:
+def _let_go(sandbox) -> None:
     """Keep the sandbox from holding what nobody reads here: the Ads API journal keeps its last 1,000
-    requests (it keeps each request's parsed body: every ADM member a second time), and the AMC rows
-    (DuckDB, in memory) spill to `workdir` past 1 GB."""
+    requests (it keeps each request's parsed body: every ADM member a second time)."""
     sandbox.ads.journal.entries = collections.deque(maxlen=1_000)
-    sandbox.ads.state.db.execute(f"SET temp_directory = '{workdir / 'sandbox_spill'}'")
-    sandbox.ads.state.db.execute("SET memory_limit = '1GB'")
 
 
 @contextmanager

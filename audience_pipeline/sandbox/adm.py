@@ -2,8 +2,10 @@
 
 Held to `AdsDataManager_prod_3p.json` for shapes, statuses and content types, and to Amazon's ADM
 guide for behaviour. Records live in `state.family("adm")`: `datasets` (by dataSetId: the fields
-Amazon answers, plus the owning `account`), `members` (dataSetId → externalUserId → userIdentity)
-and `stats` (dataSetId → upload counters).
+Amazon answers, plus the owning `account`) and `stats` (dataSetId → upload counters). Members
+(dataSetId → externalUserId → userIdentity) live on disk in `member_store.ADM`, a DuckDB log: an
+upload costs O(its members), metrics and identity deletion are SQL over the log, so a dataset may
+hold millions of members without the sandbox holding them in memory.
 
 Accounts: the definition makes `Amazon-Ads-Manager-Account-ID` optional on every call but identity
 deletion, and authorizes a DSP advertiser named by `Amazon-Ads-AccountId` on create, list and member
@@ -19,12 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pycountry
 from flask import Blueprint, Response, current_app, request
 
 from audience_pipeline.sandbox import identity_graph
 from audience_pipeline.sandbox.amc_jobs import answer_as
 from audience_pipeline.sandbox.errors import ApiError, json_body
+from audience_pipeline.sandbox.member_store import ADM, IDENTITY_PAIRS_SQL, adm_ops, identity_pairs
 
 blueprint = Blueprint("adm", __name__)
 
@@ -99,7 +103,7 @@ def _require_media_type(media_type: str) -> None:
 
 def _records() -> dict[str, Any]:
     adm = current_app.config["SANDBOX"].state.family("adm")
-    for key in ("datasets", "members", "stats"):
+    for key in ("datasets", "stats"):
         adm.setdefault(key, {})
     return adm
 
@@ -164,7 +168,6 @@ def create_audience():
             "account": account,
         }
         records["datasets"][dataset["dataSetId"]] = dataset
-        records["members"][dataset["dataSetId"]] = {}
         records["stats"][dataset["dataSetId"]] = {
             "uploadCount": 0,
             "acceptedCount": 0,
@@ -311,18 +314,22 @@ def upload_members(data_set_id: str):
     with sandbox.state.lock:
         records = _records()
         _dataset(records, data_set_id, account)
-        stored, stats = records["members"][data_set_id], records["stats"][data_set_id]
+        stats = records["stats"][data_set_id]
         errors = []
+        # externalUserId → its userIdentity if created, None if deleted: a member's last op counts.
+        last: dict[str, dict[str, Any] | None] = {}
         for index, member in enumerate(members):
             problems = _member_problems(member)
             if problems:
                 errors.append(_member_error(index, problems))
             elif member["action"] == "CREATE":
-                stored[member["externalUserId"]] = member["userIdentity"]
+                last[member["externalUserId"]] = member["userIdentity"]
             elif _delete_consented(member):
-                stored.pop(member["externalUserId"], None)
+                last[member["externalUserId"]] = None
             else:
                 stats["ignoredDeleteCount"] += 1
+        ops = adm_ops(data_set_id, last, _resolved(list(last.values()), sandbox.config))
+        ADM.append(sandbox.state.cursor(), ops, sandbox.state.next_batch())
         stats["uploadCount"] += 1
         stats["invalidRecordCount"] += len(errors)
         stats["acceptedCount"] += len(members) - len(errors)
@@ -331,34 +338,44 @@ def upload_members(data_set_id: str):
     return {"ingressId": str(uuid.uuid4()), **({"errors": errors} if errors else {})}
 
 
-def _identity_pairs(identity: dict[str, Any]) -> list[tuple[str, str]]:
-    entries = [*identity.get("hashedPiis", []), *identity.get("externalIdentities", [])]
-    return [(key, value) for entry in entries for key, value in entry.items()]
+def _resolved(identities: list[dict[str, Any] | None], config: Any) -> list[bool]:
+    """Whether each identity (None: a removal) resolves in the identity graph: one of its values that
+    single out a person (`MATCH_KEYS`) is known. Decided as members arrive, as Amazon matches them on
+    ingestion, so metrics only count (a sandbox restarted with another seed keeps earlier answers)."""
+    owners, values = [], []
+    for i, identity in enumerate(identities):
+        for key, value in identity_pairs(identity) if identity is not None else ():
+            if key in MATCH_KEYS:
+                owners.append(i)
+                values.append(value)
+    known = identity_graph.known(
+        pl.Series("v", values, dtype=pl.String), seed=config.seed, known_share=config.known_share
+    )
+    resolved = [False] * len(identities)
+    for i in pl.Series("owner", owners, dtype=pl.Int64).filter(known):
+        resolved[i] = True
+    return resolved
 
 
 @blueprint.get("/adm/datasets/<data_set_id>/metrics")
 def dataset_metrics(data_set_id: str):
     """The dataset, its upload counters, and how many stored members carry an identity and resolve
-    in the identity graph."""
+    in the identity graph: one count over the member log."""
     account = _account()
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
         records = _records()
         dataset = _listed(_dataset(records, data_set_id, account, status=400))
-        members = list(records["members"][data_set_id].values())
         stats = dict(records["stats"][data_set_id])
-    pairs = [
-        (i, key, value) for i, identity in enumerate(members) for key, value in _identity_pairs(identity)
-    ]
-    frame = pl.DataFrame(
-        pairs, schema={"member": pl.Int64, "key": pl.String, "value": pl.String}, orient="row"
+    [(with_identity, resolved)] = (
+        sandbox.state.cursor()
+        .execute(
+            f"SELECT count(*) FILTER (len({IDENTITY_PAIRS_SQL}) > 0), count(*) FILTER (resolved) "
+            f"FROM ({ADM.live()})",
+            {"collections": [data_set_id]},
+        )
+        .fetchall()
     )
-    with_identity = frame["member"].n_unique()
-    matchable = frame.filter(pl.col("key").is_in(list(MATCH_KEYS)))
-    known = identity_graph.known(
-        matchable["value"], seed=sandbox.config.seed, known_share=sandbox.config.known_share
-    )
-    resolved = matchable.filter(known)["member"].n_unique()
     return {
         **dataset,
         # Required here although optional on create; the dataset came through this API.
@@ -392,7 +409,7 @@ def _deletion_targets(body: Any) -> tuple[set[str], set[tuple[str, str]]]:
         problems = _identity_problems(target["identity"], f"targetIdentities[{i}].identity")
         if problems:
             raise ApiError(400, "BAD_REQUEST", "; ".join(problems))
-        pairs.update(_identity_pairs(target["identity"]))
+        pairs.update(identity_pairs(target["identity"]))
     return user_ids, pairs
 
 
@@ -404,17 +421,34 @@ def delete_identities():
     user_ids, pairs = _deletion_targets(json_body())
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
-        records = _records()
-        for data_set_id, dataset in records["datasets"].items():
-            if dataset["account"] != account:
-                continue
-            stored = records["members"][data_set_id]
-            doomed = [
-                user
-                for user, identity in stored.items()
-                if user in user_ids or pairs.intersection(_identity_pairs(identity))
-            ]
-            for user in doomed:
-                del stored[user]
-        sandbox.state.save()
+        mine = [d for d, dataset in _records()["datasets"].items() if dataset["account"] == account]
+        _remove(sandbox.state.cursor(), sandbox.state.next_batch(), mine, user_ids, pairs)
     return Response(status=200)
+
+
+def _remove(
+    cursor, batch: int, data_set_ids: list[str], user_ids: set[str], pairs: set[tuple[str, str]]
+) -> None:
+    """Log the removal of every member of these datasets that has one of these externalUserIds or
+    carries one of these identity pairs."""
+    keys, values = zip(*pairs, strict=True) if pairs else ((), ())
+    targets = {
+        "target_users": pa.table({"user_id": pa.array(list(user_ids), pa.string())}),
+        "target_pairs": pa.table(
+            {"key": pa.array(keys, pa.string()), "value": pa.array(values, pa.string())}
+        ),
+    }
+    for name, table in targets.items():
+        cursor.register(name, table)
+    try:
+        cursor.execute(
+            f"INSERT INTO {ADM.table} (batch, collection, user_id, added) "
+            "SELECT $batch, collection, user_id, false "
+            f"FROM ({ADM.live()}) "
+            "WHERE user_id IN (SELECT user_id FROM target_users) OR list_has_any("
+            f"{IDENTITY_PAIRS_SQL}, (SELECT list({{'key': key, 'value': value}}) FROM target_pairs))",
+            {"batch": batch, "collections": data_set_ids},
+        )
+    finally:
+        for name in targets:
+            cursor.unregister(name)

@@ -119,8 +119,7 @@ DP_SAMPLE_AUDIENCE_ID = "12312312123"
 
 def dp_cookies(sandbox) -> set[str]:
     """The cookie ids the sandbox's DSP audience 12312312123 holds."""
-    members = sandbox.ads.state.family("dsp").get("members", {})
-    return set(members.get(DP_SAMPLE_AUDIENCE_ID, {}).get("COOKIE", {}))
+    return sandbox.ads.state.members("dsp", DP_SAMPLE_AUDIENCE_ID).get("COOKIE", set())
 
 
 def test_dp_guide_associate_and_disassociate_samples_replayed_as_written(sandbox):

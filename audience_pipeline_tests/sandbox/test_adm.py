@@ -121,7 +121,7 @@ def test_members_create_and_consented_delete_land(sandbox, adm):
     adm.upload_members(audience.data_set_id, [member("u0", "DELETE")])
     metrics = adm.metrics(audience.data_set_id)
     assert (metrics.records_with_identity, metrics.upload_count, metrics.accepted_count) == (2, 2, 4)
-    assert set(sandbox.ads.state.family("adm")["members"][audience.data_set_id]) == {"u1", "u2"}
+    assert set(sandbox.ads.state.members("adm", audience.data_set_id)) == {"u1", "u2"}
 
 
 @pytest.mark.parametrize("consent", ["DENIED", "UNKNOWN", None])
