@@ -1,8 +1,8 @@
 """The `audience-pipeline` command: the click group and its options.
 
-Each command's body lives in a module of this package (`demo`, `dev`, `hash_files`, `login`), imported
-when the command runs, so that a command that does not need Dagster starts without loading it. The
-command functions here end in `_command` so that they never shadow those modules.
+Each command's body lives in a module of this package (`demo`, `dev`, `hash_files`, `login`,
+`status`), imported when the command runs, so that a command that does not need Dagster starts without
+loading it. The command functions here end in `_command` so that they never shadow those modules.
 """
 
 import contextlib
@@ -243,6 +243,52 @@ def login_command(region: str, port: int, env_file: Path, timeout: int, no_brows
         run_login(app, env_file, port=port, timeout=timeout, open_browser=not no_browser, echo=click.echo)
     except LoginError as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table.")
+@click.option(
+    "--dagster-home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DAGSTER_HOME",
+    show_envvar=True,
+    required=True,
+    help="The Dagster home of the instance the pipeline runs with (`dev`: <workdir>/.dagster_home).",
+)
+@click.option(
+    "--state",
+    envvar="AUDIENCE_PIPELINE_STATE",
+    show_envvar=True,
+    help="The state store: a folder or s3://bucket/prefix (`dev`: <workdir>/state) "
+    "[default: .audience_state].",
+)
+@click.option(
+    "--project",
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder of the dg project declaring the audiences and destinations [default: this package's].",
+)
+def status_command(as_json: bool, dagster_home: Path, state: str | None, project: Path | None) -> None:
+    """Show every audience at every destination: members delivered, pending, rejected, the last delivery,
+    the match rate and where the work stands.
+
+    Reads the Dagster instance and the state store only; counts and states, never a member.
+    """
+    from audience_pipeline.activation_status import text_table
+    from audience_pipeline.cli.status import (
+        DEFAULT_PROJECT,
+        StatusError,
+        project_targets,
+        read_project_status,
+        status_json,
+    )
+
+    now = time.time()
+    try:
+        targets = project_targets(project or DEFAULT_PROJECT)
+        rows = read_project_status(dagster_home, state, targets, now)
+    except StatusError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(status_json(rows, now) if as_json else text_table(rows))
 
 
 def table_row_counts(path: Path) -> dict[str, int]:

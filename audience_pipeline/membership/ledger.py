@@ -26,9 +26,10 @@ table grows. Parts are never changed: they are written under new names, named by
 which is replaced atomically (that is the commit), and deleted once no manifest names them.
 
 The manifest's metadata keeps the ledger version, so it survives a commit that only removes
-members. A delivery loads the ledger, diffs the snapshot against it, sends, and commits only what
-the destination confirmed; whatever was not confirmed is still missing from the ledger, so the next
-diff finds it again. A crash between sending and committing leaves the ledger where it was, and the
+members, and how many members the ledger holds, so that counting them reads no part. A delivery
+loads the ledger, diffs the snapshot against it, sends, and commits only what the destination
+confirmed; whatever was not confirmed is still missing from the ledger, so the next diff finds it
+again. A crash between sending and committing leaves the ledger where it was, and the
 re-run sends the same changes with the same message ids.
 
 The metadata also keeps the ledger's epoch: a random id drawn when the ledger is created
@@ -90,11 +91,12 @@ _MANIFEST_SCHEMA = pl.Schema(
         "bucket_rows": pl.List(pl.Int64),
     }
 )
-_VERSION_KEY, _EPOCH_KEY, _FORMAT_KEY, _BITS_KEY = (
+_VERSION_KEY, _EPOCH_KEY, _FORMAT_KEY, _BITS_KEY, _MEMBERS_KEY = (
     "ledger_version",
     "ledger_epoch",
     "ledger_format",
     "ledger_bits",
+    "ledger_members",
 )
 _FORMAT = "2"
 # Compaction keeps the rows still read from delta parts under this share of the ledger's rows, and
@@ -128,7 +130,9 @@ class Part:
 class LedgerState:
     """A ledger as loaded or committed: its version (0 before the first commit), the store revision a
     commit must still find, its epoch (empty before `Ledger.start`), its level (`bits`) and parts.
-    `single_file` marks a ledger written before parts existed, whose one part is the manifest's key."""
+    `single_file` marks a ledger written before parts existed, whose one part is the manifest's key.
+    `members` is how many members it holds: None for a ledger in parts written before the count was
+    kept, until a commit leaves it without delta parts."""
 
     version: int
     revision: str | None
@@ -136,6 +140,7 @@ class LedgerState:
     bits: int = 0
     parts: tuple[Part, ...] = ()
     single_file: bool = False
+    members: int | None = None
 
     @property
     def rows(self) -> int:
@@ -156,6 +161,7 @@ class LedgerChanges:
         self.key = f"{ledger.parts_folder}/{self.version:010d}-delta-{secrets.token_hex(4)}.parquet"
         self.store = ledger.store
         self.bucket_rows = [0] * (1 << self.bits)
+        self.net_members = 0
         self._stack: ExitStack | None = ExitStack()
         self._staged = self._stack.enter_context(self.store.replacing(self.key))
         self._writer: BucketedWriter | None = BucketedWriter(self._staged.path, _DELTA_SCHEMA)
@@ -180,8 +186,10 @@ class LedgerChanges:
     ) -> None:
         """Add confirmed changes: `added` and `changed` need `user_id, fingerprint, payload` (the
         frames of a `MembershipDiff`, filtered to what was confirmed, fit as they are), `removed` needs
-        `user_id`. Batches must come in the order of their buckets (one bucket of a plan after another,
-        or everything at once). Raises ValueError when a member is in a batch twice."""
+        `user_id`. As in a diff against the ledger, `added` are members it does not hold and `removed`
+        members it holds: the ledger's member count follows them. Batches must come in the order of
+        their buckets (one bucket of a plan after another, or everything at once). Raises ValueError
+        when a member is in a batch twice."""
         parts = [
             frame.select(MEMBER_COLUMNS).cast(_MEMBER_SCHEMA).with_columns(pl.lit(False).alias(REMOVED))
             for frame in (added, changed)
@@ -206,6 +214,8 @@ class LedgerChanges:
         for bucket, part in sorted(split(rows, "user_id", self.bits).items()):
             self._writer.write(bucket, part)
             self.bucket_rows[bucket] += part.height
+        self.net_members += 0 if added is None else added.height
+        self.net_members -= 0 if removed is None else removed.height
 
     @contextmanager
     def written(self) -> Iterator[BucketedFile]:
@@ -245,7 +255,7 @@ class Ledger:
         try:
             with self.store.open(self.key) as stored:
                 if stored is None:
-                    return LedgerState(0, None)
+                    return LedgerState(0, None, members=0)
                 return self._state(stored)
         except UnreadableFile:
             raise self._damaged("is not a readable Parquet file") from None
@@ -262,7 +272,9 @@ class Ledger:
                 columns = ", ".join(LEDGER_SCHEMA.names())
                 raise self._damaged(f"does not hold the ledger columns {columns}") from None
             part = Part(self.key, int(version), stored.rows, 0)
-            return LedgerState(int(version), stored.revision, epoch, 0, (part,), single_file=True)
+            return LedgerState(
+                int(version), stored.revision, epoch, 0, (part,), single_file=True, members=stored.rows
+            )
         if layout != _FORMAT:
             raise LedgerDamaged(
                 f"Ledger {self.store.uri(self.key)} was written in ledger layout {layout} by a newer "
@@ -283,7 +295,9 @@ class Ledger:
             for file, bucket, version_, rows_, bucket_rows in rows.iter_rows()
         )
         bits = int(stored.metadata.get(_BITS_KEY, "0"))
-        return LedgerState(int(version), stored.revision, epoch, bits, parts)
+        members = stored.metadata.get(_MEMBERS_KEY, "")
+        counted = int(members) if members.isdigit() else None
+        return LedgerState(int(version), stored.revision, epoch, bits, parts, members=counted)
 
     def start(self, state: LedgerState) -> LedgerState:
         """The state to send from: `state` when the ledger is stored, else a new, empty ledger written
@@ -291,7 +305,7 @@ class Ledger:
         Raises `LedgerConflict` when another run created the ledger meanwhile."""
         if state.revision is not None:
             return state
-        started = LedgerState(0, None, secrets.token_hex(8))
+        started = LedgerState(0, None, secrets.token_hex(8), members=0)
         return replace(started, revision=self._write_manifest(state, started))
 
     @contextmanager
@@ -345,7 +359,11 @@ class Ledger:
         written: list[str] = []
         try:
             parts = self._write_parts(state, changes, () if rebuilt else state.parts, compacted, written)
-            committed = LedgerState(changes.version, None, state.epoch, changes.bits, parts)
+            members = None if state.members is None else state.members + changes.net_members
+            if all(part.bucket is not None for part in parts):
+                # Bases only: their rows are the members (a ledger from before the count gets one).
+                members = sum(part.rows for part in parts)
+            committed = LedgerState(changes.version, None, state.epoch, changes.bits, parts, members=members)
             committed = replace(committed, revision=self._write_manifest(state, committed))
         except BaseException:
             self._delete(written)
@@ -416,6 +434,7 @@ class Ledger:
             _VERSION_KEY: str(state.version),
             _BITS_KEY: str(state.bits),
             **({_EPOCH_KEY: state.epoch} if state.epoch else {}),
+            **({_MEMBERS_KEY: str(state.members)} if state.members is not None else {}),
         }
         try:
             return self.store.write_if(self.key, manifest, loaded.revision, metadata=metadata)
