@@ -1,5 +1,6 @@
 """The Amazon DSP destination end to end against the sandbox: the MAIDs the DSP audience holds."""
 
+import logging
 import time
 
 import dagster as dg
@@ -9,6 +10,7 @@ import pytest
 import requests
 from pydantic import ValidationError
 
+from audience_pipeline.clients.accounts import ProfileNotFound, find_profile
 from audience_pipeline.components.audiences import SNAPSHOT_ASSET_KEY, Audience, AudiencesComponent
 from audience_pipeline.components.dsp import DspMobileAdIdsComponent
 from audience_pipeline.membership.delivery import ITEM, Answer
@@ -18,11 +20,14 @@ from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.amazon_ads import AmazonAdsApi
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.sandbox.auth import USER
 from audience_pipeline.sandbox.profiles import PROFILES
 from audience_pipeline.state import ParquetStore, buckets
 from audience_pipeline.state.buckets import Spill
 
 from .conftest import add_fault, amazon_ads_resource, journal
+from .test_firehose_iam import failure_message
+from .test_login import REDIRECT_URI, sandbox_client, sandbox_code
 
 US = PROFILES[0]
 IDFA_1 = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
@@ -78,8 +83,9 @@ class Pipeline:
         )
         defaults = {
             "advertiser_id": 123456789,
-            "marketplace_profile_name": "US",
-            "profile_name": US["accountInfo"]["name"],
+            "marketplace_profile_name": US["accountInfo"]["name"],
+            "marketplace": "US",
+            "profile_name": USER["name"],
             "audiences": [7],
         }
         self.component = DspMobileAdIdsComponent(**{**defaults, **settings})
@@ -95,7 +101,7 @@ class Pipeline:
             "amazon_ads": amazon_ads_resource(),
         }
 
-    def _run(self, assets, selection, dry_run=False, raise_on_error=True, **config):
+    def _run(self, assets, selection, dry_run=False, raise_on_error=True, instance=None, **config):
         ops = {key.to_python_identifier(): {"config": {"dry_run": dry_run, **config}} for key in selection}
         return dg.materialize(
             assets,
@@ -104,6 +110,7 @@ class Pipeline:
             resources=self.resources,
             run_config={"ops": ops},
             raise_on_error=raise_on_error,
+            instance=instance,
         )
 
     def enqueue(self, dry_run=False) -> dict:
@@ -112,12 +119,13 @@ class Pipeline:
         self._run(assets, [SNAPSHOT_ASSET_KEY])
         return metadata(self._run(assets, [self.component.queue_key], dry_run), self.component.queue_key)
 
-    def flush(self, dry_run=False, raise_on_error=True, **config):
+    def flush(self, dry_run=False, raise_on_error=True, instance=None, **config):
         return self._run(
             [self.queue_asset, self.flush_asset],
             [self.component.flush_key],
             dry_run,
             raise_on_error,
+            instance,
             **config,
         )
 
@@ -274,20 +282,174 @@ def test_dry_run_sends_and_writes_nothing(pipeline, sandbox):
     pipeline.enqueue()
     dry = metadata(pipeline.flush(dry_run=True), pipeline.component.flush_key)
     assert (dry["dry_run"], dry["added"], dry["requests"], dry["projected_audience_size"]) == (True, 3, 1, 3)
-    assert [e for e in journal(sandbox.ads_url) if "/v2/" in e["path"]] == []
+    assert [e for e in journal(sandbox.ads_url) if "/v2/" in e["path"] or e["path"] == "/user/profile"] == []
     assert pipeline.queue().changes == 3
 
 
-def test_an_unknown_profile_fails_naming_the_setting(tmp_path, env):
-    pipeline = Pipeline(tmp_path, profile_name="Nobody")
+def failure_of(pipeline: Pipeline) -> str:
+    """The message of the flush's `dg.Failure`, after a first enqueue."""
     pipeline.enqueue()
-    failed = pipeline.flush(raise_on_error=False)
-    [failure] = [e for e in failed.all_events if e.is_step_failure]
-    assert "`profile_name`" in failure.step_failure_data.error.message
-    wrong_market = Pipeline(tmp_path / "m", marketplace_profile_name="FR")
-    wrong_market.enqueue()
-    [failure] = [e for e in wrong_market.flush(raise_on_error=False).all_events if e.is_step_failure]
-    assert "`marketplace_profile_name`" in failure.step_failure_data.error.message
+    return failure_message(pipeline.flush(raise_on_error=False))
+
+
+def created(sandbox) -> list[dict]:
+    """The DSP audiences the sandbox received a creation of."""
+    return [e for e in journal(sandbox.ads_url) if e["method"] == "POST" and "audiencemetadata" in e["path"]]
+
+
+def test_the_profile_is_the_one_of_its_name_in_the_target_marketplace_and_the_user_is_checked(
+    tmp_path, env, sandbox
+):
+    # "Sandbox Brand" has a profile in US and one in CA, as an account in two marketplaces does.
+    pipeline = Pipeline(tmp_path, marketplace_profile_name="Sandbox Brand", marketplace="CA")
+    pipeline.enqueue()
+    pipeline.flush()
+
+    assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
+    [audience] = dsp_records(sandbox)["audiences"].values()
+    assert audience["metadata"]["dataSourceCountry"] == ["CA"]
+    paths = [e["path"] for e in journal(sandbox.ads_url)]
+    # Both names resolved before anything was created.
+    assert (
+        paths.index("/v2/profiles") < paths.index("/user/profile") < paths.index("/v2/dp/audiencemetadata/")
+    )
+
+    by_market_id = Pipeline(
+        tmp_path / "id", marketplace_profile_name="Sandbox Brand", marketplace="ATVPDKIKX0DER"
+    )
+    by_market_id.enqueue()
+    by_market_id.flush()
+    assert [a["metadata"]["dataSourceCountry"] for a in dsp_records(sandbox)["audiences"].values()] == [
+        ["CA"],
+        ["US"],
+    ]
+
+
+def test_a_name_in_several_marketplaces_asks_for_the_marketplace(tmp_path, env, sandbox):
+    message = failure_of(Pipeline(tmp_path, marketplace_profile_name="Sandbox Brand", marketplace=None))
+
+    assert message.startswith("DSP setting `marketplace`: 'Sandbox Brand' has a profile in each of CA, US")
+    assert created(sandbox) == []
+
+
+def test_a_wrong_marketplace_profile_name_fails_listing_the_names_in_that_marketplace(tmp_path, env, sandbox):
+    message = failure_of(Pipeline(tmp_path, marketplace_profile_name="Nobody", marketplace="US"))
+
+    assert message == (
+        "DSP setting `marketplace_profile_name`: no profile in 'US' is named 'Nobody'; these credentials "
+        "see US: 'Sandbox Advertiser US', 'Sandbox Brand'; nothing was sent"
+    )
+    assert created(sandbox) == []
+
+    elsewhere = failure_of(Pipeline(tmp_path / "fr", marketplace="FR"))
+    assert elsewhere.startswith(
+        "DSP setting `marketplace`: these credentials see no profile in 'FR'; they see "
+    )
+    assert "CA: 'Sandbox Advertiser CA', 'Sandbox Brand'; DE: 'Sandbox Advertiser DE';" in elsewhere
+
+
+def test_a_wrong_linked_user_fails_naming_the_linked_user(tmp_path, env, sandbox):
+    message = failure_of(Pipeline(tmp_path, profile_name="Someone Else"))
+
+    assert message.startswith(
+        "DSP setting `profile_name`: the refresh token belongs to the Amazon user 'Sandbox User', "
+        "not 'Someone Else'; set `profile_name` to that name"
+    )
+    assert USER["email"] not in message and "@" not in message
+    assert created(sandbox) == []
+
+    # A profile's name where the user's goes: the settings' earlier meaning, said so.
+    swapped = failure_of(Pipeline(tmp_path / "swapped", profile_name=US["accountInfo"]["name"]))
+    assert (
+        "'Sandbox Advertiser US' is an advertiser profile's name: `profile_name` is the Amazon user"
+        in swapped
+    )
+
+
+def test_a_login_without_the_profile_scope_fails_clearly_unless_no_user_is_checked(
+    tmp_path, env, sandbox, monkeypatch
+):
+    # Signed in before the login asked for `profile`: the Amazon Ads API scope alone.
+    refresh_token = sandbox_client(sandbox).authorize(sandbox_code(sandbox), REDIRECT_URI)
+    monkeypatch.setenv("AMAZON_ADS_REFRESH_TOKEN", refresh_token)
+
+    message = failure_of(Pipeline(tmp_path))
+
+    assert message == (
+        "DSP setting `profile_name`: the refresh token was granted without Login with Amazon's `profile` "
+        "scope, so the Amazon user linked to it cannot be read: sign in again with `audience-pipeline "
+        "login` (it asks for `profile`), or remove `profile_name` to skip this check; nothing was sent"
+    )
+    [refused] = [e for e in journal(sandbox.ads_url) if e["path"] == "/user/profile"]
+    assert refused["status"] == 403 and created(sandbox) == []
+
+    unchecked = Pipeline(tmp_path / "unchecked", profile_name=None)
+    unchecked.enqueue()
+    unchecked.flush()
+    assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
+
+
+def test_settings_in_their_earlier_meaning_still_deliver_with_a_warning(tmp_path, env, sandbox):
+    earlier = {"marketplace_profile_name": "US", "marketplace": None, "profile_name": "Sandbox Advertiser US"}
+    pipeline = Pipeline(tmp_path, **earlier)
+    assert pipeline.component.profile_settings == ("Sandbox Advertiser US", "US", None)
+
+    pipeline.enqueue()
+    with dg.instance_for_test() as instance:
+        run_id = pipeline.flush(instance=instance).run_id
+        warnings = [e.user_message for e in instance.all_logs(run_id) if e.level == logging.WARNING]
+
+    assert held(sandbox) == {IDFA_1, GAID_2, IDFA_3}
+    # No user to check: `profile_name` held the profile's name.
+    assert "/user/profile" not in [e["path"] for e in journal(sandbox.ads_url)]
+    [warning] = warnings
+    assert warning.startswith(
+        "DSP settings `marketplace_profile_name: US` and `profile_name: Sandbox Advertiser US`"
+    )
+    assert "`marketplace_profile_name: Sandbox Advertiser US` (the advertiser profile's name)" in warning
+    for written in (
+        {**earlier, "marketplace": "US"},
+        {**earlier, "profile_name": None},
+        {"marketplace": None},
+    ):
+        settings = {"advertiser_id": 1, "marketplace_profile_name": "x", "audiences": [7], **written}
+        assert not DspMobileAdIdsComponent(**settings).in_earlier_meaning
+    by_id = DspMobileAdIdsComponent(
+        advertiser_id=1, marketplace_profile_name="A1F83G8C2ARO7P", profile_name="Acme", audiences=[7]
+    )
+    assert by_id.profile_settings == ("Acme", "A1F83G8C2ARO7P", None)
+
+
+def test_a_marketplace_where_the_profiles_name_goes_is_explained(tmp_path, env, sandbox):
+    message = failure_of(
+        Pipeline(tmp_path, marketplace_profile_name="DE", marketplace=None, profile_name=None)
+    )
+
+    assert message.startswith(
+        "DSP setting `marketplace_profile_name`: no profile is named 'DE'; these credentials see "
+    )
+    assert message.endswith(
+        "'DE' is a marketplace: `marketplace_profile_name` is the advertiser profile's name (mParticle's "
+        "Marketplace Profile Name); set `marketplace: DE` and `marketplace_profile_name` to a name "
+        "listed for it; nothing was sent"
+    )
+
+
+def test_a_manager_accounts_thousands_of_profiles_are_listed_in_part():
+    class Api:
+        """What `GET /v2/profiles` answers a manager account: 40 advertisers in US."""
+
+        def request(self, method, path):
+            return [
+                {**US, "accountInfo": {**US["accountInfo"], "name": f"Client {n:02d}"}} for n in range(40)
+            ]
+
+    with pytest.raises(ProfileNotFound) as missing:
+        find_profile(Api(), "Nobody", "US")
+
+    assert str(missing.value).endswith(
+        "'Client 28', 'Client 29' and 10 more (`audience-pipeline login` lists them all)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -300,10 +462,13 @@ def test_an_unknown_profile_fails_naming_the_setting(tmp_path, env):
         ("max_in_flight_requests", 0),
         ("max_in_flight_requests", 11),
         ("requests_per_second", 0),
+        ("marketplace_profile_name", ""),
+        ("marketplace", ""),
+        ("profile_name", ""),
     ],
 )
 def test_bad_settings_fail_at_load_naming_the_setting(setting, value):
-    settings = {"advertiser_id": 1, "marketplace_profile_name": "US", "profile_name": "x", "audiences": [7]}
+    settings = {"advertiser_id": 1, "marketplace_profile_name": "x", "marketplace": "US", "audiences": [7]}
     with pytest.raises(ValidationError, match=setting):
         DspMobileAdIdsComponent(**{**settings, setting: value})
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from audience_pipeline.cli import main
 from audience_pipeline.cli.env_file import read_env_file, set_env_value
 from audience_pipeline.clients.ads_api import AdsApiClient, AuthenticationError
+from audience_pipeline.sandbox.auth import USER
 from audience_pipeline.sandbox.profiles import PROFILES
 
 REDIRECT_URI = "http://127.0.0.1:9/callback"
@@ -118,6 +119,8 @@ def test_login_saves_a_refresh_token_and_lists_profiles_manager_accounts_and_amc
     )
     login = start_login(env_file)
     assert login.redirect_uri.startswith("http://127.0.0.1:") and login.redirect_uri.endswith("/callback")
+    # The Amazon Ads API, and who the user is (DSP `profile_name`).
+    assert "scope=advertising%3A%3Acampaign_management%20profile&" in login.consent_url
 
     location = allow(login.consent_url)
     callback = requests.get(location, timeout=10)
@@ -140,6 +143,8 @@ def test_login_saves_a_refresh_token_and_lists_profiles_manager_accounts_and_amc
     ]
     assert token not in out + err and "file-secret" not in out + err
     assert f"Saved AMAZON_ADS_REFRESH_TOKEN to {env_file}" in out
+    assert "Amazon user (DSP `profile_name`):\n  NAME\n  Sandbox User\n" in out
+    assert USER["email"] not in out + err and USER["user_id"] not in out + err
     for profile in PROFILES:
         assert str(profile["profileId"]) in out and profile["accountInfo"]["name"] in out
     assert "amzn1.ads-account.sandbox" in out
@@ -252,6 +257,10 @@ def test_a_code_is_bound_to_its_app_and_redirect_uri(sandbox, client_id, redirec
         (
             {"scope": "profile"},
             "scope must include advertising::audiences or advertising::campaign_management",
+        ),
+        (
+            {"scope": "advertising::audiences profile advertising::everything"},
+            "An unknown scope was requested: advertising::everything",
         ),
     ],
 )

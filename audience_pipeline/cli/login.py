@@ -3,8 +3,8 @@
 The user allows the app in the browser, as on the seeds' "Allow" screens; Amazon redirects the browser
 to a one-shot HTTP server on loopback with a code, which is exchanged for a refresh token at once
 (codes expire after 5 minutes). The refresh token goes into the `.env` file, never to the terminal.
-Then the profiles, manager accounts and AMC instances the token reaches are listed, so that the user
-can fill in the YAML.
+Then the user's name, and the profiles, manager accounts and AMC instances the token reaches are
+listed, so that the user can fill in the YAML.
 """
 
 import os
@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import requests
 
 from audience_pipeline.cli.env_file import read_env_file, set_env_value
-from audience_pipeline.clients.accounts import list_amc_instances, list_manager_accounts, list_profiles
+from audience_pipeline.clients.accounts import (
+    linked_user_name,
+    list_amc_instances,
+    list_manager_accounts,
+    list_profiles,
+)
 from audience_pipeline.clients.ads_api import (
     API_HOSTS,
     AUTH_URLS,
@@ -30,7 +35,8 @@ from audience_pipeline.clients.ads_api import (
     AmazonAdsApiError,
 )
 
-SCOPE = "advertising::campaign_management"
+# The Amazon Ads API, and Login with Amazon's `profile`: who the user is (DSP `profile_name`).
+SCOPE = "advertising::campaign_management profile"
 REFRESH_TOKEN_VARIABLE = "AMAZON_ADS_REFRESH_TOKEN"
 CALLBACK_PATH = "/callback"
 
@@ -87,7 +93,8 @@ def consent_url(app: LoginApp, redirect_uri: str, state: str) -> str:
         "redirect_uri": redirect_uri,
         "state": state,
     }
-    return f"{app.auth_url}?{urlencode(query)}"
+    # Scopes are space-separated: `%20`, as Login with Amazon's examples write it.
+    return f"{app.auth_url}?{urlencode(query, quote_via=quote)}"
 
 
 def callback_outcome(query: Mapping[str, str], state: str) -> str | LoginError:
@@ -208,11 +215,13 @@ def login(
 
 
 def account_report(api: AdsApiClient) -> list[str]:
-    """Tables of the profiles, manager accounts and AMC instances `api` reaches; a listing Amazon
-    refuses (e.g. a user without AMC access) is one line saying so."""
+    """Tables of the user signed in, and the profiles, manager accounts and AMC instances `api` reaches;
+    a listing Amazon refuses (e.g. a user without AMC access) is one line saying so. The user's e-mail
+    address is not shown."""
     return [
+        *_section("Amazon user (DSP `profile_name`)", ("NAME",), lambda: [(linked_user_name(api),)]),
         *_section(
-            "Advertising profiles (DSP `profile_name` is the NAME)",
+            "Advertising profiles (DSP `marketplace_profile_name` is the NAME, `marketplace` the COUNTRY)",
             ("PROFILE ID", "NAME", "COUNTRY", "TYPE"),
             lambda: [
                 (

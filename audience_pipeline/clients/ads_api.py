@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import BaseModel, ConfigDict
@@ -135,6 +136,12 @@ class AdsApiClient:
 
     # --- tokens ----------------------------------------------------------------------------------
 
+    @property
+    def login_url(self) -> str:
+        """Login with Amazon's host, the token URL's: where the user profile of the token is too."""
+        url = urlsplit(self.token_url)
+        return f"{url.scheme}://{url.netloc}"
+
     def access_token(self, *, force: bool = False) -> str:
         """A valid access token, fetched or refreshed as needed."""
         with self._token_lock:
@@ -199,6 +206,7 @@ class AdsApiClient:
         idempotent: bool | None = None,
         media_type: str | None = None,
         rate_limit: RateLimit | None = None,
+        base_url: str | None = None,
     ) -> Any:
         """Call the API and return the parsed body (None when empty); raise `AmazonAdsApiError`.
 
@@ -206,7 +214,8 @@ class AdsApiClient:
         `idempotent` defaults to True for every method but POST. `media_type` is the operation's
         documented content type (several APIs version theirs, e.g. `application/vnd.…v1+json`): it is
         sent as `Accept`, and as `Content-Type` of a JSON body; plain `application/json` otherwise.
-        With `rate_limit`, every attempt first takes one request from it.
+        With `rate_limit`, every attempt first takes one request from it. `base_url` sends the call to
+        another host with the same token, e.g. Login with Amazon's (`login_url`).
         """
         safe = method.upper() != "POST" if idempotent is None else idempotent
         has_body = json_body is not None or json_text is not None
@@ -223,7 +232,7 @@ class AdsApiClient:
             try:
                 response = self.session.request(
                     method,
-                    f"{self.base_url}{path}",
+                    f"{base_url or self.base_url}{path}",
                     json=json_body,
                     data=json_text,
                     params=params,

@@ -13,6 +13,7 @@ both assets, following the snapshot's partition of the same audience):
 """
 
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -41,6 +42,15 @@ REGIONS = ("NA", "EU", "FE")
 # and app on the same credentials: a tenth of it, 20,000 MAIDs a second (see docs/configuration.md).
 DEFAULT_PATCHES_PER_SECOND = 10.0
 _INTERVAL = TypeAdapter(timedelta)
+# Amazon's marketplaces, by the country code and the shape of the id `GET /v2/profiles` gives them: how
+# settings written before they took the seed's meaning (a marketplace in `marketplace_profile_name`) are
+# told from a profile's name.
+_MARKETPLACE_COUNTRIES = frozenset(
+    {"US", "CA", "MX", "BR"}  # NA
+    | {"UK", "DE", "FR", "IT", "ES", "NL", "SE", "PL", "BE", "TR", "AE", "SA", "EG", "IN", "IE", "ZA"}  # EU
+    | {"JP", "AU", "SG"}  # FE
+)
+_MARKETPLACE_ID = re.compile(r"A(?=[A-Z]*[0-9])[0-9A-Z]{12,13}")
 
 # The flush's own automation: a partition never materialized is requested once its queue partition has
 # been materialized (a run of its own, after the queue's: not with it in the queue's run). So the first
@@ -59,8 +69,11 @@ FIRST_FLUSH = (
 class DspMobileAdIdsComponent(DestinationComponent):
     """Sends the IDFAs and GAIDs of the chosen audiences to Amazon DSP audiences of one advertiser.
 
-    The settings are mParticle's Amazon Advertising settings (seed 000), with its defaults. The Login
-    with Amazon credentials are the `amazon_ads` resource's (`AMAZON_ADS_*` environment variables).
+    The settings are mParticle's Amazon Advertising settings (seed 000), with its defaults and
+    meanings: "Marketplace Profile Name" is the advertiser profile's name for the target marketplace
+    (`marketplace_profile_name`, with `marketplace` where the name is in several), "Profile Name" the
+    Amazon user linked to the account (`profile_name`). The Login with Amazon credentials are the
+    `amazon_ads` resource's (`AMAZON_ADS_*` environment variables).
     """
 
     kind: ClassVar[str] = "DSP"
@@ -71,11 +84,21 @@ class DspMobileAdIdsComponent(DestinationComponent):
     )
     marketplace_profile_name: str = Field(
         min_length=1,
-        description="The advertiser profile of the target marketplace: its country code (US, UK, DE...) "
-        "or marketplace id, as `GET /v2/profiles` lists them.",
+        description="The name of the advertiser profile for the target marketplace (`accountInfo.name` "
+        "in `GET /v2/profiles`, as `audience-pipeline login` lists it), or its profile id.",
     )
-    profile_name: str = Field(
-        min_length=1, description="The name of the Amazon account linked to the profile (`accountInfo.name`)."
+    marketplace: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The target marketplace: a country code (US, UK, DE...) or marketplace id "
+        "(ATVPDKIKX0DER). Needed when the profile's name is in more than one marketplace of the region.",
+    )
+    profile_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The name of the Amazon user linked to the Amazon Advertising account: the user who "
+        "granted the refresh token (Login with Amazon's user profile; needs the `profile` scope). Each "
+        "flush checks it before sending; unset, no check.",
     )
     upload_interval: int | str = Field(
         default=7200,
@@ -115,6 +138,26 @@ class DspMobileAdIdsComponent(DestinationComponent):
         if seconds <= 0:
             raise ValueError("must be longer than zero")
         return value
+
+    @property
+    def in_earlier_meaning(self) -> bool:
+        """Whether the profile settings are written as before they took the seed's meaning: a
+        marketplace in `marketplace_profile_name`, the profile's name in `profile_name`, no
+        `marketplace`. They are still read so (see `profile_settings`), with a warning."""
+        written = self.marketplace_profile_name
+        return (
+            self.marketplace is None
+            and self.profile_name is not None
+            and (written.upper() in _MARKETPLACE_COUNTRIES or bool(_MARKETPLACE_ID.fullmatch(written)))
+        )
+
+    @property
+    def profile_settings(self) -> tuple[str, str | None, str | None]:
+        """`marketplace_profile_name`, `marketplace` and `profile_name` as the flush uses them; settings
+        `in_earlier_meaning` give the profile's name and marketplace, and no user to check."""
+        if self.in_earlier_meaning:
+            return self.profile_name, self.marketplace_profile_name, None
+        return self.marketplace_profile_name, self.marketplace, self.profile_name
 
     @property
     def upload_interval_seconds(self) -> float:
@@ -214,13 +257,23 @@ class DspMobileAdIdsComponent(DestinationComponent):
             context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
         ) -> dict[str, Any]:
             store = context.resources.state_store.store
+            name, marketplace, user = self.profile_settings
+            if self.in_earlier_meaning:
+                context.log.warning(
+                    f"DSP settings `marketplace_profile_name: {self.marketplace_profile_name}` and "
+                    f"`profile_name: {self.profile_name}` are read in their earlier meaning. Write them as "
+                    f"mParticle means them: `marketplace_profile_name: {name}` (the advertiser profile's "
+                    f"name), `marketplace: {marketplace}`, and `profile_name:` the Amazon user linked to "
+                    "the account, which is then checked (`audience-pipeline login` lists both)"
+                )
             target = DspTarget(
                 self.advertiser_id,
-                self.profile_name,
-                self.marketplace_profile_name,
+                name,
+                marketplace,
                 audience.partition_key,
                 audience.destination_name,
                 self.region,
+                user,
             )
             access = None if config.dry_run else context.resources.amazon_ads
             record = DspAudienceRecord(store, self.destination, audience.partition_key)
@@ -258,14 +311,16 @@ class DspMobileAdIdsComponent(DestinationComponent):
             self.flush_key,
             flush_step,
             description="One audience's DSP queue, uploaded: `PATCH /v2/dp/audience` with add/remove "
-            "patches.\n\nCreates the DSP audience on first use (its id is recorded in the state store, "
-            "its intent before the request), sends the queued patches in requests within Amazon's limits "
-            "(`max_in_flight_requests` at once within `requests_per_second`), "
-            "commits the confirmed ones to the ledger and takes them off the queue, records the upload "
-            "time and reads the audience's match rate. Patches not confirmed stay queued and fail the "
-            "run. Metadata holds counts only.\n\nAn audience's first flush runs as soon as its queue "
-            "partition is materialized; later ones when the flush sensor finds the upload interval passed "
-            "since the last upload or the queue at its size limit.",
+            "patches.\n\nFinds the advertiser profile by `marketplace_profile_name` in `marketplace` "
+            "(`GET /v2/profiles`) and, with `profile_name`, checks the Amazon user the login belongs to "
+            "(Login with Amazon's `GET /user/profile`). Creates the DSP audience on first use (its id is "
+            "recorded in the state store, its intent before the request), sends the queued patches in "
+            "requests within Amazon's limits (`max_in_flight_requests` at once within "
+            "`requests_per_second`), commits the confirmed ones to the ledger and takes them off the "
+            "queue, records the upload time and reads the audience's match rate. Patches not confirmed "
+            "stay queued and fail the run. Metadata holds counts only.\n\nAn audience's first flush runs "
+            "as soon as its queue partition is materialized; later ones when the flush sensor finds the "
+            "upload interval passed since the last upload or the queue at its size limit.",
             kinds={"amazon", "dsp"},
             resources={"amazon_ads"},
             upstream=self.queue_key,

@@ -65,22 +65,30 @@ def flush_members(queue: pl.DataFrame, delivered: pl.Series) -> Members:
 
 @dataclass(frozen=True)
 class DspTarget:
-    """Whose DSP audience the MAIDs go to: the advertiser, its profile (account name and marketplace
-    country code or id), the audience as DSP shows it, and the API region (NA, EU, FE)."""
+    """Whose DSP audience the MAIDs go to: the advertiser; its profile, by name and marketplace
+    (country code or id; None: the one marketplace with a profile of that name); the audience as DSP
+    shows it; the API region (NA, EU, FE); and the Amazon user the login must belong to (None: not
+    checked)."""
 
     advertiser_id: int
-    profile_name: str
     marketplace_profile_name: str
+    marketplace: str | None
     audience_id: str
     audience_name: str
     region: str
+    profile_name: str | None = None
 
 
 class DspAccess(Protocol):
     """Where the adapter gets its DSP client: the `amazon_ads` resource, or a fake in tests."""
 
-    def dsp_profile(self, profile_name: str, marketplace: str, region: str | None = None) -> dict[str, Any]:
-        """The profile with these names (raises `ProfileNotFound`)."""
+    def dsp_profile(
+        self, marketplace_profile_name: str, marketplace: str | None, region: str | None = None
+    ) -> dict[str, Any]:
+        """The profile of that name in that marketplace (raises `ProfileNotFound`)."""
+
+    def check_linked_user(self, profile_name: str, region: str | None = None) -> None:
+        """Raises `ProfileNotFound` unless the login belongs to the Amazon user named `profile_name`."""
 
     def dsp(self, profile_id: int, region: str | None = None) -> DspClient:
         """The Data Provider client of one profile."""
@@ -155,8 +163,10 @@ class DspAdapter:
         target = self.target
         try:
             profile = self.access.dsp_profile(
-                target.profile_name, target.marketplace_profile_name, target.region
+                target.marketplace_profile_name, target.marketplace, target.region
             )
+            if target.profile_name is not None:
+                self.access.check_linked_user(target.profile_name, target.region)
         except ProfileNotFound as missing:
             raise SettingProblem(missing.setting, str(missing)) from None
         self.dsp = self.access.dsp(int(profile["profileId"]), target.region)

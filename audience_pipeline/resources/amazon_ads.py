@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr, field_validator
 
-from audience_pipeline.clients.accounts import find_profile
+from audience_pipeline.clients.accounts import check_linked_user, find_profile
 from audience_pipeline.clients.adm import AdmClient
 from audience_pipeline.clients.ads_api import API_HOSTS, AdsApiClient
 from audience_pipeline.clients.amc import AmcClient, first_amc_account
@@ -79,9 +79,16 @@ class AmazonAdsApi(dg.ConfigurableResource):
         """An Ads Data Manager client of one manager account, acting for a DSP advertiser when given."""
         return AdmClient(self.client(), manager_account_id, advertiser_account_id)
 
-    def dsp_profile(self, profile_name: str, marketplace: str, region: str | None = None) -> dict[str, Any]:
-        """The advertising profile named `profile_name` in `marketplace` (see `find_profile`)."""
-        return find_profile(self.client(region), profile_name, marketplace)
+    def dsp_profile(
+        self, marketplace_profile_name: str, marketplace: str | None = None, region: str | None = None
+    ) -> dict[str, Any]:
+        """The advertising profile named `marketplace_profile_name` in `marketplace` (see `find_profile`)."""
+        return find_profile(self.client(region), marketplace_profile_name, marketplace)
+
+    def check_linked_user(self, profile_name: str, region: str | None = None) -> None:
+        """Raises `ProfileNotFound` unless the refresh token's Amazon user is named `profile_name`
+        (see `check_linked_user`)."""
+        check_linked_user(self.client(region), profile_name)
 
     def dsp(self, profile_id: int, region: str | None = None) -> DspClient:
         """A DSP Data Provider client of one profile, in `region`."""

@@ -53,8 +53,9 @@ def create_app(sandbox: AdsSandbox) -> SandboxMiddleware:
 
     @app.before_request
     def authenticate() -> None:
-        # The token endpoint and the consent page are where a caller gets a token.
-        if not request.path.startswith("/auth/") and request.path != "/ap/oa":
+        # Login with Amazon's own paths: where a caller gets a token, and the user profile, which
+        # checks its token its own way.
+        if not auth.is_lwa_path(request.path):
             auth.require_token()
 
     @app.errorhandler(ApiError)
