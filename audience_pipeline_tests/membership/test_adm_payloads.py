@@ -1,8 +1,8 @@
 """ADM member payloads are, byte for byte, the member object `json.dumps` writes compactly.
 
-For digests as the identity engine writes them (which go in unescaped), other text in hashed
-columns (quotes, backslashes, blanks: encoded instead), partner IDs and consent strings holding
-anything, control characters and non-ASCII included, and snapshots missing some columns.
+For digests as the identity engine writes them, other text in hashed columns (quotes, backslashes,
+control characters, blanks), partner IDs and consent strings holding anything, non-ASCII included,
+snapshots missing some columns, and payloads longer than the writer's first guess of their room.
 """
 
 import json
@@ -154,13 +154,27 @@ def test_payloads_of_identity_engine_output_are_what_json_dumps_writes():
     assert payloads(rows)[2] is None
 
 
-def test_hashed_columns_that_are_not_digests_are_encoded():
+def test_hashed_columns_that_are_not_digests_are_what_json_dumps_writes():
     digest = "0" * 64
     rows = [
         {"user_id": "a", "email": digest, "phone": '"' + "1" * 63},
         {"user_id": "b", "email": digest, "phone": "\\" + "2" * 63},
         {"user_id": "c", "email": digest, "phone": " " * 64},
         {"user_id": "d", "email": "a@example.com"},
+        # 64 bytes, like a digest, yet a control character to escape, or all white space.
+        {"user_id": "e", "email": digest, "phone": "3" * 63 + "\x01"},
+        {"user_id": "f", "email": digest, "phone": "\t" * 64},
+        {"user_id": "g", "phone": "\u3000" * 21 + "\n"},
     ]
     for rows_in_frame in ([row] for row in rows):
         assert payloads(rows_in_frame) == [reference(row, RULES) for row in rows_in_frame]
+    assert payloads(rows) == [reference(row, RULES) for row in rows]
+
+
+def test_payloads_longer_than_the_room_first_guessed_are_what_json_dumps_writes():
+    # One long consent string shared by every member: its bytes are held once, written 400 times.
+    shared = pl.repeat("A" * 5_000, 400, eager=True)
+    frame = pl.DataFrame({"user_id": [str(n) for n in range(400)], "email": ["0" * 64] * 400})
+    frame = frame.with_columns(tcf_string=shared)
+    built = member_payloads(frame, RULES)["payload"].to_list()
+    assert built == [reference(row, RULES) for row in frame.to_dicts()]
