@@ -360,7 +360,7 @@ def _resolved(identities: list[dict[str, Any] | None], config: Any) -> list[bool
 @blueprint.get("/adm/datasets/<data_set_id>/metrics")
 def dataset_metrics(data_set_id: str):
     """The dataset, its upload counters, and how many stored members carry an identity and resolve
-    in the identity graph: one count over the member log."""
+    in the identity graph: one count of the flags set as members arrived, over the member log."""
     account = _account()
     sandbox = current_app.config["SANDBOX"]
     with sandbox.state.lock:
@@ -370,8 +370,8 @@ def dataset_metrics(data_set_id: str):
     [(with_identity, resolved)] = (
         sandbox.state.cursor()
         .execute(
-            f"SELECT count(*) FILTER (len({IDENTITY_PAIRS_SQL}) > 0), count(*) FILTER (resolved) "
-            f"FROM ({ADM.live()})",
+            "SELECT count(*) FILTER (with_identity), count(*) FILTER (resolved) "
+            f"FROM ({ADM.live(['with_identity', 'resolved'])})",
             {"collections": [data_set_id]},
         )
         .fetchall()
@@ -444,7 +444,7 @@ def _remove(
         cursor.execute(
             f"INSERT INTO {ADM.table} (batch, collection, user_id, added) "
             "SELECT $batch, collection, user_id, false "
-            f"FROM ({ADM.live()}) "
+            f"FROM ({ADM.live(['identity'])}) "
             "WHERE user_id IN (SELECT user_id FROM target_users) OR list_has_any("
             f"{IDENTITY_PAIRS_SQL}, (SELECT list({{'key': key, 'value': value}}) FROM target_pairs))",
             {"batch": batch, "collections": data_set_ids},

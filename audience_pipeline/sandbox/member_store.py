@@ -61,15 +61,15 @@ class MemberLog:
         finally:
             cursor.unregister("member_ops")
 
-    def live(self) -> str:
+    def live(self, columns: Sequence[str] = ()) -> str:
         """SQL of the members held in the collections the named query parameter `collections` lists:
-        `collection`, the keys and the payload."""
+        `collection`, the keys and the payload `columns` as each member's latest op left them. One
+        hash aggregate over the log, reading only these columns."""
         keys = ", ".join(["collection", *self.keys])
+        latest = "".join(f", arg_max({column}, batch) AS {column}" for column in columns)
         return (
-            f"SELECT ops.* EXCLUDE (batch, added) FROM {self.table} AS ops "
-            f"JOIN (SELECT {keys}, max(batch) AS batch FROM {self.table} "
-            "WHERE list_contains($collections, collection) GROUP BY ALL) AS latest "
-            f"USING ({keys}, batch) WHERE ops.added"
+            f"SELECT {keys}{latest} FROM {self.table} WHERE list_contains($collections, collection) "
+            "GROUP BY ALL HAVING arg_max(added, batch)"
         )
 
     def count(self, cursor: duckdb.DuckDBPyConnection, collection: str) -> int:
@@ -97,9 +97,14 @@ IDENTITY_PAIRS_SQL = (
 )
 """SQL of an ADM member's identity pairs: a list of STRUCT(key, value), as `identity_pairs` gives them."""
 
-ADM = MemberLog("adm_member_ops", ("user_id",), (("identity", IDENTITY_SQL), ("resolved", "BOOLEAN")))
-"""ADM: collection = dataSetId, user_id = externalUserId, identity = its userIdentity and resolved =
-whether the identity graph knew it when it arrived (both null on removal)."""
+ADM = MemberLog(
+    "adm_member_ops",
+    ("user_id",),
+    (("identity", IDENTITY_SQL), ("with_identity", "BOOLEAN"), ("resolved", "BOOLEAN")),
+)
+"""ADM: collection = dataSetId, user_id = externalUserId, identity = its userIdentity, with_identity =
+whether that holds any identity, resolved = whether the identity graph knew it when it arrived (all
+null on removal). The flags are what metrics count, without reading identities."""
 
 DSP = MemberLog("dsp_member_ops", ("record_type", "record_id"))
 """DSP: collection = str(audience id); a record is its type (MAID, COOKIE, EXTERNAL_USER_ID) and id."""
@@ -130,14 +135,16 @@ def adm_ops(data_set_id: str, last: dict[str, dict[str, Any] | None], resolved: 
     """An ADM request's ops: externalUserId → its userIdentity when added, None when removed, and
     whether each resolves in the identity graph."""
     identities = list(last.values())
-    added = [identity is not None for identity in identities]
+    removed = [identity is None for identity in identities]
+    with_identity = [identity is not None and bool(identity_pairs(identity)) for identity in identities]
     return pa.table(
         {
             "collection": pa.array([data_set_id] * len(last), pa.string()),
             "user_id": pa.array(list(last), pa.string()),
-            "added": pa.array(added, pa.bool_()),
+            "added": pa.array([not gone for gone in removed], pa.bool_()),
             "identity": pa.array(identities, IDENTITY),
-            "resolved": pa.array(resolved, pa.bool_(), mask=[not a for a in added]),
+            "with_identity": pa.array(with_identity, pa.bool_(), mask=removed),
+            "resolved": pa.array(resolved, pa.bool_(), mask=removed),
         }
     )
 
@@ -159,8 +166,12 @@ def members(cursor: duckdb.DuckDBPyConnection, family: str, collection: str) -> 
     """What one dataset or audience holds, read into Python: for ADM externalUserId → userIdentity,
     for DSP record type → the set of record ids. O(log): for tests and small audiences."""
     log = LOGS[family]
-    columns = "user_id, identity" if log is ADM else "record_type, record_id"
-    rows = cursor.execute(f"SELECT {columns} FROM ({log.live()})", {"collections": [collection]}).fetchall()
+    query = (
+        f"SELECT user_id, identity FROM ({log.live(['identity'])})"
+        if log is ADM
+        else (f"SELECT record_type, record_id FROM ({log.live()})")
+    )
+    rows = cursor.execute(query, {"collections": [collection]}).fetchall()
     if log is ADM:
         return {
             user_id: {

@@ -300,7 +300,7 @@ def test_a_stored_identity_reads_back_as_sent_and_its_sql_pairs_are_identity_pai
     cursor = state.cursor()
     ADM.append(cursor, adm_ops("ds", {"u": identity}, [False]), state.next_batch())
     [(pairs,)] = cursor.execute(
-        f"SELECT {IDENTITY_PAIRS_SQL} FROM ({ADM.live()})", {"collections": ["ds"]}
+        f"SELECT {IDENTITY_PAIRS_SQL} FROM ({ADM.live(['identity'])})", {"collections": ["ds"]}
     ).fetchall()
     assert [(pair["key"], pair["value"]) for pair in pairs] == identity_pairs(identity)
     assert state.members("adm", "ds") == {"u": identity}
