@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from audience_pipeline.identity import CONSENT_FIELDS, HASHED_FIELDS, IDENTITY_FIELDS, normalize_identities
-from audience_pipeline.state.buckets import BucketedWriter, Spill, bits_for
+from audience_pipeline.privacy import matches
+from audience_pipeline.state.buckets import BucketedFile, BucketedWriter, Spill, bits_for
 
 USER_ID = "user_id"
 # Rows of unknown number are set aside finely: 256 buckets hold 64M rows at the usual bucket size.
@@ -41,6 +42,8 @@ class Snapshot:
     rejects: dict[str, dict[str, int]]
     values_out: dict[str, int]
     dropped_columns: tuple[str, ...]
+    suppressed: int = 0
+    """Members left out because they match the suppression list (forgotten people)."""
 
     @property
     def values_hashed(self) -> int:
@@ -86,7 +89,11 @@ def set_aside(batches: Iterable[pl.DataFrame], columns: list[str], schema: pl.Sc
 
 
 def build_snapshot(
-    batches: Iterable[pl.DataFrame], schema: pl.Schema, path: str, default_country: str | None = None
+    batches: Iterable[pl.DataFrame],
+    schema: pl.Schema,
+    path: str,
+    default_country: str | None = None,
+    suppressed: pl.DataFrame | None = None,
 ) -> Snapshot:
     """Write the snapshot of an audience query's result (`batches` of `schema`) at `path`.
 
@@ -95,6 +102,8 @@ def build_snapshot(
     or blank `user_id` rejects its row (`missing_user_id`); a `user_id` seen before keeps the first row
     the query returned and rejects the others (`duplicate_user_id`). Columns that are neither identities
     nor consent signals are dropped, because nothing downstream needs them and they may hold raw PII.
+    Members carrying a key of `suppressed` (`kind, hash`: the suppression list of `privacy`) are left
+    out and counted, so that a person forgotten everywhere is not delivered again.
     Raises MissingUserIdError, before writing anything, when the result has no `user_id` column.
     """
     kept = [USER_ID, *(c for c in schema if c in IDENTITY_FIELDS or c in CONSENT_FIELDS)]
@@ -109,10 +118,15 @@ def build_snapshot(
         bits = bits_for(4 * found.spill.rows)
         rejects: Counter[tuple[str, str]] = Counter()
         values_out: Counter[str] = Counter()
+        left_out = 0
         for bucket in range(1 << bits):
             unique = found.spill.read(bucket, bits).unique(USER_ID, keep="first", maintain_order=True)
             identities = normalize_identities(unique, default_country=default_country)
-            writer.write(bucket, identities.frame.sort(USER_ID).cast(out_schema))
+            members = identities.frame
+            if suppressed is not None and suppressed.height:
+                members = members.filter(~matches(members, suppressed))
+                left_out += identities.frame.height - members.height
+            writer.write(bucket, members.sort(USER_ID).cast(out_schema))
             rejects.update(
                 {
                     (f, reason): n
@@ -123,7 +137,10 @@ def build_snapshot(
             values_out.update(identities.values_out())
         writer.close(bits)
 
-    user_rejects = {"missing_user_id": found.missing, "duplicate_user_id": found.spill.rows - writer.rows}
+    user_rejects = {
+        "missing_user_id": found.missing,
+        "duplicate_user_id": found.spill.rows - writer.rows - left_out,
+    }
     by_field: dict[str, dict[str, int]] = {USER_ID: {r: n for r, n in user_rejects.items() if n}}
     for (field, reason), n in sorted(rejects.items()):
         by_field.setdefault(field, {})[reason] = n
@@ -133,4 +150,19 @@ def build_snapshot(
         rejects={field: reasons for field, reasons in by_field.items() if reasons},
         values_out={f: values_out[f] for f in out_schema if f in values_out},
         dropped_columns=tuple(c for c in schema if c not in kept),
+        suppressed=left_out,
     )
+
+
+def drop_members(snapshot: BucketedFile, path: str, keys: pl.DataFrame) -> pl.DataFrame:
+    """Write at `path` the stored `snapshot` without the members carrying one of `keys` (`kind, hash`),
+    a bucket at a time; the members dropped (their every column, hashes and MAIDs only)."""
+    writer = BucketedWriter(path, snapshot.stored.schema)
+    dropped = [snapshot.stored.schema.to_frame()]
+    for bucket in range(1 << snapshot.bits):
+        members = snapshot.bucket(bucket)
+        found = matches(members, keys)
+        dropped.append(members.filter(found))
+        writer.write(bucket, members.filter(~found))
+    writer.close(snapshot.bits)
+    return pl.concat(dropped)

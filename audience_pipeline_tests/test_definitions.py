@@ -40,7 +40,8 @@ def test_every_asset_explains_itself_in_the_ui():
         assert node.description, f"{key.to_user_string()} has no description"
         assert node.kinds and node.owners, f"{key.to_user_string()} lacks kinds or owners"
         groups.setdefault(node.group_name, set()).add(key.to_user_string())
-    assert set(groups) == {"ingest", "transform", "deliver", "monitor"}
+    assert set(groups) == {"ingest", "transform", "deliver", "monitor", "privacy"}
+    assert groups["privacy"] == {"privacy/forget"}
     assert groups["ingest"] == {"source/profiles", "source/events", "source/purchases"}
     assert groups["monitor"] == {"activation_status"}
     assert {"audience_snapshot", "dsp/advertiser_5551234567890"} <= groups["transform"]

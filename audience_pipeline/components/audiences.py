@@ -20,9 +20,16 @@ from pydantic import AfterValidator, Field, field_validator
 from audience_pipeline.components.schedules import check_cron, schedule_defs
 from audience_pipeline.components.setting_errors import CheckedSettings, SettingError
 from audience_pipeline.components.source import source_table_key
+from audience_pipeline.components.source_changes import source_change_sensor
 from audience_pipeline.components.ui import OWNERS, rejects_by_reason
 from audience_pipeline.identity.countries import country_setting
-from audience_pipeline.resources.duckdb_source import DuckDBSource, QueryStream, source_tables
+from audience_pipeline.privacy import load_suppressed
+from audience_pipeline.resources.duckdb_source import (
+    DuckDBSource,
+    QueryStream,
+    source_query_errors,
+    source_tables,
+)
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.snapshot import MissingUserIdError, build_snapshot
 from audience_pipeline.state import StoreError
@@ -38,9 +45,6 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # batches), so small batches cost nothing, and keep what DuckDB and Arrow hold small: streaming 1M
 # rows of 48 columns peaks at ~0.7 GiB with batches of 50k rows, ~1.2 GiB with 250k.
 _BATCH_ROWS = 50_000
-
-# These DuckDB errors describe the SQL text; any other kind may quote a source value.
-_SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
 
 
 class Audience(dg.Model):
@@ -144,6 +148,20 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
         ge=0,
         description="Seconds each scheduled refresh starts after its time in `refresh_schedule`.",
     )
+    refresh_on_source_change: bool = Field(
+        default=True,
+        description="Refresh an audience as soon as a source table its SQL reads changes (seed 001's "
+        "streaming export); the deliveries follow. False: only `refresh_schedule` and runs by hand.",
+    )
+    source_check_interval_seconds: int = Field(
+        # Dagster's sensor daemon looks at its sensors every 5 s, so that is the shortest interval it
+        # keeps; a look costs ~30 ms of CPU (a connection, the catalog, file listings). The automation
+        # sensor's 30 s come after it on a change's way to the destinations.
+        default=5,
+        ge=5,
+        description="Seconds between two looks at the source tables' versions (file listings or "
+        "`change_query`, never a scan) when `refresh_on_source_change` is on.",
+    )
 
     @field_validator("country_code")
     @classmethod
@@ -195,8 +213,10 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
         raise KeyError(f"no audience with id {partition_key!r}")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        """The snapshot asset, partitioned by audience id, and the job refreshing every audience."""
-        tables = sorted({table for audience in self.audiences for table in source_tables(audience.sql)})
+        """The snapshot asset, partitioned by audience id, the job refreshing every audience, its
+        schedule and the sensor refreshing the audiences whose source tables change."""
+        reads = {audience.partition_key: source_tables(audience.sql) for audience in self.audiences}
+        tables = sorted({table for read in reads.values() for table in read})
 
         @dg.asset(
             key=SNAPSHOT_ASSET_KEY,
@@ -222,7 +242,9 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
             country = audience.country_code or self.country_code
             try:
                 with query_stream(source, audience) as result, state_store.store.replacing(key) as staged:
-                    snapshot = build_snapshot(result.frames, result.schema, staged.path, country)
+                    # People forgotten by an open deletion request (`privacy/forget`) stay out.
+                    suppressed = load_suppressed(state_store.store)
+                    snapshot = build_snapshot(result.frames, result.schema, staged.path, country, suppressed)
             except MissingUserIdError as e:
                 raise dg.Failure(f"{_describe(audience)}: {e}; its `sql` must select `user_id`") from None
             except StoreError as e:
@@ -245,6 +267,7 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
                     **rejects_by_reason(snapshot.rejects),
                     "rejects": dg.MetadataValue.json(snapshot.rejects),
                     "dropped_columns": dg.MetadataValue.json(list(snapshot.dropped_columns)),
+                    "suppressed": snapshot.suppressed,
                     "seconds": round(time.perf_counter() - started, 3),
                     "path": dg.MetadataValue.path(str(path)),
                 }
@@ -255,8 +278,11 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
             selection=[SNAPSHOT_ASSET_KEY],
             description="Refreshes audience snapshots: pick the audiences (partitions) to run.",
         )
+        sensors = []
+        if self.refresh_on_source_change:
+            sensors.append(source_change_sensor(reads, self.source_check_interval_seconds, job))
         return dg.Definitions.merge(
-            dg.Definitions(assets=[audience_snapshot], jobs=[job]),
+            dg.Definitions(assets=[audience_snapshot], jobs=[job], sensors=sensors),
             schedule_defs(
                 "audience_snapshots_schedule",
                 self.refresh_schedule,
@@ -295,27 +321,6 @@ def _duckdb_errors(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         if not (isinstance(exception, type) and issubclass(exception, duckdb.Error)):
             exception = duckdb.Error
         raise exception(str(error)) from None
-
-
-@contextmanager
-def source_query_errors(where: str, setting: str) -> Iterator[None]:
-    """DuckDB errors of a query on the source as a `dg.Failure` naming `where` and its `setting`.
-
-    Errors about the SQL text are shown; other kinds (conversion, constraint, ...) may quote a source
-    value, i.e. PII, so only their kind is.
-    """
-    try:
-        yield
-    except _SQL_ERRORS as e:
-        # DuckDB spreads its message over lines (a hint, the query line, a caret under the error);
-        # a run's failure is one line.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip() not in ("", "^")]
-        raise dg.Failure(f"{where}: its `{setting}` failed: {' '.join(lines)}") from None
-    except duckdb.Error as e:
-        raise dg.Failure(
-            f"{where}: its `{setting}` failed with {type(e).__name__} "
-            "(message withheld: it may quote source data)"
-        ) from None
 
 
 @contextmanager

@@ -32,10 +32,11 @@ from audience_pipeline.components.audiences import (
 )
 from audience_pipeline.components.destination import DeliveryRunConfig, DestinationComponent
 from audience_pipeline.membership.dsp_audiences import DspAudienceRecord
-from audience_pipeline.membership.dsp_delivery import DspAdapter, DspTarget, flush
+from audience_pipeline.membership.dsp_delivery import DspAccess, DspAdapter, DspTarget, flush
 from audience_pipeline.membership.dsp_queue import DspQueue, queue_audience
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.state import ParquetStore
 
 REGIONS = ("NA", "EU", "FE")
 # Amazon's Data Provider guide gives `PATCH /v2/dp/audience` a 100 TPS throttle, shared by every flush
@@ -266,20 +267,8 @@ class DspMobileAdIdsComponent(DestinationComponent):
                     f"name), `marketplace: {marketplace}`, and `profile_name:` the Amazon user linked to "
                     "the account, which is then checked (`audience-pipeline login` lists both)"
                 )
-            target = DspTarget(
-                self.advertiser_id,
-                name,
-                marketplace,
-                audience.partition_key,
-                audience.destination_name,
-                self.region,
-                user,
-            )
             access = None if config.dry_run else context.resources.amazon_ads
-            record = DspAudienceRecord(store, self.destination, audience.partition_key)
-            # One limit for the whole flush: every PATCH of every bucket takes from it.
-            pace = RequestPace(self.max_in_flight_requests, RateLimit({"requests": self.requests_per_second}))
-            adapter = DspAdapter(target, record, clock, access, pace)
+            adapter = self.adapter(store, audience, access, clock)
             flushed = flush(
                 DspQueue(store, self.destination, audience.partition_key),
                 Ledger(store, self.destination, audience.partition_key),
@@ -327,6 +316,26 @@ class DspMobileAdIdsComponent(DestinationComponent):
             automation_condition=FIRST_FLUSH,
             pool="amazon_ads_dsp",
         )
+
+    def adapter(
+        self, store: ParquetStore, audience: Audience, access: DspAccess | None, clock: Callable[[], float]
+    ) -> DspAdapter:
+        """The delivery core's adapter patching `audience`'s DSP audience (`access`: the `amazon_ads`
+        resource, None in a dry run)."""
+        name, marketplace, user = self.profile_settings
+        target = DspTarget(
+            self.advertiser_id,
+            name,
+            marketplace,
+            audience.partition_key,
+            audience.destination_name,
+            self.region,
+            user,
+        )
+        record = DspAudienceRecord(store, self.destination, audience.partition_key)
+        # One limit for the whole flush: every PATCH of every bucket takes from it.
+        pace = RequestPace(self.max_in_flight_requests, RateLimit({"requests": self.requests_per_second}))
+        return DspAdapter(target, record, clock, access, pace)
 
     def build_sensor(self, clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
         """The sensor that requests a flush of each audience whose queue is due."""

@@ -208,26 +208,7 @@ class FirehoseComponent(DestinationComponent):
         self, context: dg.AssetExecutionContext, config: DeliveryRunConfig, audience: Audience
     ) -> dict[str, Any]:
         state_store = context.resources.state_store
-        cipher = context.resources.ledger_cipher.cipher()
-        target = FirehoseTarget(
-            self.destination, audience.id, audience.destination_name, self.send_remove_on_identity_change
-        )
-        client = None if config.dry_run else context.resources.firehose.get_client(self.connection())
-        # One limit for the whole run: every call of every bucket takes from the stream's quota.
-        rate_limit = RateLimit(self.quota)
-        adapter = FirehoseAdapter(
-            target,
-            cipher,
-            changed_at=int(time.time()),
-            check=lambda: check_stream(client, self.delivery_stream_name),
-            put=lambda records: send_records(
-                client,
-                self.delivery_stream_name,
-                records,
-                rate_limit=rate_limit,
-                max_in_flight=self.max_in_flight_requests,
-            ),
-        )
+        adapter = self.adapter(context.resources, audience, dry_run=config.dry_run)
         # The snapshot has hashes only: the identities go as the query returns them, set aside by
         # bucket (encrypted) and read beside the snapshot's bucket of the same user ids.
         with (
@@ -249,6 +230,29 @@ class FirehoseComponent(DestinationComponent):
             )
         extra = {} if config.dry_run else {"batches": adapter.batches, "put_mode": adapter.put_mode}
         return self.report(context, outcome, config, **extra)
+
+    def adapter(self, resources: Any, audience: Audience, *, dry_run: bool = False) -> FirehoseAdapter:
+        """The delivery core's adapter sending `audience`'s changes to this stream, with the run's
+        `firehose` and `ledger_cipher` resources (no client in a dry run)."""
+        target = FirehoseTarget(
+            self.destination, audience.id, audience.destination_name, self.send_remove_on_identity_change
+        )
+        client = None if dry_run else resources.firehose.get_client(self.connection())
+        # One limit for the whole run: every call of every bucket takes from the stream's quota.
+        rate_limit = RateLimit(self.quota)
+        return FirehoseAdapter(
+            target,
+            resources.ledger_cipher.cipher(),
+            changed_at=int(time.time()),
+            check=lambda: check_stream(client, self.delivery_stream_name),
+            put=lambda records: send_records(
+                client,
+                self.delivery_stream_name,
+                records,
+                rate_limit=rate_limit,
+                max_in_flight=self.max_in_flight_requests,
+            ),
+        )
 
     def connection(self) -> AwsConnection:
         """How this stream is reached, for the `firehose` resource: `region`, `endpoint_url` and the key

@@ -51,7 +51,7 @@ read as it is, and written in parts by its next commit.
 
 import secrets
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from urllib.parse import quote
@@ -341,6 +341,22 @@ class Ledger:
         with LedgerChanges(self, state, upserts) as changes:
             changes.add(added=added, removed=removed, changed=changed)
             return self.commit_changes(state, changes)
+
+    def members_where(self, state: LedgerState, keep: Callable[[pl.Series], pl.Series]) -> pl.Series:
+        """The user ids of the ledger (as loaded in `state`) for which `keep` (user ids → booleans)
+        holds, read a bucket of user ids at a time: finding a few members without reading payloads."""
+        with self.reader(state) as held:
+            found = [
+                ids.filter(keep(ids))
+                for ids in (held.bucket(b).get_column("user_id") for b in range(1 << held.bits))
+            ]
+        return pl.concat([pl.Series("user_id", [], pl.String), *found])
+
+    def purge(self, state: LedgerState, user_ids: pl.Series) -> LedgerState:
+        """Commit the removal of members the ledger (as loaded in `state`) holds, with nothing sent: for
+        members the destination let go by other means (an identity deletion). `LedgerConflict` when
+        another run committed meanwhile."""
+        return self.commit(state, removed=pl.DataFrame({"user_id": user_ids.cast(pl.String)}))
 
     def commit_changes(self, state: LedgerState, changes: LedgerChanges) -> LedgerState:
         """Record what the destination confirmed since `state` was loaded (`changes`, gathered for

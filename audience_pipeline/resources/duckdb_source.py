@@ -1,6 +1,5 @@
 """Read-only DuckDB access to the data audiences are selected from."""
 
-import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ import polars as pl
 from pydantic import Field
 
 from audience_pipeline.batches import frames
+from audience_pipeline.source_changes import SourceCatalog, sql_reads
 
 SOURCE_ENV_VAR = "AUDIENCE_PIPELINE_SOURCE"
 DEFAULT_SOURCE = "data/sample.duckdb"
@@ -19,6 +19,8 @@ DEFAULT_SOURCE = "data/sample.duckdb"
 # 2M profiles held 0.4 GB more at the end than at the start, and that grows with the source. Past this
 # limit DuckDB evicts blocks, and spills a large join or aggregate to the connection's temporary folder.
 MEMORY_LIMIT = "256MB"
+# These DuckDB errors describe the SQL text; any other kind may quote a source value.
+_SQL_ERRORS = (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException)
 
 
 class SourceNotFoundError(FileNotFoundError):
@@ -65,6 +67,13 @@ class DuckDBSource(dg.ConfigurableResource):
             yield QueryStream(pl.from_arrow(reader.schema.empty_table()).schema, frames(reader, rows))
 
     @contextmanager
+    def catalog(self) -> Iterator[SourceCatalog]:
+        """The source's tables and views on one connection, for reading their versions (which tables
+        changed) inside the `with` block."""
+        with self._connect() as conn:
+            yield SourceCatalog(conn)
+
+    @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # An in-memory database would spill to `.tmp` in the working directory.
         with (
@@ -95,6 +104,27 @@ class DuckDBSource(dg.ConfigurableResource):
             conn.execute(statement)
 
 
+@contextmanager
+def source_query_errors(where: str, setting: str) -> Iterator[None]:
+    """DuckDB errors of a query on the source as a `dg.Failure` naming `where` and its `setting`.
+
+    Errors about the SQL text are shown; other kinds (conversion, constraint, ...) may quote a source
+    value, i.e. PII, so only their kind is.
+    """
+    try:
+        yield
+    except _SQL_ERRORS as e:
+        # DuckDB spreads its message over lines (a hint, the query line, a caret under the error);
+        # a run's failure is one line.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() not in ("", "^")]
+        raise dg.Failure(f"{where}: its `{setting}` failed: {' '.join(lines)}") from None
+    except duckdb.Error as e:
+        raise dg.Failure(
+            f"{where}: its `{setting}` failed with {type(e).__name__} "
+            "(message withheld: it may quote source data)"
+        ) from None
+
+
 class QueryStream:
     """A query's result schema, and its rows as an iterator of polars frames."""
 
@@ -108,19 +138,4 @@ def source_tables(sql: str) -> list[str]:
     Parsing only, no binding: the SQL is never run, so this works at definition load time without a
     database. SQL that does not parse reads no known table (running it reports the error).
     """
-    with duckdb.connect(":memory:") as conn:
-        tree = json.loads(conn.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-    tables: set[str] = set()
-    ctes: set[str] = set()
-    pending: list = [tree]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            if node.get("type") == "BASE_TABLE" and node.get("table_name"):
-                tables.add(node["table_name"])
-            for entry in (node.get("cte_map") or {}).get("map") or []:
-                ctes.add(entry["key"])
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
-    return sorted(tables - ctes)
+    return sorted({table.name for table in sql_reads(sql).tables})
