@@ -297,7 +297,11 @@ def test_an_empty_schedule_in_the_yaml_makes_no_schedule(tmp_path, monkeypatch):
         audiences=AUDIENCES + '  refresh_schedule: ""\n',
         amc=AMC + '      schedule: ""\n',
     )
-    assert list(by_name(definitions)) == ["amc_amcsandbox01_job_status"]
+    # The sensors that remain follow AMC's jobs and the source, not a clock.
+    assert list(by_name(definitions)) == [
+        "amc_amcsandbox01_job_status",
+        "audience_snapshots_on_source_change",
+    ]
 
 
 def test_bad_schedule_settings_in_the_yaml_are_named(tmp_path, monkeypatch):
