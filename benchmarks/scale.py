@@ -22,7 +22,8 @@ benchmark's own steps holds all N members in memory (its DuckDB connections are 
 5. Round 2: the stages again.
 
 The sandbox is kept from holding what nobody reads here: the Ads API journal keeps only its last
-1,000 requests (it keeps each one's parsed body), and while `firehose` runs another child empties the
+20 requests (it keeps each one's parsed body: an ADM request of 5,000 members is ~15 MB of Python
+objects), and while `firehose` runs another child empties the
 stream's bucket as the stream's consumer would (moto keeps small objects in memory; the line says how
 much was delivered). The sandbox keeps the AMC rows and the ADM and DSP members in DuckDB on disk,
 within a memory limit of its own.
@@ -120,9 +121,9 @@ def run(workdir: Path, members: int, churn: float, stages: list[str]) -> None:
 
 
 def _let_go(sandbox) -> None:
-    """Keep the sandbox from holding what nobody reads here: the Ads API journal keeps its last 1,000
-    requests (it keeps each request's parsed body: every ADM member a second time)."""
-    sandbox.ads.journal.entries = collections.deque(maxlen=1_000)
+    """Keep the sandbox from holding what nobody reads here: the Ads API journal keeps its last 20
+    requests (it keeps each request's parsed body; 1,000 ADM requests held 3 GB)."""
+    sandbox.ads.journal.entries = collections.deque(maxlen=20)
 
 
 @contextmanager
