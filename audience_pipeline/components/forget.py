@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from audience_pipeline.amc.deletion import deletion_identities
 from audience_pipeline.amc.jobs import AmcJob, check_job, request_deletions, wait_for_job
 from audience_pipeline.clients.adm import MAX_DELETION_TARGETS
+from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.components.ads_data_manager import AdsDataManagerComponent
 from audience_pipeline.components.amc import AmazonMarketingCloudComponent
 from audience_pipeline.components.audiences import AudiencesComponent, find_audiences, snapshot_state_key
@@ -381,8 +382,10 @@ class _Attempt:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> bool:
         if error is None or not isinstance(error, Exception):
             return False
+        # Amazon's and our own errors are worded without data; any other may quote a value it met.
+        said = f": {error}" if isinstance(error, AmazonAdsApiError | dg.Failure) else ""
         self.context.log.error(
-            f"forget request {self.request_id} at {self.where}: {type(error).__name__}: {error}"
+            f"forget request {self.request_id} at {self.where}: {type(error).__name__}{said}"
         )
         self.failed.append(Receipt(self.request_id, self.where, FAILED, _now()))
         return True
