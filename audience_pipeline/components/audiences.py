@@ -156,7 +156,7 @@ class AudiencesComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable)
     source_check_interval_seconds: int = Field(
         # Dagster's sensor daemon looks at its sensors every 5 s, so that is the shortest interval it
         # keeps; a look costs ~30 ms of CPU (a connection, the catalog, file listings). The automation
-        # sensor's 30 s come after it on a change's way to the destinations.
+        # sensor's 10 s come after it on a change's way to the destinations.
         default=5,
         ge=5,
         description="Seconds between two looks at the source tables' versions (file listings or "
