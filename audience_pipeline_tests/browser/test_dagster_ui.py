@@ -28,7 +28,7 @@ UPLOAD = ("amc", "dataset", "sample_customer_identities")
 UPLOAD_SQL = "SELECT count(*) FROM profiles WHERE customer_id IS NOT NULL"  # the `query` in defs/amc
 RUN_TIMEOUT_MS = 120_000
 SCREENSHOT = ARTIFACTS / "dagster_ui.png"
-# Four snapshot runs, then the deliveries the automation sensor (every 30 s) launches after them, then
+# Four snapshot runs, then the deliveries the automation sensor (every 10 s) launches after them, then
 # the first DSP flush it launches after the DSP queue's run.
 BACKFILL_TIMEOUT_SECONDS = 240
 RUN_ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
