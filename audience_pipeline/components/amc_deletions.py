@@ -13,8 +13,8 @@ from audience_pipeline.amc.deletion import deletion_identities
 from audience_pipeline.amc.jobs import AmcJob, request_deletions
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.components.amc_assets import AmcInstance, AmcRunConfig, AmcTarget, plain
-from audience_pipeline.components.audiences import source_query_errors
 from audience_pipeline.identity.countries import CountrySetting
+from audience_pipeline.resources.duckdb_source import source_query_errors
 
 # The name becomes an asset key part and the name of its op and schedule.
 _NAME = re.compile(r"[a-z0-9_]+")

@@ -21,8 +21,8 @@ from audience_pipeline.amc.upload_files import NoRowsToUpload, write_upload_file
 from audience_pipeline.amc.upload_settings import DatasetUploadSettings, planned_upload_calls, upload_name
 from audience_pipeline.clients.ads_api import AmazonAdsApiError
 from audience_pipeline.components.amc_assets import AmcInstance, AmcRunConfig, AmcTarget, plain
-from audience_pipeline.components.audiences import source_query_errors
 from audience_pipeline.components.ui import rejects_by_reason
+from audience_pipeline.resources.duckdb_source import source_query_errors
 
 
 class DatasetUpload(AmcTarget, DatasetUploadSettings):

@@ -47,7 +47,7 @@ from audience_pipeline.identity.hashing import sha256_hex
 from audience_pipeline.membership.adm_delivery import dataset_name
 from audience_pipeline.membership.delivery import USER_ID, deliver
 from audience_pipeline.membership.dsp_queue import DspQueue
-from audience_pipeline.membership.ledger import Ledger
+from audience_pipeline.membership.ledger import Ledger, LedgerState
 from audience_pipeline.privacy import (
     DONE,
     FAILED,
@@ -258,7 +258,7 @@ class _Forgetting:
             ledger = Ledger(self.store, firehose.destination, audience.partition_key)
             where = f"{firehose.label}, audience {audience.partition_key}"
             with self._attempt(request_id, where) as failed:
-                held = _held(ledger, person)
+                _, held = _held(ledger, person)
                 if held.len():
                     outcome = deliver(
                         ledger,
@@ -286,8 +286,7 @@ class _Forgetting:
                 ledger = Ledger(
                     self.store, adm.ledger_destination(dataset_name(audience)), audience.partition_key
                 )
-                state = ledger.load()
-                held = ledger.members_where(state, person) if state.revision is not None else user_ids.clear()
+                state, held = _held(ledger, person)
                 if held.len():
                     ledgers.append((ledger, state, held))
             held_ids = pl.concat([user_ids, *(held for _, _, held in ledgers)]).unique(maintain_order=True)
@@ -315,7 +314,7 @@ class _Forgetting:
             where = f"{dsp.label}, audience {audience.partition_key}"
             with self._attempt(request_id, where) as failed:
                 ledger = Ledger(self.store, dsp.destination, audience.partition_key)
-                held = _held(ledger, device)
+                _, held = _held(ledger, device)
                 confirmed = 0
                 if held.len():
                     adapter = dsp.adapter(self.store, audience, self.resources.amazon_ads, time.time)
@@ -391,12 +390,12 @@ class _Attempt:
         return True
 
 
-def _held(ledger: Ledger, match: Callable[[pl.Series], pl.Series]) -> pl.Series:
-    """The members of a stored ledger that `match` finds; none when there is no ledger."""
+def _held(ledger: Ledger, match: Callable[[pl.Series], pl.Series]) -> tuple[LedgerState, pl.Series]:
+    """The ledger as loaded, and its members that `match` finds; none when there is no ledger."""
     state = ledger.load()
     if state.revision is None:
-        return pl.Series(USER_ID, [], pl.String)
-    return ledger.members_where(state, match)
+        return state, pl.Series(USER_ID, [], pl.String)
+    return state, ledger.members_where(state, match)
 
 
 def _hashes(values: pl.Series) -> pl.Series:
