@@ -7,7 +7,10 @@ keeps and hands on is hashes only:
 
 - **keys** `(request_id, kind, hash)`: the SHA-256 of each value that singles a person out (`user_id`,
   `email`, `phone`, mobile ad IDs, partner IDs). Names, addresses, cities, ZIPs and countries never
-  match on their own: a first name shared by thousands would forget them all.
+  match on their own: a first name shared by thousands would forget them all. Once a request found its
+  person in a snapshot, the keys of every identity the snapshot held for them join it (`resolve`): a
+  person asked for by e-mail is then found by user id and mobile ad ID too, in ledgers and queues that
+  keep nothing else, on this run and on every later one.
 - **hashed identities** per request: what Amazon's identity deletions take (AMC, Ads Data Manager).
 
 The keys of the open requests are the **suppression list** (`SUPPRESSED_KEY` in the state store): a
@@ -52,8 +55,9 @@ RECEIPT_SCHEMA = pl.Schema(
 )
 SUPPRESSED_KEY = "privacy/suppressed.parquet"
 RECEIPTS_KEY = "privacy/receipts.parquet"
-# Receipt states: the work is done (or Amazon finished it), failed, or Amazon is still working.
-DONE, FAILED = "DONE", "FAILED"
+# Receipt states besides Amazon's own: the work is done, it failed (tried again by the next run), or a
+# destination that failed before held nothing of the person when tried again (or is gone from the project).
+DONE, FAILED, NOT_HELD = "DONE", "FAILED", "NOT_HELD"
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,6 @@ class DeletionRequests:
     withdrawn: tuple[str, ...]
     rows_without_request_id: int
     rejects: dict[str, dict[str, int]]
-
-    def keys_of(self, request_id: str) -> pl.DataFrame:
-        """One request's keys."""
-        return self.keys.filter(pl.col(REQUEST_ID) == request_id)
-
-    def hashed_of(self, request_id: str) -> pl.DataFrame:
-        """One request's hashed identity columns, one row per row of the query."""
-        return self.hashed.filter(pl.col(REQUEST_ID) == request_id).drop(REQUEST_ID)
 
 
 def key_hash(kind: str, values: pl.Expr) -> pl.Expr:
@@ -149,15 +145,71 @@ def matches(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.Series:
     return found.alias("matches")
 
 
+def resolve(members: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """The keys (`KEYS_SCHEMA`) of every identity of `members` (normalized identity columns, as in a
+    snapshot), each under the request (of `keys`) whose key the member carries."""
+    kinds = [kind for kind in MATCH_FIELDS if kind in members.columns]
+    rows = members.select(*(key_hash(kind, pl.col(kind)).alias(kind) for kind in kinds)).with_row_index("row")
+    owned = pl.concat(
+        [
+            pl.DataFrame(schema={"row": pl.UInt32, REQUEST_ID: pl.String}),
+            *(
+                rows.select("row", pl.col(kind).alias("hash"))
+                .join(keys.filter(pl.col("kind") == kind), on="hash")
+                .select("row", REQUEST_ID)
+                for kind in kinds
+            ),
+        ]
+    ).unique()
+    found = owned.join(rows, on="row")
+    return (
+        pl.concat(
+            [
+                KEYS_SCHEMA.to_frame(),
+                *(
+                    found.select(REQUEST_ID, pl.lit(kind).alias("kind"), pl.col(kind).alias("hash"))
+                    for kind in kinds
+                ),
+            ]
+        )
+        .drop_nulls("hash")
+        .unique(maintain_order=True)
+    )
+
+
+def finder(keys: pl.DataFrame, kinds: Sequence[str]) -> Callable[[pl.Series], pl.Series]:
+    """Whether each of some values (a ledger's user ids or MAIDs, of one of `kinds`) carries one of `keys`."""
+    hashes = keys.filter(pl.col("kind").is_in(kinds)).get_column("hash").implode()
+
+    def found(values: pl.Series) -> pl.Series:
+        return values.to_frame().select(key_hash(kinds[0], pl.col(values.name)).is_in(hashes)).to_series()
+
+    return found
+
+
+def held_per_request(values: pl.Series, keys: pl.DataFrame, kinds: Sequence[str]) -> dict[str, int]:
+    """How many of `values` (user ids or MAIDs a destination holds, of one of `kinds`) each request of
+    `keys` names."""
+    hashed = values.unique().to_frame("value").with_columns(key_hash(kinds[0], pl.col("value")).alias("hash"))
+    named = keys.filter(pl.col("kind").is_in(kinds)).select(REQUEST_ID, "hash").unique()
+    owners = hashed.join(named, on="hash")
+    return dict(owners.group_by(REQUEST_ID).agg(pl.col("value").n_unique()).iter_rows())
+
+
+def load_keys(store: ParquetStore) -> pl.DataFrame:
+    """The stored keys of the open requests (`KEYS_SCHEMA`), resolved ones included; empty without one."""
+    frame = store.read(SUPPRESSED_KEY)
+    return KEYS_SCHEMA.to_frame() if frame is None else frame.select(KEYS_SCHEMA.names()).cast(KEYS_SCHEMA)
+
+
 def load_suppressed(store: ParquetStore) -> pl.DataFrame:
     """The suppression list: the keys (`kind, hash`) of every open deletion request; empty without one."""
-    frame = store.read(SUPPRESSED_KEY)
-    return KEYS_SCHEMA.to_frame().drop(REQUEST_ID) if frame is None else frame.select("kind", "hash")
+    return load_keys(store).select("kind", "hash").unique()
 
 
 def save_suppressed(store: ParquetStore, keys: pl.DataFrame) -> None:
-    """Replace the suppression list with `keys` (the open requests'), hashes only."""
-    store.write(SUPPRESSED_KEY, keys.select("kind", "hash").unique().sort("kind", "hash"))
+    """Replace the suppression list with `keys` (`KEYS_SCHEMA`: the open requests'), hashes only."""
+    store.write(SUPPRESSED_KEY, keys.select(KEYS_SCHEMA.names()).unique().sort(REQUEST_ID, "kind", "hash"))
 
 
 @dataclass(frozen=True)
@@ -213,6 +265,19 @@ def to_process(requests: DeletionRequests, receipts: pl.DataFrame) -> list[str]:
     failed = set(receipts.filter(pl.col("state") == FAILED).get_column(REQUEST_ID))
     seen = set(receipts.get_column(REQUEST_ID))
     return [r for r in requests.open if r not in seen or r in failed]
+
+
+def settled(stored: pl.DataFrame, processed: Sequence[str], new: Sequence[Receipt], at: int) -> list[Receipt]:
+    """`NOT_HELD` receipts for the failures (in `stored`) of requests this run `processed` that none of
+    its `new` receipts replaces: the destination held nothing of the person when tried again, or is no
+    longer in the project. Without them, the request would be tried again forever."""
+    replaced = {(r.request_id, r.destination) for r in new}
+    failed = stored.filter((pl.col("state") == FAILED) & pl.col(REQUEST_ID).is_in(list(processed)))
+    return [
+        Receipt(request_id, destination, NOT_HELD, at)
+        for request_id, destination in failed.select(REQUEST_ID, "destination").iter_rows()
+        if (request_id, destination) not in replaced
+    ]
 
 
 def without(user_ids: pl.Series) -> Callable[[LedgerState, LedgerReader], MemberSource]:

@@ -7,6 +7,7 @@ import boto3
 import dagster as dg
 import duckdb
 import pytest
+import requests
 from cryptography.fernet import Fernet
 
 from audience_pipeline.components import firehose as firehose_module
@@ -24,8 +25,8 @@ from audience_pipeline.sandbox.aws import create_amc_bucket
 from audience_pipeline.sandbox.profiles import PROFILES as SANDBOX_PROFILES
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
 
-from .conftest import amazon_ads_resource, wired_resources
-from .sandbox.test_aws_firehose import STREAM, aws_clients, delivered_messages
+from .conftest import add_fault, amazon_ads_resource, wired_resources
+from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages
 from .test_amc_component import BUCKET, INSTANCE, customers_upload, sha
 from .test_dsp_delivery import dsp_records
 
@@ -37,11 +38,19 @@ PROFILES = [
     ("u3", "carol@example.net", "+1 415 555 0199", None),
 ]
 # Alice asks to be forgotten, her address written as people write it: matching is on hashes.
-REQUEST = ("req-1", "  Alice@Example.COM ")
+REQUEST = ("req-1", "  Alice@Example.COM ", None)
 RAW = ["alice", "Alice", "206", "6d92078a"]
+BOB_EMAIL, BOB_IDFA = PROFILES[1][1], PROFILES[1][3]
+# Where the receipts say the person was forgotten.
+FIREHOSE, ADM, DSP = (
+    "Firehose audience-changes, audience 7",
+    "Ads Data Manager amzn1.ads-account.sandbox",
+    "DSP advertiser 123456789, audience 7",
+)
 
 
-def write_source(path, withdrawn: bool = False) -> None:
+def write_source(path, withdrawn: bool = False, requests=(REQUEST,)) -> None:
+    """The profiles, AMC's customers, and deletion requests (request id, e-mail, IDFA)."""
     with duckdb.connect(str(path)) as conn:
         conn.execute(
             "CREATE OR REPLACE TABLE profiles (user_id VARCHAR, email VARCHAR, phone VARCHAR, idfa VARCHAR)"
@@ -52,9 +61,12 @@ def write_source(path, withdrawn: bool = False) -> None:
             "SELECT user_id AS customer_id, email, NULL::VARCHAR AS tier FROM profiles"
         )
         conn.execute(
-            "CREATE OR REPLACE TABLE deletion_requests (request_id VARCHAR, email VARCHAR, withdrawn BOOLEAN)"
+            "CREATE OR REPLACE TABLE deletion_requests "
+            "(request_id VARCHAR, email VARCHAR, idfa VARCHAR, withdrawn BOOLEAN)"
         )
-        conn.execute("INSERT INTO deletion_requests VALUES (?, ?, ?)", [*REQUEST, withdrawn])
+        conn.executemany(
+            "INSERT INTO deletion_requests VALUES (?, ?, ?, ?)", [[*r, withdrawn] for r in requests]
+        )
 
 
 class Everywhere:
@@ -139,13 +151,16 @@ class Everywhere:
         table = state.family("amc")["instances"][INSTANCE]["dataSets"]["customers"]["_table"]
         return set(state.cursor().sql(f"SELECT email FROM {table}").pl().get_column("email"))
 
-    def alice_messages(self) -> list[bool]:
-        """IsMember of every Firehose message about Alice, in no particular order."""
+    def alice_messages(self, email: str = ALICE_EMAIL) -> list[bool]:
+        """IsMember of every Firehose message about Alice (or whoever has `email`), in no particular order."""
         return [
-            m["IsMember"]
-            for m in delivered_messages(self.s3)
-            if m["UserIdentities"].get("Email") == ALICE_EMAIL
+            m["IsMember"] for m in delivered_messages(self.s3) if m["UserIdentities"].get("Email") == email
         ]
+
+    def receipts(self) -> dict[tuple[str, str], str]:
+        """(request id, destination) → state, of every stored receipt."""
+        receipts = self.state.store.read(RECEIPTS_KEY)
+        return {(r, d): s for r, d, s in receipts.select("request_id", "destination", "state").iter_rows()}
 
 
 @pytest.fixture
@@ -175,12 +190,11 @@ def test_a_person_is_forgotten_at_every_destination_and_stays_out_until_the_requ
     assert sha(ALICE_EMAIL) not in everywhere.amc_emails()
     assert len(everywhere.amc_emails()) == 2
     receipts = everywhere.state.store.read(RECEIPTS_KEY)
-    states = dict(zip(receipts["destination"], receipts["state"], strict=True))
-    assert states == {
-        "Firehose audience-changes, audience 7": "DONE",
-        "Ads Data Manager amzn1.ads-account.sandbox": "DONE",
-        "DSP advertiser 123456789, audience 7": "DONE",
-        f"AMC {INSTANCE}": "SUCCEEDED",
+    assert everywhere.receipts() == {
+        ("req-1", FIREHOSE): "DONE",
+        ("req-1", ADM): "DONE",
+        ("req-1", DSP): "DONE",
+        ("req-1", f"AMC {INSTANCE}"): "SUCCEEDED",
     }
     [amc_ids] = receipts.filter(receipts["destination"] == f"AMC {INSTANCE}")["amazon_ids"].to_list()
     assert amc_ids and set(receipts["request_id"]) == {"req-1"}
@@ -210,3 +224,62 @@ def test_a_person_is_forgotten_at_every_destination_and_stays_out_until_the_requ
     everywhere.deliver()
     assert everywhere.adm_members() == {"u1", "u2", "u3"}
     assert sorted(everywhere.alice_messages()) == [False, True, True]
+
+
+def test_requests_are_forgotten_together_and_a_person_asked_for_by_one_id_is_found_by_the_others(everywhere):
+    """Alice by e-mail, Bob by his IDFA only, and someone no destination holds, in one run: Bob's user id
+    (ADM, Firehose) is found through the snapshot's row that carries his IDFA."""
+    write_source(
+        everywhere.source_path,
+        requests=[REQUEST, ("req-2", None, BOB_IDFA.upper()), ("req-3", "nobody@example.com", None)],
+    )
+    everywhere.deliver()
+    dg.materialize([everywhere.upload], instance=everywhere.instance)
+
+    result = everywhere.run_forget()
+
+    assert everywhere.adm_members() == {"u3"}
+    assert everywhere.dsp_maids() == set()
+    assert sorted(everywhere.alice_messages()) == [False, True]
+    assert sorted(everywhere.alice_messages(BOB_EMAIL)) == [False, True]
+    assert sha(ALICE_EMAIL) not in everywhere.amc_emails() and sha(BOB_EMAIL) in everywhere.amc_emails()
+    receipts = everywhere.receipts()
+    assert {d for (r, d) in receipts if r == "req-2"} == {FIREHOSE, ADM, DSP}
+    # The nobody is deleted where deletion goes by identity (ADM by hashed e-mail, AMC), held nowhere else.
+    assert {d for (r, d) in receipts if r == "req-3"} == {ADM, f"AMC {INSTANCE}"}
+    assert set(receipts.values()) <= {"DONE", "SUCCEEDED"}
+    [event] = result.get_asset_materialization_events()
+    assert event.materialization.metadata["requests_processed"].value == 3
+    suppressed = everywhere.state.store.read(SUPPRESSED_KEY)
+    assert sha("u2") in set(suppressed.filter(suppressed["kind"] == "user_id")["hash"])
+
+    # Bob's refreshed row is left out by his user id and IDFA alike.
+    everywhere.deliver()
+    assert everywhere.adm_members() == {"u3"}
+    assert sorted(everywhere.alice_messages(BOB_EMAIL)) == [False, True]
+
+
+def test_a_destination_that_failed_is_tried_again_and_still_finds_the_person(everywhere):
+    """The first run drops Alice from the snapshot but Firehose fails; the next run has no snapshot row
+    to learn her user id from, and still sends her removal (her resolved keys were kept)."""
+    everywhere.deliver()
+    add_fault(everywhere.sandbox.aws_url, route=PUT_RECORD_BATCH, record_failure_rate=1.0)
+
+    with pytest.raises(dg.Failure, match="req-1 at Firehose audience-changes, audience 7"):
+        everywhere.run_forget()
+
+    assert everywhere.receipts()[("req-1", FIREHOSE)] == "FAILED"
+    assert everywhere.alice_messages() == [True]
+    assert everywhere.adm_members() == {"u2", "u3"}
+    requests.delete(f"{everywhere.sandbox.aws_url}/_sandbox/faults", timeout=10).raise_for_status()
+
+    result = everywhere.run_forget()
+
+    assert sorted(everywhere.alice_messages()) == [False, True]
+    assert everywhere.receipts()[("req-1", FIREHOSE)] == "DONE"
+    [event] = result.get_asset_materialization_events()
+    assert event.materialization.metadata["requests_processed"].value == 1
+    # Done everywhere now: the next run has nothing to do.
+    again = everywhere.run_forget()
+    [event] = again.get_asset_materialization_events()
+    assert event.materialization.metadata["requests_processed"].value == 0

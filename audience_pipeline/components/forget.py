@@ -43,7 +43,6 @@ from audience_pipeline.components.source import source_table_key
 from audience_pipeline.components.ui import OWNERS
 from audience_pipeline.identity import MAID_FIELDS
 from audience_pipeline.identity.countries import country_setting
-from audience_pipeline.identity.hashing import sha256_hex
 from audience_pipeline.membership.adm_delivery import dataset_name
 from audience_pipeline.membership.delivery import USER_ID, deliver
 from audience_pipeline.membership.dsp_queue import DspQueue
@@ -54,9 +53,14 @@ from audience_pipeline.privacy import (
     REQUEST_ID,
     Receipt,
     deletion_requests,
+    finder,
+    held_per_request,
+    load_keys,
     load_receipts,
+    resolve,
     save_receipts,
     save_suppressed,
+    settled,
     to_process,
     without,
 )
@@ -66,7 +70,11 @@ from audience_pipeline.state.buckets import BucketedFile
 
 FORGET_ASSET_KEY = dg.AssetKey(["privacy", "forget"])
 # AMC identity columns that name a person (the others name a place), as `amc.deletion` reads them.
-_PERSON_COLUMNS = ("email", "phone", "first_name", "last_name", "address")
+_PERSON_COLUMNS = ["email", "phone", "first_name", "last_name", "address"]
+# What ADM deletes a person by: the hashed e-mails and phones of a request, and the user ids it holds.
+_ADM_PII = {"email": "em", "phone": "ph"}
+# The key kinds a ledger's user ids are found by.
+_USER = (USER_ID,)
 
 
 @dataclass(frozen=True)
@@ -124,11 +132,12 @@ class ForgetComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
         def forget(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             """Forgets the people of the open deletion requests at every destination.
 
-            Replaces the suppression list (hashes of the open requests' identities), then for each new
-            request (or one a destination failed): drops the person from the snapshots, sends
-            `IsMember=false` to Firehose, deletes the identity in Ads Data Manager, removes their MAIDs
-            from DSP audiences, deletes the identity in AMC (followed to its end), purges ledgers and
-            queues, and records a receipt per destination. Metadata holds request ids and counts only.
+            Replaces the suppression list (hashes of the open requests' identities), then, all at once
+            for the new requests (and those a destination failed): drops the people from the
+            snapshots, sends `IsMember=false` to Firehose, deletes the identities in Ads Data Manager,
+            removes their MAIDs from DSP audiences, deletes the identities in AMC (followed to its
+            end), purges ledgers and queues, and records a receipt per request and destination.
+            Metadata holds request ids and counts only.
             """
             store = context.resources.state_store.store
             with source_query_errors("deletion requests", "sql"):
@@ -137,20 +146,28 @@ class ForgetComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
                 requests = deletion_requests(frame, self.country_code)
             except ValueError as error:
                 raise dg.Failure(f"deletion requests: {error}") from None
+            known = load_keys(store)
+            keys = pl.concat([requests.keys, known.filter(pl.col(REQUEST_ID).is_in(requests.open))]).unique()
             # First, so that a snapshot refreshed while this run works already leaves them out.
-            save_suppressed(store, requests.keys)
+            save_suppressed(store, keys)
             stored = load_receipts(store)
-            work = _Forgetting(context, audiences, destinations)
             processed = to_process(requests, stored)
-            receipts = [
-                receipt
-                for request_id in processed
-                for receipt in work.forget(
-                    request_id, requests.keys_of(request_id), requests.hashed_of(request_id)
+            work = _Forgetting(context, audiences, destinations)
+            receipts: list[Receipt] = []
+            if processed:
+                batch_keys = keys.filter(pl.col(REQUEST_ID).is_in(processed))
+                resolved = resolve(work.drop_from_snapshots(batch_keys), batch_keys)
+                keys = pl.concat([keys, resolved]).unique()
+                save_suppressed(store, keys)
+                batch = _Batch(
+                    tuple(processed),
+                    keys.filter(pl.col(REQUEST_ID).is_in(processed)),
+                    requests.hashed.filter(pl.col(REQUEST_ID).is_in(processed)),
                 )
-            ]
+                receipts = work.forget(batch)
+                receipts += settled(stored, processed, receipts, _now())
             pending = stored.filter(~pl.col("final") & ~pl.col(REQUEST_ID).is_in(processed))
-            receipts += [work.follow(row) for row in pending.iter_rows(named=True)]
+            receipts += work.follow(pending)
             save_receipts(store, stored, receipts)
             failed = [r for r in receipts if r.state == FAILED]
             metadata = {
@@ -158,7 +175,7 @@ class ForgetComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
                 "requests_withdrawn": len(requests.withdrawn),
                 "requests_processed": len(processed),
                 "rows_without_request_id": requests.rows_without_request_id,
-                "suppressed_keys": requests.keys.height,
+                "suppressed_keys": keys.height,
                 "receipts": len(receipts),
                 "receipts_failed": len(failed),
                 "receipts_pending": sum(not r.final for r in receipts),
@@ -179,6 +196,20 @@ class ForgetComponent(CheckedSettings, dg.Component, dg.Model, dg.Resolvable):
         return forget
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The requests one run works on, together: their keys (the query's and those resolved from the
+    snapshots) and hashed identity rows."""
+
+    requests: tuple[str, ...]
+    keys: pl.DataFrame
+    hashed: pl.DataFrame
+
+    def receipts(self, where: str, held: dict[str, int], state: str = DONE) -> list[Receipt]:
+        """A receipt at `where` for each request of which it held members (`held`: request → count)."""
+        return [Receipt(r, where, state, _now(), members=n) for r, n in held.items()]
+
+
 class _Forgetting:
     """One run's work on the requests, with its resources."""
 
@@ -189,49 +220,46 @@ class _Forgetting:
         self.store = context.resources.state_store.store
         self.audiences, self.destinations = audiences, destinations
 
-    def forget(self, request_id: str, keys: pl.DataFrame, hashed: pl.DataFrame) -> list[Receipt]:
-        """Forget one request's person everywhere; a receipt per destination that held or took them."""
-        dropped = self._drop_from_snapshots(keys)
-        user_ids = _column(dropped, [USER_ID])
-        maids = _column(dropped, [c for c in MAID_FIELDS if c in dropped.columns])
-        user_keys = keys.filter(pl.col("kind") == USER_ID).get_column("hash").implode()
-        maid_keys = keys.filter(pl.col("kind").is_in(MAID_FIELDS)).get_column("hash").implode()
-
-        def person(ids: pl.Series) -> pl.Series:
-            return ids.is_in(user_ids.implode()) | _hashes(ids).is_in(user_keys)
-
-        def device(ids: pl.Series) -> pl.Series:
-            return ids.is_in(maids.implode()) | _hashes(ids).is_in(maid_keys)
-
+    def forget(self, batch: _Batch) -> list[Receipt]:
+        """Forget the batch's people everywhere; a receipt per request and destination that held or took
+        them (or failed)."""
         receipts: list[Receipt] = []
         for firehose in self.destinations.firehose:
-            receipts += self._firehose(request_id, firehose, person)
+            receipts += self._firehose(batch, firehose)
         for adm in self.destinations.ads_data_manager:
-            receipts += self._adm(request_id, adm, person, user_ids, hashed)
+            receipts += self._adm(batch, adm)
         for dsp in self.destinations.dsp:
-            receipts += self._dsp(request_id, dsp, device, maids)
+            receipts += self._dsp(batch, dsp)
         for amc in self.destinations.amc:
-            receipts += self._amc(request_id, amc, hashed)
+            receipts += self._amc(batch, amc)
         return receipts
 
-    def follow(self, row: dict[str, Any]) -> Receipt:
-        """Poll once an AMC deletion an earlier run left running; its receipt as it stands now."""
-        amc = next(c for c in self.destinations.amc if _amc_label(c) == row["destination"])
-        with self._attempt(row[REQUEST_ID], row["destination"]) as failed:
-            client = amc.amc_instance.amc_client(self.resources.amazon_ads)
-            outcome = check_job(client, AmcJob("deletion", tuple(row["amazon_ids"])))
-            return Receipt(
-                row[REQUEST_ID],
-                row["destination"],
-                outcome.status,
-                _now(),
-                final=outcome.final,
-                members=row["members"],
-                amazon_ids=tuple(row["amazon_ids"]),
-            )
-        return failed[0]
+    def follow(self, pending: pl.DataFrame) -> list[Receipt]:
+        """Poll once each AMC deletion an earlier run left running (`pending`: receipts not final); the
+        receipts as they stand now."""
+        receipts: list[Receipt] = []
+        for (where, ids), rows in pending.group_by("destination", "amazon_ids", maintain_order=True):
+            request_ids = tuple(rows.get_column(REQUEST_ID))
+            with self._attempt(request_ids, str(where)) as failed:
+                amc = next(c for c in self.destinations.amc if _amc_label(c) == where)
+                client = amc.amc_instance.amc_client(self.resources.amazon_ads)
+                outcome = check_job(client, AmcJob("deletion", tuple(ids)))
+                receipts += [
+                    Receipt(
+                        row[REQUEST_ID],
+                        row["destination"],
+                        outcome.status,
+                        _now(),
+                        final=outcome.final,
+                        members=row["members"],
+                        amazon_ids=tuple(ids),
+                    )
+                    for row in rows.iter_rows(named=True)
+                ]
+            receipts += failed
+        return receipts
 
-    def _drop_from_snapshots(self, keys: pl.DataFrame) -> pl.DataFrame:
+    def drop_from_snapshots(self, keys: pl.DataFrame) -> pl.DataFrame:
         """Drop the members carrying `keys` from every audience's snapshot; the members dropped."""
         dropped = []
         for audience in self.audiences.audiences:
@@ -249,16 +277,14 @@ class _Forgetting:
             else pl.DataFrame({USER_ID: []}, schema={USER_ID: pl.String})
         )
 
-    def _firehose(
-        self, request_id: str, firehose: FirehoseComponent, person: Callable[[pl.Series], pl.Series]
-    ) -> list[Receipt]:
+    def _firehose(self, batch: _Batch, firehose: FirehoseComponent) -> list[Receipt]:
         receipts = []
         for audience_id in firehose.audiences:
             audience = self.audiences.audience(str(audience_id))
             ledger = Ledger(self.store, firehose.destination, audience.partition_key)
             where = f"{firehose.label}, audience {audience.partition_key}"
-            with self._attempt(request_id, where) as failed:
-                _, held = _held(ledger, person)
+            with self._attempt(batch.requests, where) as failed:
+                _, held = _held(ledger, finder(batch.keys, _USER))
                 if held.len():
                     outcome = deliver(
                         ledger,
@@ -267,30 +293,23 @@ class _Forgetting:
                         max_removal_share=1.0,
                     )
                     state = DONE if not outcome.failed and not outcome.rejected else FAILED
-                    receipts.append(Receipt(request_id, where, state, _now(), members=outcome.confirmed))
+                    receipts += batch.receipts(where, held_per_request(held, batch.keys, _USER), state)
             receipts += failed
         return receipts
 
-    def _adm(
-        self,
-        request_id: str,
-        adm: AdsDataManagerComponent,
-        person: Callable[[pl.Series], pl.Series],
-        user_ids: pl.Series,
-        hashed: pl.DataFrame,
-    ) -> list[Receipt]:
-        with self._attempt(request_id, adm.label) as failed:
+    def _adm(self, batch: _Batch, adm: AdsDataManagerComponent) -> list[Receipt]:
+        with self._attempt(batch.requests, adm.label) as failed:
             ledgers = []
             for audience_id in adm.audiences:
                 audience = self.audiences.audience(str(audience_id))
                 ledger = Ledger(
                     self.store, adm.ledger_destination(dataset_name(audience)), audience.partition_key
                 )
-                state, held = _held(ledger, person)
+                state, held = _held(ledger, finder(batch.keys, _USER))
                 if held.len():
                     ledgers.append((ledger, state, held))
-            held_ids = pl.concat([user_ids, *(held for _, _, held in ledgers)]).unique(maintain_order=True)
-            targets = [{"externalUserId": user_id} for user_id in held_ids] + _adm_identities(hashed)
+            held_ids = pl.concat([pl.Series(USER_ID, [], pl.String), *(h for _, _, h in ledgers)]).unique()
+            targets = [{"externalUserId": user_id} for user_id in held_ids] + _adm_identities(batch.hashed)
             if not targets:
                 return []
             client = self.resources.amazon_ads.adm(adm.manager_account_id)
@@ -298,49 +317,42 @@ class _Forgetting:
                 client.delete_identities(targets[start : start + MAX_DELETION_TARGETS])
             for ledger, state, held in ledgers:
                 ledger.purge(state, held)
-            return [Receipt(request_id, adm.label, DONE, _now(), members=held_ids.len())]
+            # Every request is deleted by its hashed identities even where no ledger held its person.
+            counts = held_per_request(held_ids, batch.keys, _USER)
+            named = set(batch.hashed.filter(_has_any(batch.hashed, list(_ADM_PII))).get_column(REQUEST_ID))
+            held = {r: counts.get(r, 0) for r in batch.requests if r in counts or r in named}
+            return batch.receipts(adm.label, held)
         return failed
 
-    def _dsp(
-        self,
-        request_id: str,
-        dsp: DspMobileAdIdsComponent,
-        device: Callable[[pl.Series], pl.Series],
-        maids: pl.Series,
-    ) -> list[Receipt]:
+    def _dsp(self, batch: _Batch, dsp: DspMobileAdIdsComponent) -> list[Receipt]:
         receipts = []
+        device = finder(batch.keys, MAID_FIELDS)
         for audience_id in dsp.audiences:
             audience = self.audiences.audience(str(audience_id))
             where = f"{dsp.label}, audience {audience.partition_key}"
-            with self._attempt(request_id, where) as failed:
+            with self._attempt(batch.requests, where) as failed:
                 ledger = Ledger(self.store, dsp.destination, audience.partition_key)
                 _, held = _held(ledger, device)
-                confirmed = 0
+                counts = held_per_request(held, batch.keys, MAID_FIELDS)
                 if held.len():
                     adapter = dsp.adapter(self.store, audience, self.resources.amazon_ads, time.time)
                     outcome = deliver(ledger, without(held), adapter, max_removal_share=1.0)
-                    confirmed = outcome.confirmed
                     if outcome.failed or outcome.rejected:
-                        receipts.append(Receipt(request_id, where, FAILED, _now(), members=confirmed))
+                        receipts += batch.receipts(where, counts, FAILED)
                         continue
-                taken = DspQueue(self.store, dsp.destination, audience.partition_key).purge(
-                    pl.concat([maids, held])
-                )
-                if held.len() or taken:
-                    receipts.append(Receipt(request_id, where, DONE, _now(), members=confirmed))
+                DspQueue(self.store, dsp.destination, audience.partition_key).purge(device)
+                receipts += batch.receipts(where, counts)
             receipts += failed
         return receipts
 
-    def _amc(
-        self, request_id: str, amc: AmazonMarketingCloudComponent, hashed: pl.DataFrame
-    ) -> list[Receipt]:
-        person = [c for c in _PERSON_COLUMNS if c in hashed.columns]
-        if not person or not hashed.select(pl.any_horizontal(pl.col(person).is_not_null()).any()).item():
+    def _amc(self, batch: _Batch, amc: AmazonMarketingCloudComponent) -> list[Receipt]:
+        named = batch.hashed.filter(_has_any(batch.hashed, _PERSON_COLUMNS))
+        if not named.height:
             return []
         where = _amc_label(amc)
-        with self._attempt(request_id, where) as failed:
+        with self._attempt(batch.requests, where) as failed:
             # The identities are hashes already: the identity engine passes SHA-256 digests through.
-            identities = deletion_identities(hashed)
+            identities = deletion_identities(named.drop(REQUEST_ID))
             instance = amc.amc_instance
             client = instance.amc_client(self.resources.amazon_ads)
             job = AmcJob("deletion", tuple(request_deletions(client, identities.requests())))
@@ -350,6 +362,7 @@ class _Forgetting:
                 poll_seconds=instance.poll_interval_seconds,
                 timeout_seconds=instance.wait_timeout_seconds,
             )
+            # One deletion for every request of the run: each receipt names all its AMC request ids.
             return [
                 Receipt(
                     request_id,
@@ -357,22 +370,24 @@ class _Forgetting:
                     outcome.status,
                     _now(),
                     final=outcome.final,
-                    members=len(identities.identities),
+                    members=rows,
                     amazon_ids=job.ids,
                 )
+                for request_id, rows in named.group_by(REQUEST_ID, maintain_order=True).len().iter_rows()
             ]
         return failed
 
-    def _attempt(self, request_id: str, where: str) -> "_Attempt":
-        return _Attempt(self.context, request_id, where)
+    def _attempt(self, request_ids: tuple[str, ...], where: str) -> "_Attempt":
+        return _Attempt(self.context, request_ids, where)
 
 
 class _Attempt:
-    """One destination's part of a request: an error is logged (type and message, which never quote
-    an identity) and becomes a FAILED receipt in the list it yields, so the other destinations go on."""
+    """One destination's part of the requests: an error is logged (type and message, which never quote
+    an identity) and becomes a FAILED receipt per request in the list it yields, so the other
+    destinations go on and the next run tries these requests again."""
 
-    def __init__(self, context: dg.AssetExecutionContext, request_id: str, where: str):
-        self.context, self.request_id, self.where = context, request_id, where
+    def __init__(self, context: dg.AssetExecutionContext, request_ids: tuple[str, ...], where: str):
+        self.context, self.request_ids, self.where = context, request_ids, where
         self.failed: list[Receipt] = []
 
     def __enter__(self) -> list[Receipt]:
@@ -384,9 +399,9 @@ class _Attempt:
         # Amazon's and our own errors are worded without data; any other may quote a value it met.
         said = f": {error}" if isinstance(error, AmazonAdsApiError | dg.Failure) else ""
         self.context.log.error(
-            f"forget request {self.request_id} at {self.where}: {type(error).__name__}{said}"
+            f"forget: {len(self.request_ids)} requests at {self.where}: {type(error).__name__}{said}"
         )
-        self.failed.append(Receipt(self.request_id, self.where, FAILED, _now()))
+        self.failed += [Receipt(r, self.where, FAILED, _now()) for r in self.request_ids]
         return True
 
 
@@ -398,29 +413,19 @@ def _held(ledger: Ledger, match: Callable[[pl.Series], pl.Series]) -> tuple[Ledg
     return state, ledger.members_where(state, match)
 
 
-def _hashes(values: pl.Series) -> pl.Series:
-    """The SHA-256 of each value (ledger user ids and MAIDs), as the keys of `privacy` hold them."""
-    return values.to_frame().select(sha256_hex(pl.col(values.name))).to_series()
-
-
-def _column(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
-    """The distinct non-null values of `columns` of `frame`, as one text column."""
-    values = [frame.get_column(c).cast(pl.String) for c in columns if c in frame.columns]
-    return (
-        pl.concat([pl.Series(USER_ID, [], pl.String), *(v.alias(USER_ID) for v in values)])
-        .drop_nulls()
-        .unique()
-    )
+def _has_any(frame: pl.DataFrame, columns: list[str]) -> pl.Expr:
+    """Rows of `frame` with a value in one of `columns`."""
+    present = [c for c in columns if c in frame.columns]
+    return pl.any_horizontal(pl.col(present).is_not_null()) if present else pl.lit(False)
 
 
 def _adm_identities(hashed: pl.DataFrame) -> list[dict[str, Any]]:
-    """ADM identity deletion targets of a request's hashed e-mails and phones (the keys that single a
-    person out in ADM)."""
-    keys = {"email": "em", "phone": "ph"}
-    present = [c for c in keys if c in hashed.columns]
+    """ADM identity deletion targets of the requests' hashed e-mails and phones (the keys that single a
+    person out in ADM), each distinct pair once."""
+    present = [c for c in _ADM_PII if c in hashed.columns]
     targets = []
     for row in hashed.select(present).unique(maintain_order=True).iter_rows(named=True):
-        pii = {keys[c]: value for c, value in row.items() if value is not None}
+        pii = {_ADM_PII[c]: value for c, value in row.items() if value is not None}
         if pii:
             targets.append({"identity": {"hashedPiis": [pii]}})
     return targets

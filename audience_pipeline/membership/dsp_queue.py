@@ -20,7 +20,7 @@ No Dagster here.
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -195,20 +195,21 @@ class DspQueue:
             adds, removes, oldest, last_upload_at, state.revision if dry_run else staged.revision
         )
 
-    def purge(self, maids: pl.Series) -> int:
-        """Take every pending change of these MAIDs off the queue (a person forgotten: an addition must
-        never reach DSP, and the removal is sent by whoever forgets them); how many were taken. The
-        queue is rewritten only when it held one. Raises `QueueConflict` when it moved on meanwhile."""
+    def purge(self, match: Callable[[pl.Series], pl.Series]) -> int:
+        """Take every pending change of the MAIDs that `match` (MAIDs → booleans) finds off the queue (a
+        person forgotten: an addition must never reach DSP, and the removal is sent by whoever forgets
+        them); how many were taken. The queue is rewritten only when it held one. Raises
+        `QueueConflict` when it moved on meanwhile."""
         loaded = self.load()
         if loaded.revision is None:
             return 0
-        gone = maids.cast(pl.String).implode()
         with self.reader(loaded) as queued:
             numbers = range(1 << queued.bits)
-            # Counted first, a bucket at a time, so that a queue without them is not written again.
-            taken = sum(int(queued.bucket(b).get_column(MAID).is_in(gone).sum()) for b in numbers)
+            # Found first, a bucket at a time, so that a queue without them is not written again.
+            found = {b: match(queued.bucket(b).get_column(MAID)) for b in numbers}
+            taken = sum(int(hits.sum()) for hits in found.values())
             if taken:
-                kept = ((b, queued.bucket(b).filter(~pl.col(MAID).is_in(gone))) for b in numbers)
+                kept = ((b, queued.bucket(b).filter(~found[b])) for b in numbers)
                 self.save(loaded, kept, queued.bits, loaded.last_upload_at)
         return taken
 
