@@ -83,7 +83,8 @@ class Alert:
 @dataclass(frozen=True)
 class SmtpSettings:
     """Where and how to send alert e-mails. `security`: `starttls` (upgrade a plain connection,
-    usually port 587), `ssl` (TLS from the start, usually 465) or `none` (a trusted relay)."""
+    usually port 587), `ssl` (TLS from the start, usually 465) or `none` (a trusted relay). The
+    server's certificate and name are checked against the system's CAs, or those of `ca_file`."""
 
     host: str
     port: int
@@ -93,6 +94,7 @@ class SmtpSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = _TIMEOUT_SECONDS
+    ca_file: str | None = None
 
 
 def send_email(settings: SmtpSettings, alert: Alert) -> None:
@@ -102,7 +104,7 @@ def send_email(settings: SmtpSettings, alert: Alert) -> None:
     message["From"] = settings.sender
     message["To"] = ", ".join(settings.recipients)
     message.set_content(alert.body)
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=settings.ca_file)
     if settings.security == "ssl":
         smtp: smtplib.SMTP = smtplib.SMTP_SSL(
             settings.host, settings.port, timeout=settings.timeout, context=context

@@ -1,9 +1,12 @@
 """Alerts: what reaches a real SMTP server and a real webhook receiver on loopback, once per incident."""
 
+import datetime
 import email
 import email.policy
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import warnings
 from collections.abc import Iterator
@@ -14,6 +17,10 @@ import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 # Not exported by `dagster`: what the UI's schedule toggle works on.
 from dagster._core.remote_representation.external import RemoteRepository
@@ -47,12 +54,14 @@ class Inbox:
     messages: list[email.message.EmailMessage] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     logged_in: list[bool] = field(default_factory=list)
+    tls: list[bool] = field(default_factory=list)
     port: int = 0
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
         self.raw.append(envelope.original_content)
         self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
         self.logged_in.append(bool(session.authenticated))
+        self.tls.append(server.transport.get_extra_info("ssl_object") is not None)
         return "250 Message accepted for delivery"
 
 
@@ -555,6 +564,10 @@ def test_each_chosen_event_has_its_sensor(inbox):
         ({"email": {"smtp_host": "h", "from_address": "a@b.c", "to": ["x@y.z\nBcc: e@f.g"]}}, "e-mail"),
         ({"events": ["run_failure", "run_failure"]}, "at most once"),
         ({"pause_schedule_after_failures": 0}, "pause_schedule_after_failures"),
+        (
+            {"email": {"smtp_host": "h", "from_address": "a@b.c", "to": ["x@y.z"], "ca_file": "/no/ca.pem"}},
+            "ca_file",
+        ),
     ],
 )
 def test_bad_settings_fail_at_load_naming_the_setting(settings, named):
@@ -584,3 +597,111 @@ def test_a_channel_that_fails_does_not_keep_the_other_from_the_alert(inbox, hook
 
     assert error.value.delivered and len(inbox.messages) == 1
     assert WEBHOOK_TOKEN not in str(error.value)
+
+
+# --- TLS: a real certificate authority, a server certificate for 127.0.0.1 ----------------------------
+
+
+@dataclass
+class Pki:
+    ca_file: str
+    server: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    """A CA and a certificate it signed for 127.0.0.1, as an internal mail relay would have."""
+    folder = tmp_path_factory.mktemp("pki")
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject, issuer, key, signer, extensions):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate(
+        "Test Relay CA", "Test Relay CA", ca_key, ca_key, [(x509.BasicConstraints(True, None), True)]
+    )
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = certificate("127.0.0.1", "Test Relay CA", server_key, ca_key, [(san, False)])
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (folder / "server.pem").write_bytes(server.public_bytes(pem))
+    (folder / "server.key").write_bytes(
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return Pki(str(folder / "ca.pem"), context)
+
+
+@pytest.fixture(params=["starttls", "ssl"])
+def tls_inbox(request, pki) -> Iterator[tuple[Inbox, str]]:
+    """An SMTP server on loopback that speaks TLS only: STARTTLS required before anything else, or TLS
+    from the first byte; logging in is refused without TLS."""
+    received = Inbox(port=_free_port())
+    # aiosmtpd counts only STARTTLS as TLS for logging in; from the first byte, there is no other way.
+    tls = (
+        {"tls_context": pki.server, "require_starttls": True, "auth_require_tls": True}
+        if request.param == "starttls"
+        else {"ssl_context": pki.server, "auth_require_tls": False}
+    )
+    controller = Controller(received, hostname="127.0.0.1", port=received.port, authenticator=_login, **tls)
+    controller.start()
+    yield received, request.param
+    controller.stop()
+
+
+def _tls_channels(inbox: Inbox, security: str, ca_file: str | None) -> Channels:
+    return Channels(
+        email=SmtpSettings(
+            host="127.0.0.1",
+            port=inbox.port,
+            sender="audience-pipeline@example.com",
+            recipients=["oncall@example.com"],
+            security=security,
+            ca_file=ca_file,
+            username="alerts",
+            password=SMTP_PASSWORD,
+        )
+    )
+
+
+def test_an_alert_reaches_a_tls_server_whose_certificate_the_ca_file_vouches_for(tls_inbox, pki):
+    inbox, security = tls_inbox
+    alert = Alert(event="Run failed", destination="dsp/advertiser_1", what="run 1", link=f"{UI}/runs/1")
+
+    _tls_channels(inbox, security, pki.ca_file).send(alert)
+
+    [message] = inbox.messages
+    assert message["Subject"] == alert.subject and inbox.logged_in == [True]
+    assert inbox.tls == [True]
+
+
+def test_a_certificate_no_trusted_ca_signed_is_refused_before_anything_is_sent(tls_inbox):
+    inbox, security = tls_inbox
+    alert = Alert(event="Run failed", destination="dsp/advertiser_1", what="run 1", link=f"{UI}/runs/1")
+
+    # Without `ca_file`, only the system's CAs are trusted: not the relay's own.
+    with pytest.raises(NotificationError, match="CERTIFICATE_VERIFY_FAILED") as error:
+        _tls_channels(inbox, security, None).send(alert)
+
+    assert not error.value.delivered and inbox.messages == []
+    assert SMTP_PASSWORD not in str(error.value)
+
+
+def test_alerts_settings_take_the_ca_file(pki):
+    settings = EmailSettings(
+        smtp_host="mail.internal", from_address="a@example.com", to=["b@example.com"], ca_file=pki.ca_file
+    )
+    assert settings.smtp().ca_file == pki.ca_file

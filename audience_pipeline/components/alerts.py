@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
@@ -80,6 +81,11 @@ class EmailSettings(dg.Model, dg.Resolvable):
         default="starttls",
         description="`starttls`, `ssl` (TLS from the start) or `none` (a relay you trust, e.g. on loopback).",
     )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities to trust instead of the system's, for a "
+        "server whose certificate an internal CA signed.",
+    )
     username: str | None = Field(default=None, description="SMTP login; unset: no login.")
     password: str | None = Field(
         default=None, description="Name of the environment variable holding the SMTP password."
@@ -96,6 +102,13 @@ class EmailSettings(dg.Model, dg.Resolvable):
     @classmethod
     def _check_recipients(cls, value: list[str]) -> list[str]:
         return [_check_address(address) for address in value]
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no file at {value}")
+        return value
 
     @field_validator("password")
     @classmethod
@@ -116,6 +129,7 @@ class EmailSettings(dg.Model, dg.Resolvable):
             sender=self.from_address,
             recipients=tuple(self.to),
             security=self.security,
+            ca_file=self.ca_file,
             username=self.username,
             password=env_secret("Alerts", "email.password", self.password),
         )
