@@ -350,7 +350,8 @@ def _destination(name: str):
         assets = destinations[name].build_assets(audiences)
         done = _materialize(assets, source, workdir, str(AUDIENCE_ID))
         metadata = _metadata(done[-1])
-        counts = {k: metadata[k] for k in ("added", "removed", "identity_changed", "sent") if k in metadata}
+        reported = ("added", "removed", "identity_changed", "sent", "rejected")
+        counts = {k: metadata[k] for k in reported if k in metadata}
         items = sum(counts.get(k, 0) for k in ("added", "removed", "identity_changed"))
         return {"items": items, **counts}
 
