@@ -1,0 +1,302 @@
+"""The production deployment on real parts: PostgreSQL instance storage, a code server, the webserver
+and the daemon as processes of their own, queued runs within the API pools, the state store on S3."""
+
+import json
+import os
+import re
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import boto3
+import requests
+
+from audience_pipeline.membership.dsp_audiences import dsp_audience_name
+from audience_pipeline.membership.ledger import Ledger
+from audience_pipeline.resources.state_store import StateStore
+
+from ..conftest import add_fault
+from .conftest import AUDIENCES, STATE_BUCKET
+from .deployment import FINISHED, Deployment, wait_for
+from .project import ADVERTISER, MANAGER_ACCOUNT, STREAM, members, write_source
+
+ASSETS = [
+    ["audience_snapshot"],
+    ["firehose", "prod_audience_changes"],
+    ["ads_data_manager", MANAGER_ACCOUNT.replace(".", "_").replace("-", "_")],
+    ["dsp", f"advertiser_{ADVERTISER}"],
+    ["dsp", f"advertiser_{ADVERTISER}", "flush"],
+]
+# deploy/pools.sh's defaults.
+POOL_LIMITS = {"amazon_ads_api": 2, "amazon_ads_dsp": 2}
+
+
+def running_worker(deployment: Deployment) -> tuple[str, int] | None:
+    """A run in progress and the pid of its worker process (as its RUN_START event names it)."""
+    started = {r["runId"] for r in deployment.runs() if r["status"] == "STARTED"}
+    log = (deployment.folder / "code_server.log").read_text(errors="replace")
+    for match in re.finditer(r" - ([0-9a-f-]{36}) - (\d+) - RUN_START - ", log):
+        run_id, pid = match.group(1), int(match.group(2))
+        if run_id in started and Path(f"/proc/{pid}").exists():
+            return run_id, pid
+    return None
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals (start, end) that overlap at one instant."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    current = peak = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def test_a_backfill_of_50_audiences_survives_a_killed_daemon_and_run_worker_and_delivers_each_exactly(
+    deployment, prod_sandbox
+):
+    backfill = deployment.backfill(ASSETS, [str(a) for a in AUDIENCES])
+
+    # Mid-backfill, as a crashed host would: a run worker and the daemon die, the daemon comes back.
+    wait_for(lambda: sum(r["status"] == "SUCCESS" for r in deployment.runs()) >= 3, 600, "the first runs")
+    killed_run, pid = wait_for(lambda: running_worker(deployment), 120, "a run in progress", every=0.2)
+    os.kill(pid, signal.SIGKILL)
+    deployment.kill("daemon")
+    time.sleep(3)
+    deployment.start("daemon")
+
+    status = wait_for(
+        lambda: (s := deployment.backfill_status(backfill)) in FINISHED and s, 1200, "the backfill", every=5
+    )
+    runs = deployment.runs()
+    assert status in {"COMPLETED", "COMPLETED_SUCCESS"}, (status, sorted(r["status"] for r in runs))
+    # The killed run failed (its code server saw its process die) and its retry delivered.
+    by_id = {r["runId"]: r for r in runs}
+    assert by_id[killed_run]["status"] == "FAILURE"
+    [retry] = [r for r in runs if {"key": "dagster/parent_run_id", "value": killed_run} in r["tags"]]
+    assert retry["status"] == "SUCCESS"
+
+    assert_destinations_hold(prod_sandbox, AUDIENCES)
+
+    # The pools held: never more ADM datasets or DSP audiences being written at once than their limit.
+    journal = prod_sandbox.ads.journal.snapshot()
+    for pool, written in (("amazon_ads_api", adm_dataset), ("amazon_ads_dsp", dsp_audience)):
+        spans: dict[str, list[float]] = {}
+        for entry in journal:
+            key = written(entry)
+            if key is not None:
+                first, last = spans.get(key, [entry["started"], entry["ended"]])
+                spans[key] = [min(first, entry["started"]), max(last, entry["ended"])]
+        assert len(spans) == len(AUDIENCES), pool
+        assert most_at_once([(first, last) for first, last in spans.values()]) <= POOL_LIMITS[pool], pool
+
+
+def assert_destinations_hold(sandbox, sizes: dict[int, int]) -> None:
+    """Every destination holds exactly each audience (`members(audience, size)`): nothing lost, nothing
+    extra, one ADM dataset and one DSP audience per audience."""
+    state = sandbox.ads.state
+    datasets, dsp_audiences = defaultdict(list), defaultdict(list)
+    for dataset in state.family("adm")["datasets"].values():
+        datasets[dataset["name"]].append(dataset["dataSetId"])
+    for audience_id, audience in state.family("dsp")["audiences"].items():
+        dsp_audiences[audience["name"]].append(audience_id)
+    assert len(datasets) == len(dsp_audiences) == len(sizes)
+    messages = firehose_messages(sandbox)
+    for audience, size in sizes.items():
+        expected = members(audience, size)
+        [dataset_id] = datasets[f"segment_{audience}"]
+        assert set(state.members("adm", dataset_id)) == {m[0] for m in expected}, audience
+        [dsp_id] = dsp_audiences[dsp_audience_name(f"segment_{audience}")]
+        assert {m.lower() for m in state.members("dsp", dsp_id).get("MAID", ())} == {m[3] for m in expected}
+        # Firehose keeps every message: members are those added and never removed since.
+        said = defaultdict(list)
+        for message in messages:
+            if message["AudienceId"] == audience:
+                said[message["UserIdentities"]["Email"]].append(message)
+        held = {
+            email
+            for email, about in said.items()
+            if max(about, key=lambda m: int(m["MembershipChangedTimestamp"]))["IsMember"]
+        }
+        assert held == {m[1] for m in expected}, audience
+
+
+def adm_dataset(entry: dict) -> str | None:
+    """The ADM dataset a journaled member upload wrote to."""
+    if entry["method"] == "POST" and entry["path"].startswith("/adm/audiences/"):
+        return entry["path"].split("/")[3]
+    return None
+
+
+def dsp_audience(entry: dict) -> str | None:
+    """The DSP audience a journaled PATCH wrote to (a flush writes one)."""
+    if entry["method"] == "PATCH" and entry["path"] == "/v2/dp/audience" and entry["body"]:
+        return ",".join(sorted({str(v) for p in entry["body"]["patches"] for v in p["value"]}))
+    return None
+
+
+def firehose_messages(sandbox) -> list[dict]:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=sandbox.aws_url,
+        aws_access_key_id="sandbox",
+        aws_secret_access_key="sandbox",
+        region_name="us-east-1",
+    )
+    bucket = f"{STREAM}-bucket"
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return [
+        json.loads(line)
+        for key in keys
+        for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
+    ]
+
+
+ADM = ASSETS[2]
+
+
+def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(deployment, prod_sandbox, monkeypatch):
+    """The state store's conditional writes: two runs of the same ADM delivery at once (from a shell,
+    where no queue or pool holds one back; the automation sensor may start a third) all send (ADM
+    takes a member twice as once), but the ledger takes exactly one commit; a run that lost the race
+    fails, naming the conflict."""
+    for name, value in prod_sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    ledger = Ledger(state_store(prod_sandbox), f"ads_data_manager/{MANAGER_ACCOUNT}/segment_1", "1")
+    version = ledger.load().version
+    sizes = {**AUDIENCES, 1: AUDIENCES[1] + 5}
+    write_source(deployment.folder / "source.duckdb", sizes)
+    before = {r["runId"] for r in deployment.runs()}
+    snapshot = deployment.launch([ASSETS[0]], "1")
+    assert wait_for(lambda: finished(deployment, snapshot), 300, "the snapshot") == "SUCCESS"
+    # Member uploads answer after 10 s: runs in flight together read the ledger before any commits.
+    add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", latency_ms=10_000)
+    adm = "/".join(ADM)
+    shells = [deployment.materialize(adm, "1"), deployment.materialize(adm, "1")]
+    said = [shell.communicate(timeout=300)[0] for shell in shells]
+    wait_for(lambda: all_finished(deployment, before, at_least=1), 300, "the automation's runs", every=2)
+    requests.delete(f"{prod_sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+
+    assert ledger.load().version == version + 1
+    lost = [text for shell, text in zip(shells, said, strict=True) if shell.returncode]
+    assert lost and all("another run" in text for text in lost), [text[-2000:] for text in said]
+    # The other destinations catch up with the audience in one run.
+    rest = deployment.launch(ASSETS[1:], "1")
+    assert wait_for(lambda: finished(deployment, rest), 300, "the other destinations") == "SUCCESS"
+    assert_destinations_hold(prod_sandbox, sizes)
+
+
+def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes(
+    deployment, prod_sandbox, postgres, monkeypatch
+):
+    """PostgreSQL (the instance's storage) restarts while a backfill runs: runs carry on or fail with a
+    database error; a backfill of what failed completes it, and no ledger claims what a destination lacks."""
+    for name, value in prod_sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    # Ten audiences lose three members each; the others stay as the first test left them.
+    sizes = {**AUDIENCES, 1: AUDIENCES[1] + 5}
+    changed = [audience for audience in sizes if audience > 40]
+    sizes |= {audience: sizes[audience] - 3 for audience in changed}
+    write_source(deployment.folder / "source.duckdb", sizes)
+    before = {r["runId"] for r in deployment.runs()}
+    backfill = deployment.backfill(ASSETS, [str(a) for a in changed])
+    wait_for(
+        lambda: any(r["status"] == "SUCCESS" for r in deployment.runs() if r["runId"] not in before),
+        600,
+        "the first run",
+    )
+    postgres.restart()
+
+    status = wait_for(
+        lambda: (s := backfill_status(deployment, backfill)) in FINISHED and s, 1200, "the backfill", every=5
+    )
+    new = [r for r in deployment.runs() if r["runId"] not in before]
+    failed = [r for r in new if r["status"] == "FAILURE"]
+    for run in failed:
+        _, errors = deployment.outcome(run["runId"])
+        assert any(word in " ".join(errors).lower() for word in ("connection", "database", "postgres")), (
+            errors
+        )
+    assert status in {"COMPLETED", "COMPLETED_SUCCESS"} or failed, status
+    # Whatever failed, no ledger claims a member its destination lacks.
+    for name, audience, claimed, held in ledger_claims(prod_sandbox, changed, sizes):
+        assert claimed <= held, (name, audience, sorted(claimed - held)[:3])
+    # What failed is delivered by a backfill of its audiences, as an operator would launch it.
+    done = {
+        tag["value"]
+        for r in new
+        if r["status"] == "SUCCESS"
+        for tag in r["tags"]
+        if tag["key"] == "dagster/partition"
+    }
+    again = sorted(str(a) for a in changed if str(a) not in done)
+    if again:
+        deliver(deployment, again)
+    assert_destinations_hold(prod_sandbox, sizes)
+
+
+def ledger_claims(sandbox, audiences: list[int], sizes: dict[int, int]):
+    """(destination, audience, what its ledger in the S3 state store claims, what it holds) for each
+    destination and audience: ADM and Firehose by user id, DSP by MAID."""
+    store = state_store(sandbox)
+    state = sandbox.ads.state
+    datasets = {d["name"]: d["dataSetId"] for d in state.family("adm")["datasets"].values()}
+    dsp_ids = {a["name"]: i for i, a in state.family("dsp")["audiences"].items()}
+    messages = firehose_messages(sandbox)
+    for audience in audiences:
+        everyone = members(audience, AUDIENCES[audience] + 5)
+        email_of = {m[0]: m[1] for m in everyone}
+        name = f"segment_{audience}"
+        last: dict[str, dict] = {}
+        for m in sorted(messages, key=lambda m: int(m["MembershipChangedTimestamp"])):
+            if m["AudienceId"] == audience:
+                last[m["UserIdentities"]["Email"]] = m
+        streamed = {user for user, email in email_of.items() if last.get(email, {}).get("IsMember")}
+        yield "firehose", audience, ledger_ids(store, f"firehose/us-east-1/{STREAM}", audience), streamed
+        adm = f"ads_data_manager/{MANAGER_ACCOUNT}/{name}"
+        yield "adm", audience, ledger_ids(store, adm, audience), set(state.members("adm", datasets[name]))
+        maids = {m.lower() for m in state.members("dsp", dsp_ids[dsp_audience_name(name)]).get("MAID", ())}
+        yield "dsp", audience, ledger_ids(store, f"dsp/NA/{ADVERTISER}", audience), maids
+
+
+def state_store(sandbox):
+    """The deployment's state store on the sandbox's S3, read from the test (AWS variables set)."""
+    return StateStore(root=f"s3://{STATE_BUCKET}/prod", endpoint_url=sandbox.aws_url).store
+
+
+def ledger_ids(store, destination: str, audience: int) -> set[str]:
+    """The members (user ids, or MAIDs at DSP) a destination's ledger records for `audience`."""
+    ledger = Ledger(store, destination, str(audience))
+    loaded = ledger.load()
+    if loaded.revision is None:
+        return set()
+    return set(ledger.members_where(loaded, lambda ids: ids.is_not_null()))
+
+
+def all_finished(deployment: Deployment, before: set[str], at_least: int) -> bool:
+    """Whether at least `at_least` runs started since `before`, and every one of them finished."""
+    runs = [r for r in deployment.runs() if r["runId"] not in before]
+    return len(runs) >= at_least and all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs)
+
+
+def finished(deployment: Deployment, run_id: str) -> str | None:
+    status = deployment.run_status(run_id)
+    return status if status in {"SUCCESS", "FAILURE", "CANCELED"} else None
+
+
+def backfill_status(deployment: Deployment, backfill: str) -> str | None:
+    """The backfill's status; None while the webserver cannot reach the database."""
+    try:
+        return deployment.backfill_status(backfill)
+    except (AssertionError, requests.RequestException):
+        return None
+
+
+def deliver(deployment: Deployment, partitions: list[str]) -> None:
+    """A backfill of `partitions` at every destination, finished successfully."""
+    backfill = deployment.backfill(ASSETS, partitions)
+    status = wait_for(
+        lambda: (s := deployment.backfill_status(backfill)) in FINISHED and s, 1200, "the backfill", every=5
+    )
+    assert status in {"COMPLETED", "COMPLETED_SUCCESS"}, status
