@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,3 +137,16 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         yield DemoRun(json.loads(result.stdout), result.stderr, workdir, dagster_home, running)
     finally:
         running.stop()
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """End the process and everything in its group: politely, then not (after `timeout` seconds)."""
+    # The group may be gone already when the process died on its own.
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

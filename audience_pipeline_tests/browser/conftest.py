@@ -7,7 +7,6 @@ run in their own subprocesses and reach the sandbox over loopback, exactly as th
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from audience_pipeline.resources.duckdb_source import SOURCE_ENV_VAR
 from audience_pipeline.resources.state_store import STATE_ENV_VAR
 from audience_pipeline.sample_data import write_sample_data
 from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
+
+from ..conftest import stop_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Set by `.ci/run`, which installs Chromium: there a missing browser fails the test instead of skipping it.
@@ -186,20 +187,7 @@ def _serve(work: Path, sandbox: RunningSandbox, source: Path, home: Path) -> Ite
         assert webserver.graphql("{ shouldShowNux }") == {"shouldShowNux": False}
         yield webserver
     finally:
-        _stop_group(process)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """End the process and everything in its group: politely, then not."""
-    # The group may be gone already when the webserver died on its own.
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop_group(process)
 
 
 @contextmanager

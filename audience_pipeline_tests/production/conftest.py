@@ -24,14 +24,6 @@ STATE_BUCKET = "audience-pipeline-prod-state"
 AUDIENCES = {audience: 20 + 7 * audience for audience in range(1, 51)}
 
 
-def pytest_collection_modifyitems(items):
-    # One deployment for these tests, on one xdist worker: its processes use both cores already. The
-    # fixtures are per session, not per module: the worker may run other modules' tests in between.
-    for item in items:
-        if item.path.parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.xdist_group("production"))
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     binaries = server_binaries()
@@ -52,18 +44,23 @@ def postgres() -> Iterator[Postgres]:
 def prod_sandbox() -> Iterator[RunningSandbox]:
     """A sandbox of these tests' own, with the stream and the state store's bucket."""
     sandbox = start_sandbox()
+    s3, firehose = (sandbox_client(sandbox, kind) for kind in ("s3", "firehose"))
+    stream = FirehoseComponent(delivery_stream_name=STREAM, audiences=list(AUDIENCES))
+    provision_sandbox(s3, firehose, [stream], [])
+    s3.create_bucket(Bucket=STATE_BUCKET)
+    yield sandbox
+    sandbox.stop()
+
+
+def sandbox_client(sandbox: RunningSandbox, kind: str):
+    """A boto3 client of `kind` on the sandbox's AWS, with its credentials."""
     env = sandbox.env()
     session = boto3.Session(
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
-    s3, firehose = (session.client(kind, endpoint_url=sandbox.aws_url) for kind in ("s3", "firehose"))
-    stream = FirehoseComponent(delivery_stream_name=STREAM, audiences=list(AUDIENCES))
-    provision_sandbox(s3, firehose, [stream], [])
-    s3.create_bucket(Bucket=STATE_BUCKET)
-    yield sandbox
-    sandbox.stop()
+    return session.client(kind, endpoint_url=sandbox.aws_url)
 
 
 @pytest.fixture(scope="session")

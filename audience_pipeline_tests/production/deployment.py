@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import requests
 
 import audience_pipeline
+
+from ..conftest import stop_group
 
 DEPLOY = Path(audience_pipeline.__file__).resolve().parents[1] / "deploy"
 BIN = Path(sys.executable).parent
@@ -133,15 +134,7 @@ class Deployment:
 
     def stop(self) -> None:
         for name in list(self.processes):
-            process = self.processes.pop(name)
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+            stop_group(self.processes.pop(name), timeout=30)
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """The answer's data. A 5xx is asked again, up to 5 times over 10 s, and counted in

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import boto3
+import pytest
 import requests
 
 from audience_pipeline.membership.dsp_audiences import dsp_audience_name
@@ -17,9 +17,13 @@ from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 
 from ..conftest import add_fault
-from .conftest import AUDIENCES, STATE_BUCKET
+from .conftest import AUDIENCES, STATE_BUCKET, sandbox_client
 from .deployment import FINISHED, Deployment, wait_for
 from .project import ADVERTISER, MANAGER_ACCOUNT, STREAM, members, write_source
+
+# One deployment for these tests (session fixtures), on one xdist worker, in this order: its processes
+# use both cores already, and each test starts from what the one before left.
+pytestmark = pytest.mark.xdist_group("production")
 
 ASSETS = [
     ["audience_snapshot"],
@@ -137,15 +141,11 @@ def dsp_audience(entry: dict) -> str | None:
 
 
 def firehose_messages(sandbox) -> list[dict]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=sandbox.aws_url,
-        aws_access_key_id="sandbox",
-        aws_secret_access_key="sandbox",
-        region_name="us-east-1",
-    )
+    """Every message the stream delivered to its bucket, in no particular order."""
+    s3 = sandbox_client(sandbox, "s3")
     bucket = f"{STREAM}-bucket"
-    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     return [
         json.loads(line)
         for key in keys
