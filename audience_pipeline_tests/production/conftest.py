@@ -17,7 +17,7 @@ from audience_pipeline.sandbox.server import RunningSandbox, start_sandbox
 
 from .deployment import Deployment, free_port
 from .postgres import Postgres, server_binaries
-from .project import STREAM, write_project, write_source
+from .project import STREAM, Source, write_project
 
 STATE_BUCKET = "audience-pipeline-prod-state"
 # Audiences of every size class the suite needs: small enough that 50 deliveries stay a CI minute.
@@ -64,18 +64,25 @@ def sandbox_client(sandbox: RunningSandbox, kind: str):
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory, postgres, prod_sandbox) -> Iterator[Deployment]:
+def source(tmp_path_factory) -> Source:
+    """The source every run reads: `AUDIENCES` at first."""
+    written = Source(tmp_path_factory.mktemp("source") / "source.duckdb", dict(AUDIENCES))
+    written.write()
+    return written
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory, postgres, prod_sandbox, source) -> Iterator[Deployment]:
     """The deployment, started: pools set, then the code server, the webserver and the daemon."""
     folder = tmp_path_factory.mktemp("deployment")
     project = folder / "project"
     module = write_project(project, list(AUDIENCES))
-    write_source(folder / "source.duckdb", AUDIENCES)
     env = {
         **postgres.env(),
         **prod_sandbox.env(),
         "AWS_DEFAULT_REGION": "us-east-1",
         "AUDIENCE_PIPELINE_STATE": f"s3://{STATE_BUCKET}/prod",
-        "AUDIENCE_PIPELINE_SOURCE": str(folder / "source.duckdb"),
+        "AUDIENCE_PIPELINE_SOURCE": str(source.path),
         "AUDIENCE_PIPELINE_LEDGER_KEY": Fernet.generate_key().decode(),
         "AMAZON_ADS_CLIENT_ID": "prod-test",
         "AMAZON_ADS_CLIENT_SECRET": "prod-test",

@@ -6,6 +6,7 @@ and automation sensor) and the DuckDB source it reads: audience `k` is the profi
 
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -42,6 +43,18 @@ def write_source(path: Path, sizes: dict[int, int]) -> None:
         )
         for audience, size in sizes.items():
             conn.executemany("INSERT INTO profiles VALUES (?, ?, ?, ?, ?)", members(audience, size))
+
+
+@dataclass
+class Source:
+    """The deployment's source file and the size of each audience it holds now; tests change sizes
+    and `write` it, so each test starts from whatever the tests before it left."""
+
+    path: Path
+    sizes: dict[int, int]
+
+    def write(self) -> None:
+        write_source(self.path, self.sizes)
 
 
 def write_project(folder: Path, audiences: list[int]) -> Path:

@@ -7,6 +7,7 @@ import re
 import signal
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from audience_pipeline.resources.state_store import StateStore
 from ..conftest import add_fault
 from .conftest import AUDIENCES, STATE_BUCKET, sandbox_client
 from .deployment import FINISHED, Deployment, wait_for
-from .project import ADVERTISER, MANAGER_ACCOUNT, STREAM, members, write_source
+from .project import ADVERTISER, MANAGER_ACCOUNT, STREAM, members
 
 # One deployment for these tests (session fixtures), on one xdist worker, in this order: its processes
 # use both cores already, and each test starts from what the one before left.
@@ -57,37 +58,53 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
-def test_a_backfill_of_50_audiences_survives_a_killed_daemon_and_run_worker_and_delivers_each_exactly(
-    deployment, prod_sandbox
-):
-    backfill = deployment.backfill(ASSETS, [str(a) for a in AUDIENCES])
+@dataclass
+class Backfilled:
+    """The first backfill of every audience: its final status, the run whose worker was killed, and
+    every run and Ads API request by then."""
 
-    # Mid-backfill, as a crashed host would: a run worker and the daemon die, the daemon comes back.
+    status: str
+    killed_run: str
+    runs: list[dict]
+    journal: list[dict]
+
+
+@pytest.fixture(scope="session")
+def backfilled(deployment, prod_sandbox) -> Backfilled:
+    """Every audience delivered by one backfill through the daemon, during which a run's worker and
+    the daemon die (SIGKILL), as on a crashed host, and the daemon comes back."""
+    backfill = deployment.backfill(ASSETS, [str(a) for a in AUDIENCES])
     wait_for(lambda: sum(r["status"] == "SUCCESS" for r in deployment.runs()) >= 3, 600, "the first runs")
     killed_run, pid = wait_for(lambda: running_worker(deployment), 120, "a run in progress", every=0.2)
     os.kill(pid, signal.SIGKILL)
     deployment.kill("daemon")
     time.sleep(3)
     deployment.start("daemon")
-
     status = wait_for(
         lambda: (s := deployment.backfill_status(backfill)) in FINISHED and s, 1200, "the backfill", every=5
     )
-    runs = deployment.runs()
-    assert status in {"COMPLETED", "COMPLETED_SUCCESS"}, (status, sorted(r["status"] for r in runs))
+    return Backfilled(status, killed_run, deployment.runs(), prod_sandbox.ads.journal.snapshot())
+
+
+def test_a_backfill_of_50_audiences_survives_a_killed_daemon_and_run_worker_and_delivers_each_exactly(
+    backfilled, source, prod_sandbox
+):
+    runs = backfilled.runs
+    assert backfilled.status in {"COMPLETED", "COMPLETED_SUCCESS"}, sorted(r["status"] for r in runs)
     # The killed run failed (its code server saw its process die) and its retry delivered.
     by_id = {r["runId"]: r for r in runs}
-    assert by_id[killed_run]["status"] == "FAILURE"
-    [retry] = [r for r in runs if {"key": "dagster/parent_run_id", "value": killed_run} in r["tags"]]
+    assert by_id[backfilled.killed_run]["status"] == "FAILURE"
+    [retry] = [
+        r for r in runs if {"key": "dagster/parent_run_id", "value": backfilled.killed_run} in r["tags"]
+    ]
     assert retry["status"] == "SUCCESS"
 
-    assert_destinations_hold(prod_sandbox, AUDIENCES)
+    assert_destinations_hold(prod_sandbox, source.sizes)
 
     # The pools held: never more ADM datasets or DSP audiences being written at once than their limit.
-    journal = prod_sandbox.ads.journal.snapshot()
     for pool, written in (("amazon_ads_api", adm_dataset), ("amazon_ads_dsp", dsp_audience)):
         spans: dict[str, list[float]] = {}
-        for entry in journal:
+        for entry in backfilled.journal:
             key = written(entry)
             if key is not None:
                 first, last = spans.get(key, [entry["started"], entry["ended"]])
@@ -156,7 +173,9 @@ def firehose_messages(sandbox) -> list[dict]:
 ADM = ASSETS[2]
 
 
-def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(deployment, prod_sandbox, monkeypatch):
+def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(
+    backfilled, deployment, source, prod_sandbox, monkeypatch
+):
     """The state store's conditional writes: two runs of the same ADM delivery at once (from a shell,
     where no queue or pool holds one back; the automation sensor may start a third) all send (ADM
     takes a member twice as once), but the ledger takes exactly one commit; a run that lost the race
@@ -165,13 +184,14 @@ def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(deployment, 
         monkeypatch.setenv(name, value)
     ledger = Ledger(state_store(prod_sandbox), f"ads_data_manager/{MANAGER_ACCOUNT}/segment_1", "1")
     version = ledger.load().version
-    sizes = {**AUDIENCES, 1: AUDIENCES[1] + 5}
-    write_source(deployment.folder / "source.duckdb", sizes)
+    source.sizes[1] += 5
+    source.write()
     before = {r["runId"] for r in deployment.runs()}
     snapshot = deployment.launch([ASSETS[0]], "1")
     assert wait_for(lambda: finished(deployment, snapshot), 300, "the snapshot") == "SUCCESS"
-    # Member uploads answer after 10 s: runs in flight together read the ledger before any commits.
-    add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", latency_ms=10_000)
+    # Member uploads answer after 30 s, longer than a shell takes to start on a loaded machine: both
+    # runs read the ledger before either commits.
+    add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", latency_ms=30_000)
     adm = "/".join(ADM)
     shells = [deployment.materialize(adm, "1"), deployment.materialize(adm, "1")]
     said = [shell.communicate(timeout=300)[0] for shell in shells]
@@ -184,21 +204,20 @@ def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(deployment, 
     # The other destinations catch up with the audience in one run.
     rest = deployment.launch(ASSETS[1:], "1")
     assert wait_for(lambda: finished(deployment, rest), 300, "the other destinations") == "SUCCESS"
-    assert_destinations_hold(prod_sandbox, sizes)
+    assert_destinations_hold(prod_sandbox, source.sizes)
 
 
 def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes(
-    deployment, prod_sandbox, postgres, monkeypatch
+    backfilled, deployment, source, prod_sandbox, postgres, monkeypatch
 ):
     """PostgreSQL (the instance's storage) restarts while a backfill runs: runs carry on or fail with a
     database error; a backfill of what failed completes it, and no ledger claims what a destination lacks."""
     for name, value in prod_sandbox.env().items():
         monkeypatch.setenv(name, value)
-    # Ten audiences lose three members each; the others stay as the first test left them.
-    sizes = {**AUDIENCES, 1: AUDIENCES[1] + 5}
-    changed = [audience for audience in sizes if audience > 40]
-    sizes |= {audience: sizes[audience] - 3 for audience in changed}
-    write_source(deployment.folder / "source.duckdb", sizes)
+    # Ten audiences lose three members each; the others stay as they are.
+    changed = [audience for audience in source.sizes if audience > 40]
+    source.sizes |= {audience: source.sizes[audience] - 3 for audience in changed}
+    source.write()
     before = {r["runId"] for r in deployment.runs()}
     backfill = deployment.backfill(ASSETS, [str(a) for a in changed])
     wait_for(
@@ -220,7 +239,7 @@ def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes
         )
     assert status in {"COMPLETED", "COMPLETED_SUCCESS"} or failed, status
     # Whatever failed, no ledger claims a member its destination lacks.
-    for name, audience, claimed, held in ledger_claims(prod_sandbox, changed, sizes):
+    for name, audience, claimed, held in ledger_claims(prod_sandbox, changed):
         assert claimed <= held, (name, audience, sorted(claimed - held)[:3])
     # What failed is delivered by a backfill of its audiences, as an operator would launch it.
     done = {
@@ -233,10 +252,10 @@ def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes
     again = sorted(str(a) for a in changed if str(a) not in done)
     if again:
         deliver(deployment, again)
-    assert_destinations_hold(prod_sandbox, sizes)
+    assert_destinations_hold(prod_sandbox, source.sizes)
 
 
-def ledger_claims(sandbox, audiences: list[int], sizes: dict[int, int]):
+def ledger_claims(sandbox, audiences: list[int]):
     """(destination, audience, what its ledger in the S3 state store claims, what it holds) for each
     destination and audience: ADM and Firehose by user id, DSP by MAID."""
     store = state_store(sandbox)
