@@ -17,7 +17,6 @@ from audience_pipeline.membership.dsp_audiences import dsp_audience_name
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 
-from ..conftest import add_fault
 from .conftest import AUDIENCES, STATE_BUCKET, sandbox_client
 from .deployment import FINISHED, Deployment, wait_for
 from .project import ADVERTISER, MANAGER_ACCOUNT, STREAM, members
@@ -143,13 +142,6 @@ def assert_destinations_hold(sandbox, sizes: dict[int, int]) -> None:
         assert held == {m[1] for m in expected}, audience
 
 
-def adm_dataset_id(sandbox, name: str) -> str:
-    [dataset_id] = [
-        d["dataSetId"] for d in sandbox.ads.state.family("adm")["datasets"].values() if d["name"] == name
-    ]
-    return dataset_id
-
-
 def adm_dataset(entry: dict) -> str | None:
     """The ADM dataset a journaled member upload wrote to."""
     if entry["method"] == "POST" and entry["path"].startswith("/adm/audiences/"):
@@ -175,50 +167,6 @@ def firehose_messages(sandbox) -> list[dict]:
         for key in keys
         for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
     ]
-
-
-ADM = ASSETS[2]
-
-
-def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(
-    backfilled, deployment, source, prod_sandbox, monkeypatch
-):
-    """The state store's conditional writes: two runs of the same ADM delivery at once (from a shell,
-    where no queue or pool holds one back; the automation sensor may start a third) all send (ADM
-    takes a member twice as once), but the ledger takes exactly one commit; a run that lost the race
-    fails, naming the conflict."""
-    for name, value in prod_sandbox.env().items():
-        monkeypatch.setenv(name, value)
-    ledger = Ledger(state_store(prod_sandbox), f"ads_data_manager/{MANAGER_ACCOUNT}/segment_1", "1")
-    version = ledger.load().version
-    source.sizes[1] += 5
-    source.write()
-    before = {r["runId"] for r in deployment.runs()}
-    snapshot = deployment.launch([ASSETS[0]], "1")
-    assert wait_for(lambda: finished(deployment, snapshot), 300, "the snapshot") == "SUCCESS"
-    # Member uploads answer after 30 s, longer than a shell takes to start on a loaded machine: both
-    # runs read the ledger before either commits.
-    add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", latency_ms=30_000)
-    adm = "/".join(ADM)
-    sent_before = len(prod_sandbox.ads.journal.snapshot())
-    shells = [deployment.materialize(adm, "1"), deployment.materialize(adm, "1")]
-    said = [shell.communicate(timeout=300)[0] for shell in shells]
-    wait_for(lambda: all_finished(deployment, before, at_least=1), 300, "the automation's runs", every=2)
-    requests.delete(f"{prod_sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
-
-    # Both runs sent the five members (two uploads while neither had committed), the ledger took one
-    # commit, and a run that lost the race either failed naming the other's commit or loaded the ledger
-    # again and found nothing left to send.
-    dataset = f"/adm/audiences/{adm_dataset_id(prod_sandbox, 'segment_1')}/members"
-    uploads = [e for e in prod_sandbox.ads.journal.snapshot()[sent_before:] if e["path"] == dataset]
-    assert len(uploads) >= 2, uploads
-    assert ledger.load().version == version + 1
-    lost = [text for shell, text in zip(shells, said, strict=True) if shell.returncode]
-    assert all("another run" in text for text in lost), [text[-2000:] for text in lost]
-    # The other destinations catch up with the audience in one run.
-    rest = deployment.launch(ASSETS[1:], "1")
-    assert wait_for(lambda: finished(deployment, rest), 300, "the other destinations") == "SUCCESS"
-    assert_destinations_hold(prod_sandbox, source.sizes)
 
 
 def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes(
@@ -305,12 +253,6 @@ def ledger_ids(store, destination: str, audience: int) -> set[str]:
     if loaded.revision is None:
         return set()
     return set(ledger.members_where(loaded, lambda ids: ids.is_not_null()))
-
-
-def all_finished(deployment: Deployment, before: set[str], at_least: int) -> bool:
-    """Whether at least `at_least` runs started since `before`, and every one of them finished."""
-    runs = [r for r in deployment.runs() if r["runId"] not in before]
-    return len(runs) >= at_least and all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs)
 
 
 def finished(deployment: Deployment, run_id: str) -> str | None:
