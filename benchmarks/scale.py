@@ -105,7 +105,7 @@ def run(workdir: Path, members: int, churn: float, stages: list[str]) -> None:
         }
         (workdir / "dagster_home").mkdir(exist_ok=True)
         (workdir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        _let_go(sandbox)
+        let_go(sandbox)
         firehose_bucket = child("provision", workdir, source, env)["firehose_bucket"]
         for round_number in (1, 2):
             if round_number == 2:
@@ -115,29 +115,31 @@ def run(workdir: Path, members: int, churn: float, stages: list[str]) -> None:
                 with drained(firehose_bucket if stage == "firehose" else None, env) as drain:
                     line = measured(lambda s=stage: child(s, workdir, source, env))
                 emit({"round": round_number, **compared(line, baselines), **drain})
-        emit({"stage": "sandbox", "peak_rss_mib": _status_mib("VmHWM"), "rss_mib": _status_mib("VmRSS")})
+        emit({"stage": "sandbox", "peak_rss_mib": status_mib("VmHWM"), "rss_mib": status_mib("VmRSS")})
     finally:
         sandbox.stop()
 
 
-def _let_go(sandbox) -> None:
+def let_go(sandbox) -> None:
     """Keep the sandbox from holding what nobody reads here: the Ads API journal keeps its last 20
     requests (it keeps each request's parsed body; 1,000 ADM requests held 3 GB)."""
     sandbox.ads.journal.entries = collections.deque(maxlen=20)
 
 
 @contextmanager
-def drained(bucket: str | None, env: dict[str, str]) -> Iterator[dict[str, Any]]:
+def drained(bucket: str | None, env: dict[str, str], count: bool = False) -> Iterator[dict[str, Any]]:
     """While the `with` block runs, a child process empties `bucket` (if any) as Firehose fills it, as
     the stream's consumer would: moto holds every object under 5 MiB in memory, and a Firehose
-    delivery is one call's records (about 350 bytes a member). Yields a dict that gets what was drained."""
+    delivery is one call's records (about 350 bytes a member). Yields a dict that gets what was drained;
+    with `count`, the child reads each object first and the dict also gets `members`: per audience id,
+    the messages saying `IsMember` true, less those saying false."""
     drain: dict[str, Any] = {}
     if bucket is None:
         yield drain
         return
     context = multiprocessing.get_context("spawn")
     stop, queue = context.Event(), context.Queue()
-    process = context.Process(target=_drain_process, args=(stop, queue, bucket, env))
+    process = context.Process(target=_drain_process, args=(stop, queue, bucket, env, count))
     process.start()
     try:
         yield drain
@@ -148,24 +150,32 @@ def drained(bucket: str | None, env: dict[str, str]) -> Iterator[dict[str, Any]]
             sys.exit(f"draining {bucket} failed: {drain['error']}")
 
 
-def _drain_process(stop, queue, bucket: str, env: dict[str, str]) -> None:
+def _drain_process(stop, queue, bucket: str, env: dict[str, str], count: bool) -> None:
     import boto3
 
     os.environ.update(env)
     s3 = boto3.client("s3")
     objects = size = 0
+    members: collections.Counter[int] = collections.Counter()
     while True:
         stopping = stop.is_set()  # before listing: once set, a listing that finds nothing is the last
         found = s3.list_objects_v2(Bucket=bucket, MaxKeys=1_000).get("Contents", [])
         if found:
             keys = [{"Key": item["Key"]} for item in found]
+            for key in keys if count else ():
+                for line in s3.get_object(Bucket=bucket, **key)["Body"].read().splitlines():
+                    message = json.loads(line)
+                    members[message["AudienceId"]] += 1 if message["IsMember"] else -1
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
             objects, size = objects + len(found), size + sum(item["Size"] for item in found)
         elif stopping:
             break
         else:
             stop.wait(1)
-    queue.put({"drained_objects": objects, "drained_mib": round(size / 2**20, 1)})
+    queue.put(
+        {"drained_objects": objects, "drained_mib": round(size / 2**20, 1)}
+        | ({"members": dict(members)} if count else {})
+    )
 
 
 def emit(line: dict[str, Any]) -> None:
@@ -180,8 +190,8 @@ def measured(work) -> dict[str, Any]:
     return {
         **line,
         "sandbox_cpu_seconds": round(_cpu(resource.RUSAGE_SELF) - before, 2),
-        "sandbox_rss_mib": _status_mib("VmRSS"),
-        "sandbox_peak_rss_mib": _status_mib("VmHWM"),
+        "sandbox_rss_mib": status_mib("VmRSS"),
+        "sandbox_peak_rss_mib": status_mib("VmHWM"),
     }
 
 
@@ -251,20 +261,21 @@ def _stage_process(
             if line.get("items"):
                 line["rate_per_second"] = round(line["items"] / seconds)
             line["seconds"] = round(seconds, 2)
-        line["peak_rss_mib"] = _status_mib("VmHWM")
+        line["peak_rss_mib"] = status_mib("VmHWM")
         line["cpu_seconds"] = round(_cpu(resource.RUSAGE_SELF), 2)
     except Exception as error:  # reported by the parent, which stops
         line = {"error": f"{type(error).__name__}: {error}"}
     queue.put(line)
 
 
-def _status_mib(field: str) -> int:
-    """This process's own `VmHWM` (peak RSS) or `VmRSS` from Linux. (`ru_maxrss` survives `exec`, so
-    a spawned child would report its parent's peak, the sandbox's here, if that was higher.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def status_mib(field: str, pid: int | str = "self") -> int:
+    """A process's (by default this one's) `VmHWM` (peak RSS) or `VmRSS` from Linux. (`ru_maxrss`
+    survives `exec`, so a spawned child would report its parent's peak, the sandbox's here, if that
+    was higher.)"""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024)
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def _cpu(who: int) -> float:

@@ -7,6 +7,7 @@ by restarting processes.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -226,6 +227,12 @@ class Deployment:
                  tags { key value } } } } }"""
         )
         return data["runsOrError"]["results"]
+
+    def worker_pids(self) -> dict[str, int]:
+        """Each run the code server started: its worker process's pid, as its RUN_START event says."""
+        log = (self.folder / "code_server.log").read_text(errors="replace")
+        started = re.findall(r" - ([0-9a-f-]{36}) - (\d+) - RUN_START - ", log)
+        return {run_id: int(pid) for run_id, pid in started}
 
     def _location_loaded(self) -> bool:
         try:

@@ -3,8 +3,13 @@
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .deployment import free_port
 
 USER, DATABASE = "dagster", "dagster"
 
@@ -87,3 +92,18 @@ class Postgres:
             raise RuntimeError(
                 f"{program} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
             )
+
+
+@contextmanager
+def throwaway_cluster(binaries: Path) -> Iterator[Postgres]:
+    """A new cluster with the deployment's database, started; stopped and deleted afterwards."""
+    # Not under pytest's temporary folder: its parents are closed to the `postgres` user (see Postgres).
+    folder = Path(tempfile.mkdtemp(prefix="audience-pipeline-postgres-"))
+    server = Postgres(folder, free_port(), binaries)
+    try:
+        server.init()
+        yield server
+    finally:
+        if (server.data / "postmaster.pid").exists():
+            server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)

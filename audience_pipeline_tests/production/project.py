@@ -18,16 +18,25 @@ PACKAGE = "prod_project"
 STREAM = "prod-audience-changes"
 MANAGER_ACCOUNT = "amzn1.ads-account.sandbox"
 ADVERTISER = 5551234567890
+# Every per-audience asset of the project: a backfill of these delivers audiences everywhere.
+ASSETS = [
+    ["audience_snapshot"],
+    ["firehose", "prod_audience_changes"],
+    ["ads_data_manager", MANAGER_ACCOUNT.replace(".", "_").replace("-", "_")],
+    ["dsp", f"advertiser_{ADVERTISER}"],
+    ["dsp", f"advertiser_{ADVERTISER}", "flush"],
+]
 
 
 def members(audience: int, size: int) -> list[tuple[str, str, str, str, int]]:
-    """The profiles of segment `audience`: user id, e-mail, phone, IDFA, segment."""
+    """The profiles of segment `audience`, as `write_source` writes them: user id, e-mail, phone,
+    IDFA, segment."""
     return [
         (
             f"u{audience}-{i}",
             f"person{audience}.{i}@example.com",
-            f"+1 206 555 {audience:02d}{i % 100:02d}",
-            f"{audience:08x}-{i:04x}-4000-8000-{audience * 100000 + i:012x}",
+            f"+1 206 555 {audience % 100:02d}{i % 100:02d}",
+            f"{audience:08x}-{i % 65536:04x}-4000-8000-{audience * 10_000_000 + i:012x}",
             audience,
         )
         for i in range(size)
@@ -35,14 +44,21 @@ def members(audience: int, size: int) -> list[tuple[str, str, str, str, int]]:
 
 
 def write_source(path: Path, sizes: dict[int, int]) -> None:
-    """The source: `profiles` with every audience's members."""
+    """The source: `profiles` with every audience's members (`members`), made by DuckDB: a load
+    benchmark's source holds millions."""
     with duckdb.connect(str(path)) as conn:
+        conn.execute("CREATE OR REPLACE TEMP TABLE sizes (audience BIGINT, size BIGINT)")
+        conn.executemany("INSERT INTO sizes VALUES (?, ?)", list(sizes.items()))
         conn.execute(
-            "CREATE OR REPLACE TABLE profiles "
-            "(user_id VARCHAR, email VARCHAR, phone VARCHAR, idfa VARCHAR, segment INTEGER)"
+            """CREATE OR REPLACE TABLE profiles AS
+               SELECT 'u' || audience || '-' || i AS user_id,
+                      'person' || audience || '.' || i || '@example.com' AS email,
+                      printf('+1 206 555 %02d%02d', audience % 100, i % 100) AS phone,
+                      printf('%08x-%04x-4000-8000-%012x', audience, i % 65536, audience * 10000000 + i)
+                          AS idfa,
+                      audience::INTEGER AS segment
+               FROM sizes, range(size) AS r(i)"""
         )
-        for audience, size in sizes.items():
-            conn.executemany("INSERT INTO profiles VALUES (?, ?, ?, ?, ?)", members(audience, size))
 
 
 @dataclass

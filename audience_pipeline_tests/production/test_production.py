@@ -3,7 +3,6 @@ and the daemon as processes of their own, queued runs within the API pools, the 
 
 import json
 import os
-import re
 import signal
 import time
 from collections import defaultdict
@@ -17,31 +16,23 @@ from audience_pipeline.membership.dsp_audiences import dsp_audience_name
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 
-from .conftest import AUDIENCES, STATE_BUCKET, sandbox_client
+from .conftest import AUDIENCES
 from .deployment import FINISHED, Deployment, wait_for
-from .project import ADVERTISER, MANAGER_ACCOUNT, STREAM, members
+from .environment import STATE_BUCKET, sandbox_client
+from .project import ADVERTISER, ASSETS, MANAGER_ACCOUNT, STREAM, members
 
 # One deployment for these tests (session fixtures), on one xdist worker, in this order: its processes
 # use both cores already, and each test starts from what the one before left.
 pytestmark = pytest.mark.xdist_group("production")
 
-ASSETS = [
-    ["audience_snapshot"],
-    ["firehose", "prod_audience_changes"],
-    ["ads_data_manager", MANAGER_ACCOUNT.replace(".", "_").replace("-", "_")],
-    ["dsp", f"advertiser_{ADVERTISER}"],
-    ["dsp", f"advertiser_{ADVERTISER}", "flush"],
-]
 # deploy/pools.sh's defaults.
 POOL_LIMITS = {"amazon_ads_api": 2, "amazon_ads_dsp": 2}
 
 
 def running_worker(deployment: Deployment) -> tuple[str, int] | None:
-    """A run in progress and the pid of its worker process (as its RUN_START event names it)."""
+    """A run in progress and the pid of its worker process."""
     started = {r["runId"] for r in deployment.runs() if r["status"] == "STARTED"}
-    log = (deployment.folder / "code_server.log").read_text(errors="replace")
-    for match in re.finditer(r" - ([0-9a-f-]{36}) - (\d+) - RUN_START - ", log):
-        run_id, pid = match.group(1), int(match.group(2))
+    for run_id, pid in deployment.worker_pids().items():
         if run_id in started and Path(f"/proc/{pid}").exists():
             return run_id, pid
     return None
