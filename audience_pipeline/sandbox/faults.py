@@ -3,11 +3,13 @@
 The admin API lives under `/_sandbox/`, outside every Amazon path:
 
 - `POST /_sandbox/faults` `{"route": "<METHOD> <path prefix>" | "<X-Amz-Target>", "status": 429|500|503,
-  "rate": 0..1, "count": n?, "retry_after": seconds?, "latency_ms": n?, "record_failure_rate": 0..1?}`
+  "rate": 0..1, "count": n?, "retry_after": seconds?, "latency_ms": n?, "record_failure_rate": 0..1?,
+  "barrier": n?, "barrier_timeout_s": seconds?}`
 - `DELETE /_sandbox/faults`, `GET /_sandbox/journal`, `POST /_sandbox/reset`.
 - Routes of one server's own, such as the AWS server's `POST /_sandbox/iam` (`sandbox.iam`).
 """
 
+import contextlib
 import io
 import json
 import random
@@ -33,6 +35,15 @@ class FaultRule(BaseModel):
     retry_after: int | None = Field(default=None, ge=0)
     latency_ms: int | None = Field(default=None, ge=0)
     record_failure_rate: float | None = Field(default=None, ge=0, le=1)
+    barrier: int | None = Field(
+        default=None,
+        ge=2,
+        description="hold the first n matching requests until all n have arrived, then let them on "
+        "together (once), so that n clients are provably in flight at the same time",
+    )
+    barrier_timeout_s: float = Field(
+        default=300, gt=0, description="how long a held request waits for the others before going on"
+    )
 
     def matches(self, method: str, path: str, target: str | None) -> bool:
         """See `route_matches`."""
@@ -55,6 +66,24 @@ class Decision:
     status: int | None = None
     retry_after: int | None = None
     record_failure_rate: float | None = None
+    # Barriers to wait at before answering, with how long to wait at each.
+    barriers: list[tuple[threading.Barrier, float]] = field(default_factory=list)
+
+    def wait(self) -> None:
+        """The latency, then each barrier (a barrier whose others never came lets its requests on)."""
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+        for barrier, timeout in self.barriers:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout)
+
+
+@dataclass
+class _Barrier:
+    """A rule's barrier, and how many more requests it holds (it holds its first n only)."""
+
+    barrier: threading.Barrier
+    places: int
 
 
 @dataclass
@@ -64,6 +93,7 @@ class Faults:
     seed: int = 0
     _rules: list[FaultRule] = field(default_factory=list)
     _remaining: list[int | None] = field(default_factory=list)
+    _barriers: list[_Barrier | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -73,11 +103,17 @@ class Faults:
         with self._lock:
             self._rules.append(rule)
             self._remaining.append(rule.count)
+            held = _Barrier(threading.Barrier(rule.barrier), rule.barrier) if rule.barrier else None
+            self._barriers.append(held)
 
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
             self._remaining.clear()
+            for held in self._barriers:
+                if held is not None:
+                    held.barrier.abort()  # requests held at a cleared barrier go on
+            self._barriers.clear()
 
     def decide(self, method: str, path: str, target: str | None) -> Decision:
         """Latency adds up over matching rules; the first rule that fires sets the status."""
@@ -87,6 +123,10 @@ class Faults:
                 if not rule.matches(method, path, target):
                     continue
                 decision.latency_ms += rule.latency_ms or 0
+                held = self._barriers[i]
+                if held is not None and held.places > 0:
+                    held.places -= 1
+                    decision.barriers.append((held.barrier, rule.barrier_timeout_s))
                 if rule.record_failure_rate is not None and decision.record_failure_rate is None:
                     decision.record_failure_rate = rule.record_failure_rate
                 if rule.status is None or decision.status is not None or self._remaining[i] == 0:
@@ -158,8 +198,7 @@ class SandboxMiddleware:
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         decision = self.faults.decide(request.method, request.path, request.headers.get("X-Amz-Target"))
-        if decision.latency_ms:
-            time.sleep(decision.latency_ms / 1000)
+        decision.wait()
         environ["sandbox.decision"] = decision
         statuses: list[int] = []
 

@@ -1,5 +1,6 @@
 """Login with Amazon, the bearer check, and the admin API both servers share — over real HTTP."""
 
+import threading
 import time
 
 import pytest
@@ -152,6 +153,34 @@ def test_slow_answers_time_out_and_reads_are_retried(sandbox):
     with pytest.raises(requests.Timeout):
         client.request("GET", "/v2/profiles")
     assert client.retries == client.max_retries
+
+
+def test_a_barrier_holds_its_first_requests_until_all_have_arrived_then_lets_later_ones_through(sandbox):
+    """A barrier of 2 shows two clients in flight at once: neither is answered before the other arrived
+    (the first waits as long as the second takes), and a third request is answered at once."""
+    client = AdsApiClient("c", "s", "r", base_url=sandbox.ads_url, token_url=sandbox.token_url)
+    client.access_token()
+    add_fault(sandbox.ads_url, route="GET /v2/profiles", barrier=2, barrier_timeout_s=60)
+    # On the sandbox's clock (it runs in this process): an earlier test's slow calls may end meanwhile.
+    since = time.monotonic()
+    first = threading.Thread(target=client.request, args=("GET", "/v2/profiles"))
+    first.start()
+    time.sleep(0.5)  # the first is held meanwhile
+    client.request("GET", "/v2/profiles")
+    first.join()
+    client.request("GET", "/v2/profiles")
+    calls = [e for e in journal(sandbox.ads_url) if e["path"] == "/v2/profiles" and e["started"] >= since]
+    held_1, held_2, later = sorted(calls, key=lambda e: e["started"])
+    assert max(held_1["started"], held_2["started"]) <= min(held_1["ended"], held_2["ended"])
+    assert held_2["ended"] - held_2["started"] < held_1["ended"] - held_1["started"]
+    assert later["started"] >= max(held_1["ended"], held_2["ended"])
+    assert all(e["status"] == 200 for e in (held_1, held_2, later))
+
+
+def test_a_barrier_whose_others_never_come_lets_its_request_on(sandbox):
+    client = AdsApiClient("c", "s", "r", base_url=sandbox.ads_url, token_url=sandbox.token_url)
+    add_fault(sandbox.ads_url, route="GET /v2/profiles", barrier=2, barrier_timeout_s=0.2)
+    assert client.request("GET", "/v2/profiles") is not None
 
 
 def test_json_is_parsed_whatever_the_content_type_and_big_ids_stay_exact():
