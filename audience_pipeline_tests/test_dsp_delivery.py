@@ -63,6 +63,15 @@ class Clock:
         return self.now
 
 
+SETTINGS = {
+    "advertiser_id": 123456789,
+    "marketplace_profile_name": US["accountInfo"]["name"],
+    "marketplace": "US",
+    "profile_name": USER["name"],
+    "audiences": [7],
+}
+
+
 class Pipeline:
     """Snapshot, DSP queue and flush of one audience (id 7) over a tiny source, on the sandbox."""
 
@@ -81,14 +90,7 @@ class Pipeline:
             ],
             country_code="US",
         )
-        defaults = {
-            "advertiser_id": 123456789,
-            "marketplace_profile_name": US["accountInfo"]["name"],
-            "marketplace": "US",
-            "profile_name": USER["name"],
-            "audiences": [7],
-        }
-        self.component = DspMobileAdIdsComponent(**{**defaults, **settings})
+        self.component = DspMobileAdIdsComponent(**{**SETTINGS, **settings})
         self.clock = Clock()
         self.snapshot = dg.build_defs_for_component(audiences).get_assets_def(SNAPSHOT_ASSET_KEY)
         self.queue_asset = self.component.build_queue_asset(audiences, clock=self.clock)
@@ -213,6 +215,21 @@ def sensor_tick(pipeline, instance, cursor=None):
         return pipeline.sensor(context)
 
 
+def test_the_sensors_skip_reason_counts_empty_queues_rather_than_naming_each(tmp_path, env):
+    """A tick's reason is kept in the instance's database: with hundreds of audiences it stays short."""
+    sensor = DspMobileAdIdsComponent(**{**SETTINGS, "audiences": list(range(1, 501))}).build_sensor()
+    state = StateStore(root=str(tmp_path / "state"))
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, resources={"state_store": state}) as context,
+    ):
+        tick = sensor(context)
+    assert not tick.run_requests
+    assert tick.skip_reason.skip_message == (
+        "waiting for an upload interval of 7200 s or 1000000 bytes; 500 of 500 queues empty"
+    )
+
+
 def test_the_sensor_flushes_on_time_or_on_size_and_not_otherwise(tmp_path, env):
     pipeline = Pipeline(tmp_path, upload_interval="PT2H")
     with dg.instance_for_test() as instance:
@@ -220,12 +237,14 @@ def test_the_sensor_flushes_on_time_or_on_size_and_not_otherwise(tmp_path, env):
         assert (
             not empty.run_requests
             and "waiting for an upload interval of 7200 s" in empty.skip_reason.skip_message
+            and empty.skip_reason.skip_message.endswith("; 1 of 1 queues empty")
         )
 
         pipeline.enqueue()
         pipeline.clock.now += HOUR
         early = sensor_tick(pipeline, instance, empty.cursor)
-        assert not early.run_requests and "7: 3 changes" in early.skip_reason.skip_message
+        assert not early.run_requests
+        assert "; 0 of 1 queues empty; 7: 3 changes, " in early.skip_reason.skip_message
 
         pipeline.clock.now += HOUR
         due = sensor_tick(pipeline, instance, early.cursor)

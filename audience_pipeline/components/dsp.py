@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -42,6 +43,10 @@ REGIONS = ("NA", "EU", "FE")
 # Amazon's Data Provider guide gives `PATCH /v2/dp/audience` a 100 TPS throttle, shared by every flush
 # and app on the same credentials: a tenth of it, 20,000 MAIDs a second (see docs/configuration.md).
 DEFAULT_PATCHES_PER_SECOND = 10.0
+# The flush sensor reads this many queues at once, and its skip reason names this many waiting ones
+# (empty queues are counted, not named: a tick's reason is kept in the instance's database).
+QUEUE_READERS = 8
+LISTED_WAITING = 10
 _INTERVAL = TypeAdapter(timedelta)
 # Amazon's marketplaces, by the country code and the shape of the id `GET /v2/profiles` gives them: how
 # settings written before they took the seed's meaning (a marketplace in `marketplace_profile_name`) are
@@ -359,11 +364,15 @@ class DspMobileAdIdsComponent(DestinationComponent):
             now = clock()
             requested = json.loads(context.cursor) if context.cursor else {}
             runs, waiting = [], []
-            for partition in audiences:
-                state = DspQueue(state_store.store, self.destination, partition).load()
+            # One read a queue, many at once: a tick of hundreds of audiences stays seconds long.
+            queues = [DspQueue(state_store.store, self.destination, a) for a in audiences]
+            with ThreadPoolExecutor(max_workers=QUEUE_READERS) as readers:
+                loaded = list(zip(audiences, readers.map(DspQueue.load, queues), strict=True))
+            for partition, state in loaded:
                 reason = state.due(now, interval, self.queue_size_limit_bytes)
                 if reason is None:
-                    waiting.append(f"{partition}: {state.changes} changes, {state.size_bytes} bytes")
+                    if state.changes:
+                        waiting.append(f"{partition}: {state.changes} changes, {state.size_bytes} bytes")
                     continue
                 last = requested.get(partition)
                 if last is not None and last[0] == state.revision and now - last[1] < interval:
@@ -383,10 +392,17 @@ class DspMobileAdIdsComponent(DestinationComponent):
                 return dg.SensorResult(
                     skip_reason=dg.SkipReason(
                         f"waiting for an upload interval of {int(interval)} s or "
-                        f"{self.queue_size_limit_bytes} bytes; " + "; ".join(waiting)
+                        f"{self.queue_size_limit_bytes} bytes; {len(audiences) - len(waiting)} of "
+                        f"{len(audiences)} queues empty{listed(waiting, LISTED_WAITING)}"
                     ),
                     cursor=json.dumps(requested),
                 )
             return dg.SensorResult(run_requests=runs, cursor=json.dumps(requested))
 
         return dsp_flush_sensor
+
+
+def listed(items: list[str], most: int) -> str:
+    """`; a; b` for the first `most` items, then `; and N more`."""
+    more = f"; and {len(items) - most} more" if len(items) > most else ""
+    return "".join(f"; {item}" for item in items[:most]) + more

@@ -5,11 +5,12 @@ import boto3
 from cryptography.fernet import Fernet
 
 from audience_pipeline.components.firehose import FirehoseComponent
+from audience_pipeline.sandbox.aws import create_amc_bucket
 from audience_pipeline.sandbox.provision import provision_sandbox
 from audience_pipeline.sandbox.server import RunningSandbox
 
 from .postgres import Postgres
-from .project import STREAM, Source
+from .project import AMC_BUCKET, AMC_INSTANCE, STREAM, Source
 
 STATE_BUCKET = "audience-pipeline-prod-state"
 
@@ -26,10 +27,12 @@ def sandbox_client(sandbox: RunningSandbox, kind: str):
 
 
 def provision(sandbox: RunningSandbox, audiences: list[int]) -> None:
-    """The stream the project's Firehose destination sends to, and the state store's bucket."""
+    """The stream the project's Firehose destination sends to, the AMC instance's upload bucket, and
+    the state store's bucket."""
     s3, firehose = (sandbox_client(sandbox, kind) for kind in ("s3", "firehose"))
     stream = FirehoseComponent(delivery_stream_name=STREAM, audiences=audiences)
     provision_sandbox(s3, firehose, [stream], [])
+    create_amc_bucket(s3, AMC_BUCKET, AMC_INSTANCE)
     s3.create_bucket(Bucket=STATE_BUCKET)
 
 

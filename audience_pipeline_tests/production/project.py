@@ -18,6 +18,7 @@ PACKAGE = "prod_project"
 STREAM = "prod-audience-changes"
 MANAGER_ACCOUNT = "amzn1.ads-account.sandbox"
 ADVERTISER = 5551234567890
+AMC_INSTANCE, AMC_BUCKET, AMC_DATASET = "amcsandbox01", "prod-amc-uploads", "prod_customers"
 # Every per-audience asset of the project: a backfill of these delivers audiences everywhere.
 ASSETS = [
     ["audience_snapshot"],
@@ -26,6 +27,8 @@ ASSETS = [
     ["dsp", f"advertiser_{ADVERTISER}"],
     ["dsp", f"advertiser_{ADVERTISER}", "flush"],
 ]
+# The AMC upload of every profile's identities (not partitioned: one dataset for all audiences).
+AMC_UPLOAD = ["amc", "dataset", AMC_DATASET]
 
 
 def members(audience: int, size: int) -> list[tuple[str, str, str, str, int]]:
@@ -149,6 +152,51 @@ def write_project(folder: Path, audiences: list[int]) -> Path:
                 "marketplace": "US",
                 "profile_name": USER["name"],
                 "audiences": json.loads(ids),
+            },
+        },
+        "amc": {
+            "type": "audience_pipeline.components.amc.AmazonMarketingCloudComponent",
+            "attributes": {
+                "instance_id": AMC_INSTANCE,
+                "account_id": "",
+                "marketplace_id": "ATVPDKIKX0DER",
+                "s3_region": "us-east-1",
+                "bucket": AMC_BUCKET,
+                "path_prefix": "uploads/",
+                # Runs hand the upload to AMC; the daemon's job status sensor follows it to its end.
+                "uploads": [
+                    {
+                        "dataset_id": AMC_DATASET,
+                        "create_dataset": True,
+                        "update_strategy": "FULL_REPLACE",
+                        "country_code": "US",
+                        "query": "SELECT user_id AS customer_id, email, phone FROM profiles",
+                        "dataset_definition": {
+                            "dataSetId": AMC_DATASET,
+                            "description": "Hashed identities of every profile",
+                            "columns": [
+                                {
+                                    "name": "customer_id",
+                                    "columnType": "DIMENSION",
+                                    "dataType": "STRING",
+                                    "nullable": False,
+                                },
+                                {
+                                    "name": "email",
+                                    "columnType": "DIMENSION",
+                                    "dataType": "STRING",
+                                    "externalUserIdType": {"hashedPii": "EMAIL"},
+                                },
+                                {
+                                    "name": "phone",
+                                    "columnType": "DIMENSION",
+                                    "dataType": "STRING",
+                                    "externalUserIdType": {"hashedPii": "PHONE"},
+                                },
+                            ],
+                        },
+                    }
+                ],
             },
         },
     }

@@ -1,6 +1,7 @@
 """The production deployment on real parts: PostgreSQL instance storage, a code server, the webserver
 and the daemon as processes of their own, queued runs within the API pools, the state store on S3."""
 
+import hashlib
 import json
 import os
 import signal
@@ -16,10 +17,20 @@ from audience_pipeline.membership.dsp_audiences import dsp_audience_name
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 
+from ..conftest import add_fault
 from .conftest import AUDIENCES
 from .deployment import FINISHED, Deployment, wait_for
 from .environment import STATE_BUCKET, sandbox_client
-from .project import ADVERTISER, ASSETS, MANAGER_ACCOUNT, STREAM, members
+from .project import (
+    ADVERTISER,
+    AMC_DATASET,
+    AMC_INSTANCE,
+    AMC_UPLOAD,
+    ASSETS,
+    MANAGER_ACCOUNT,
+    STREAM,
+    members,
+)
 
 # One deployment for these tests (session fixtures), on one xdist worker, in this order: its processes
 # use both cores already, and each test starts from what the one before left.
@@ -57,13 +68,14 @@ class Backfilled:
     killed_run: str
     runs: list[dict]
     journal: list[dict]
+    sizes: dict[int, int]
 
 
 @pytest.fixture(scope="session")
-def backfilled(deployment, prod_sandbox) -> Backfilled:
+def backfilled(deployment, prod_sandbox, source) -> Backfilled:
     """Every audience delivered by one backfill through the daemon, during which a run's worker and
     the daemon die (SIGKILL), as on a crashed host, and the daemon comes back."""
-    backfill = deployment.backfill(ASSETS, [str(a) for a in AUDIENCES])
+    backfill = deployment.backfill([*ASSETS, AMC_UPLOAD], [str(a) for a in AUDIENCES])
     wait_for(lambda: sum(r["status"] == "SUCCESS" for r in deployment.runs()) >= 3, 600, "the first runs")
     killed_run, pid = wait_for(lambda: running_worker(deployment), 120, "a run in progress", every=0.2)
     os.kill(pid, signal.SIGKILL)
@@ -73,7 +85,8 @@ def backfilled(deployment, prod_sandbox) -> Backfilled:
     status = wait_for(
         lambda: (s := deployment.backfill_status(backfill)) in FINISHED and s, 1200, "the backfill", every=5
     )
-    return Backfilled(status, killed_run, deployment.runs(), prod_sandbox.ads.journal.snapshot())
+    journal = prod_sandbox.ads.journal.snapshot()
+    return Backfilled(status, killed_run, deployment.runs(), journal, dict(source.sizes))
 
 
 def test_a_backfill_of_50_audiences_survives_a_killed_daemon_and_run_worker_and_delivers_each_exactly(
@@ -90,6 +103,8 @@ def test_a_backfill_of_50_audiences_survives_a_killed_daemon_and_run_worker_and_
     assert retry["status"] == "SUCCESS"
 
     assert_destinations_hold(prod_sandbox, source.sizes)
+    # AMC has the profiles as the backfill read them (later tests change the source).
+    assert_amc_holds(prod_sandbox, backfilled.sizes)
 
     # The pools held: never more ADM datasets or DSP audiences being written at once than their limit.
     for pool, written in (("amazon_ads_api", adm_dataset), ("amazon_ads_dsp", dsp_audience)):
@@ -133,6 +148,24 @@ def assert_destinations_hold(sandbox, sizes: dict[int, int]) -> None:
         assert held == {m[1] for m in expected}, audience
 
 
+def assert_amc_holds(sandbox, sizes: dict[int, int]) -> None:
+    """AMC's dataset holds every profile's hashed identities, once its upload (which the backfill's run
+    handed to AMC) succeeded: the sandbox moves an upload on only when polled, here by the daemon's job
+    status sensor."""
+    instance = sandbox.ads.state.family("amc")["instances"][AMC_INSTANCE]
+
+    def succeeded() -> list[dict]:
+        with sandbox.ads.state.lock:
+            uploads = [u for u in instance["uploads"].values() if u["dataSetId"] == AMC_DATASET]
+        return [u for u in uploads if u["status"] == "SUCCESS"]
+
+    wait_for(succeeded, 300, "the AMC job status sensor to follow the upload to SUCCESS", every=2)
+    table = instance["dataSets"][AMC_DATASET]["_table"]
+    stored = sandbox.ads.state.cursor().sql(f"SELECT customer_id, email FROM {table}").fetchall()
+    profiles = [m for audience, size in sizes.items() for m in members(audience, size)]
+    assert sorted(stored) == sorted((m[0], hashlib.sha256(m[1].encode()).hexdigest()) for m in profiles)
+
+
 def adm_dataset(entry: dict) -> str | None:
     """The ADM dataset a journaled member upload wrote to."""
     if entry["method"] == "POST" and entry["path"].startswith("/adm/audiences/"):
@@ -158,6 +191,51 @@ def firehose_messages(sandbox) -> list[dict]:
         for key in keys
         for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
     ]
+
+
+def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(
+    backfilled, deployment, source, prod_sandbox, monkeypatch
+):
+    """The state store's conditional writes: two runs of the same ADM delivery at once, from a shell
+    (where no queue or pool holds one back), both upload, and the ledger takes exactly one commit: the
+    run that lost the race fails, naming the other's commit. A sandbox barrier holds the first member
+    upload until a second one arrives, so both runs are provably past loading the ledger and in flight
+    together, however slowly the second starts."""
+    for name, value in prod_sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    ledger = Ledger(state_store(prod_sandbox), f"ads_data_manager/{MANAGER_ACCOUNT}/segment_1", "1")
+    version = ledger.load().version
+    source.sizes[1] += 5
+    source.write()
+    before = {r["runId"] for r in deployment.runs()}
+    snapshot = deployment.launch([ASSETS[0]], "1")
+    assert wait_for(lambda: finished(deployment, snapshot), 300, "the snapshot") == "SUCCESS"
+    add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", barrier=2, barrier_timeout_s=300)
+    since = time.monotonic()  # the sandbox runs in this process: its journal's clock
+    shells = [deployment.materialize("/".join(ASSETS[2]), "1") for _ in range(2)]
+    said = [shell.communicate(timeout=600)[0] for shell in shells]
+    # The automation sensor may have started a delivery of its own after the snapshot: let it end.
+    wait_for(lambda: all_finished(deployment, before), 300, "every run since the snapshot", every=2)
+    requests.delete(f"{prod_sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+
+    uploads = sorted(
+        (e for e in prod_sandbox.ads.journal.snapshot() if e["started"] >= since and adm_dataset(e)),
+        key=lambda e: e["started"],
+    )
+    first, second = uploads[:2]
+    assert second["started"] <= first["ended"], "the first two uploads were not in flight together"
+    assert ledger.load().version == version + 1
+    # The runs from the shells and any of the automation's: those that lost failed, naming the commit.
+    failed = [
+        " ".join(deployment.outcome(r["runId"])[1])
+        for r in deployment.runs()
+        if r["runId"] not in before and r["status"] == "FAILURE"
+    ]
+    assert failed and all("another run" in text for text in failed), (failed, [text[-2000:] for text in said])
+    # The other destinations catch up with the audience in one run.
+    rest = deployment.launch(ASSETS[1:], "1")
+    assert wait_for(lambda: finished(deployment, rest), 300, "the other destinations") == "SUCCESS"
+    assert_destinations_hold(prod_sandbox, source.sizes)
 
 
 def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes(
@@ -244,6 +322,12 @@ def ledger_ids(store, destination: str, audience: int) -> set[str]:
     if loaded.revision is None:
         return set()
     return set(ledger.members_where(loaded, lambda ids: ids.is_not_null()))
+
+
+def all_finished(deployment: Deployment, before: set[str]) -> bool:
+    """Whether every run started since `before` finished."""
+    runs = [r for r in deployment.runs() if r["runId"] not in before]
+    return all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs)
 
 
 def finished(deployment: Deployment, run_id: str) -> str | None:
