@@ -208,10 +208,11 @@ def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(
     source.sizes[1] += 5
     source.write()
     before = {r["runId"] for r in deployment.runs()}
-    snapshot = deployment.launch([ASSETS[0]], "1")
-    assert wait_for(lambda: finished(deployment, snapshot), 300, "the snapshot") == "SUCCESS"
+    # Set before the snapshot: a delivery the automation sensor starts after it is held too.
     add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", barrier=2, barrier_timeout_s=300)
     since = time.monotonic()  # the sandbox runs in this process: its journal's clock
+    snapshot = deployment.launch([ASSETS[0]], "1")
+    assert wait_for(lambda: finished(deployment, snapshot), 300, "the snapshot") == "SUCCESS"
     shells = [deployment.materialize("/".join(ASSETS[2]), "1") for _ in range(2)]
     said = [shell.communicate(timeout=600)[0] for shell in shells]
     # The automation sensor may have started a delivery of its own after the snapshot: let it end.
