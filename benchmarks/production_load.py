@@ -1,7 +1,7 @@
 """Load on the production deployment: many audiences of mixed sizes in one backfill, through the daemon.
 
     python benchmarks/production_load.py [--audiences 500] [--smallest 1000] [--largest 1000000]
-                                         [--skew 8] [--workdir DIR]
+                                         [--skew 20] [--workdir DIR]
 
 Starts what the production suite (`audience_pipeline_tests/production`) starts, with the same
 `deploy/` files: a throwaway PostgreSQL cluster, the sandbox (in this process), and the code server,
@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import statistics
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--audiences", type=int, default=500)
     parser.add_argument("--smallest", type=int, default=1_000)
     parser.add_argument("--largest", type=int, default=1_000_000)
-    parser.add_argument("--skew", type=float, default=8.0)
+    parser.add_argument("--skew", type=float, default=20.0)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args()
     if args.audiences < 2 or not 0 < args.smallest <= args.largest:
@@ -66,6 +67,8 @@ def main() -> None:
     if binaries is None:
         sys.exit("PostgreSQL's server is not installed (Debian: apt-get install postgresql)")
     sizes = audience_sizes(args.audiences, args.smallest, args.largest, args.skew)
+    # Stopped, it still stops the deployment, the sandbox and PostgreSQL (`finally` below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     with tempfile.TemporaryDirectory() as scratch:
         run(args.workdir or Path(scratch), sizes, binaries)
 
