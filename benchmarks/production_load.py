@@ -6,8 +6,9 @@
 Starts what the production suite (`audience_pipeline_tests/production`) starts, with the same
 `deploy/` files: a throwaway PostgreSQL cluster, the sandbox (in this process), and the code server,
 webserver and daemon as processes of their own, over a project of `--audiences` audiences at Firehose,
-ADM and DSP. Audience k of n has `smallest * (largest / smallest) ** ((k / (n - 1)) ** skew)`
-members: most are small, a few are large, and the last has `largest`.
+ADM and DSP (the project's AMC upload, of every profile, is not part of this backfill). Audience k of
+n has `smallest * (largest / smallest) ** ((k / (n - 1)) ** skew)` members: most are small, a few are
+large, and the last has `largest`.
 
 One backfill of every audience is launched as the UI does, and followed to its end. Meanwhile a thread
 samples every process the code server started (the run workers) twice a second for its peak RSS
