@@ -47,6 +47,7 @@ from audience_pipeline_tests.production.deployment import FINISHED, Deployment, 
 from audience_pipeline_tests.production.environment import (  # noqa: E402
     STATE_BUCKET,
     deployment_env,
+    destination_ids,
     provision,
     sandbox_client,
 )
@@ -247,8 +248,7 @@ def held(sandbox, sizes: dict[int, int], streamed: dict[int, int]) -> dict[str, 
     """Audiences whose destination holds another count of members than the audience has (by
     destination; empty when exact), from the sandbox's ADM and DSP and the stream's drained messages."""
     state = sandbox.ads.state
-    datasets = {d["name"]: d["dataSetId"] for d in state.family("adm")["datasets"].values()}
-    dsp_ids = {a["name"]: i for i, a in state.family("dsp")["audiences"].items()}
+    datasets, dsp_ids = destination_ids(sandbox)
     wrong: dict[str, dict[int, int | None]] = defaultdict(dict)
     for audience, size in sizes.items():
         name = f"segment_{audience}"

@@ -28,7 +28,9 @@ from ..conftest import stop_group
 DEPLOY = Path(audience_pipeline.__file__).resolve().parents[1] / "deploy"
 BIN = Path(sys.executable).parent
 LOCATION = "audience_pipeline"
+# A backfill's statuses once it has ended, and a run's.
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+RUN_ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def free_port() -> int:

@@ -49,3 +49,10 @@ def deployment_env(postgres: Postgres, sandbox: RunningSandbox, source: Source) 
         "AMAZON_ADS_CLIENT_SECRET": "prod-test",
         "AMAZON_ADS_REFRESH_TOKEN": "prod-test",
     }
+
+
+def destination_ids(sandbox: RunningSandbox) -> tuple[dict[str, str], dict[str, str]]:
+    """The sandbox's ADM dataset ids and DSP audience ids, by name."""
+    state = sandbox.ads.state
+    datasets = {d["name"]: d["dataSetId"] for d in state.family("adm")["datasets"].values()}
+    return datasets, {a["name"]: i for i, a in state.family("dsp")["audiences"].items()}

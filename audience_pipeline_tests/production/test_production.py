@@ -19,8 +19,8 @@ from audience_pipeline.resources.state_store import StateStore
 
 from ..conftest import add_fault
 from .conftest import AUDIENCES
-from .deployment import FINISHED, Deployment, wait_for
-from .environment import STATE_BUCKET, sandbox_client
+from .deployment import FINISHED, RUN_ENDED, Deployment, wait_for
+from .environment import STATE_BUCKET, destination_ids, sandbox_client
 from .project import (
     ADVERTISER,
     AMC_DATASET,
@@ -292,8 +292,7 @@ def ledger_claims(sandbox, audiences: list[int]):
     destination and audience: ADM and Firehose by user id, DSP by MAID."""
     store = state_store(sandbox)
     state = sandbox.ads.state
-    datasets = {d["name"]: d["dataSetId"] for d in state.family("adm")["datasets"].values()}
-    dsp_ids = {a["name"]: i for i, a in state.family("dsp")["audiences"].items()}
+    datasets, dsp_ids = destination_ids(sandbox)
     messages = firehose_messages(sandbox)
     for audience in audiences:
         everyone = members(audience, AUDIENCES[audience] + 5)
@@ -328,12 +327,12 @@ def ledger_ids(store, destination: str, audience: int) -> set[str]:
 def all_finished(deployment: Deployment, before: set[str]) -> bool:
     """Whether every run started since `before` finished."""
     runs = [r for r in deployment.runs() if r["runId"] not in before]
-    return all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs)
+    return all(r["status"] in RUN_ENDED for r in runs)
 
 
 def finished(deployment: Deployment, run_id: str) -> str | None:
     status = deployment.run_status(run_id)
-    return status if status in {"SUCCESS", "FAILURE", "CANCELED"} else None
+    return status if status in RUN_ENDED else None
 
 
 def backfill_status(deployment: Deployment, backfill: str) -> str | None:
