@@ -4,7 +4,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,23 @@ def wired_resources(*keys: str) -> dict[str, dg.ConfigurableResource]:
 def add_fault(url: str, **rule) -> None:
     """Inject a fault into the sandbox server at `url` (see `audience_pipeline.sandbox.faults`)."""
     requests.post(f"{url}/_sandbox/faults", json=rule, timeout=10).raise_for_status()
+
+
+def clear_faults(url: str) -> None:
+    """Remove every fault of the sandbox server at `url`; requests held at its barriers go on."""
+    requests.delete(f"{url}/_sandbox/faults", timeout=10).raise_for_status()
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    """`check()`'s first truthy answer within `timeout` seconds; an AssertionError naming `what` else."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
 
 
 def journal(url: str) -> list[dict]:

@@ -8,7 +8,6 @@ import boto3
 import dagster as dg
 import duckdb
 import pytest
-import requests
 from moto.sts.models import sts_backends
 from pydantic import ValidationError
 
@@ -24,7 +23,7 @@ from audience_pipeline.components.amc_status import AUDIENCE_SIZE_CHECK, JOB_CHE
 from audience_pipeline.resources.duckdb_source import DuckDBSource
 from audience_pipeline.sandbox.aws import create_amc_bucket
 
-from .conftest import add_fault, amazon_ads_resource, journal, wired_resources
+from .conftest import add_fault, amazon_ads_resource, clear_faults, journal, wired_resources
 
 INSTANCE = "amcsandbox01"
 BUCKET = "amc-test-uploads"
@@ -490,7 +489,7 @@ def test_a_sensor_poll_that_fails_keeps_following_the_job(tmp_path, sandbox):
     first = amc.tick()
     assert first.asset_events == [] and "customers" in amc.cursor
     assert first.skip_message == "waiting for amc/dataset/customers (upload: status poll failed)"
-    requests.delete(f"{sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+    clear_faults(sandbox.ads_url)
     assert checks(amc.follow())[JOB_CHECK].passed
 
 

@@ -7,7 +7,6 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-import requests
 from pydantic import ValidationError
 
 from audience_pipeline.clients.accounts import ProfileNotFound, find_profile
@@ -25,7 +24,7 @@ from audience_pipeline.sandbox.profiles import PROFILES
 from audience_pipeline.state import ParquetStore, buckets
 from audience_pipeline.state.buckets import Spill
 
-from .conftest import add_fault, amazon_ads_resource, journal
+from .conftest import add_fault, amazon_ads_resource, clear_faults, journal
 from .test_firehose_iam import failure_message
 from .test_login import REDIRECT_URI, sandbox_client, sandbox_code
 
@@ -527,7 +526,7 @@ def test_a_lost_creation_answer_never_makes_a_second_dsp_audience(pipeline, sand
     add_fault(sandbox.ads_url, route="POST /v2/dp/audiencemetadata/", latency_ms=1500)
 
     first = pipeline.flush(raise_on_error=False)
-    requests.delete(f"{sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+    clear_faults(sandbox.ads_url)
     second = pipeline.flush(raise_on_error=False)
 
     record = pipeline.state.path("dsp_audiences/dsp/NA/123456789/7.parquet")

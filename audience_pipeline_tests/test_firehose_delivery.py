@@ -22,7 +22,7 @@ from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
 from audience_pipeline.state import buckets
 
-from .conftest import add_fault, wired_resources
+from .conftest import add_fault, clear_faults, wired_resources
 from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages
 
 PROFILES = [
@@ -225,8 +225,7 @@ def test_past_the_retry_limit_the_run_fails_and_the_changes_stay_pending(pipelin
     failure = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "Retry Limit Exceeded" in failure and "4 records were not delivered" in failure
     assert pipeline.ledger().is_empty()
-    requests_cleared = __import__("requests").delete(f"{sandbox.aws_url}/_sandbox/faults", timeout=10)
-    requests_cleared.raise_for_status()
+    clear_faults(sandbox.aws_url)
     assert metadata(pipeline.run())["sent"] == 4
 
 

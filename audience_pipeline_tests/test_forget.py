@@ -7,7 +7,6 @@ import boto3
 import dagster as dg
 import duckdb
 import pytest
-import requests
 from cryptography.fernet import Fernet
 
 from audience_pipeline.components import firehose as firehose_module
@@ -25,7 +24,7 @@ from audience_pipeline.sandbox.aws import create_amc_bucket
 from audience_pipeline.sandbox.profiles import PROFILES as SANDBOX_PROFILES
 from audience_pipeline.sandbox.server import DUMMY_AWS_KEYS
 
-from .conftest import add_fault, amazon_ads_resource, wired_resources
+from .conftest import add_fault, amazon_ads_resource, clear_faults, wired_resources
 from .sandbox.test_aws_firehose import PUT_RECORD_BATCH, STREAM, aws_clients, delivered_messages
 from .test_amc_component import BUCKET, INSTANCE, customers_upload, sha
 from .test_dsp_delivery import dsp_records
@@ -271,7 +270,7 @@ def test_a_destination_that_failed_is_tried_again_and_still_finds_the_person(eve
     assert everywhere.receipts()[("req-1", FIREHOSE)] == "FAILED"
     assert everywhere.alice_messages() == [True]
     assert everywhere.adm_members() == {"u2", "u3"}
-    requests.delete(f"{everywhere.sandbox.aws_url}/_sandbox/faults", timeout=10).raise_for_status()
+    clear_faults(everywhere.sandbox.aws_url)
 
     result = everywhere.run_forget()
 

@@ -115,6 +115,12 @@ class Faults:
                     held.barrier.abort()  # requests held at a cleared barrier go on
             self._barriers.clear()
 
+    def held(self) -> int:
+        """How many requests wait at barriers now: each is provably in flight until its barrier lets it
+        on."""
+        with self._lock:
+            return sum(held.barrier.n_waiting for held in self._barriers if held is not None)
+
     def decide(self, method: str, path: str, target: str | None) -> Decision:
         """Latency adds up over matching rules; the first rule that fires sets the status."""
         decision = Decision()

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import requests
 
 import audience_pipeline
 
-from ..conftest import stop_group
+from ..conftest import stop_group, wait_for
 
 DEPLOY = Path(audience_pipeline.__file__).resolve().parents[1] / "deploy"
 BIN = Path(sys.executable).parent
@@ -37,18 +36,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
-    """`check()`'s first truthy answer within `timeout` seconds; an AssertionError naming `what` else."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 @dataclass
@@ -242,6 +229,18 @@ class Deployment:
                  tags { key value } } } } }"""
         )
         return data["runsOrError"]["results"]
+
+    def in_step(self, step_key: str) -> set[str]:
+        """The started runs whose step `step_key` is in progress."""
+        data = self.graphql(
+            """{ runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { runId
+                 stepStats { stepKey status } } } } }"""
+        )
+        return {
+            run["runId"]
+            for run in data["runsOrError"]["results"]
+            if {"stepKey": step_key, "status": "IN_PROGRESS"} in run["stepStats"]
+        }
 
     def worker_pids(self) -> dict[str, int]:
         """Each run the code server started: its worker process's pid, as its RUN_START event says."""

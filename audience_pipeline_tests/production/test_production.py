@@ -8,7 +8,6 @@ import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
@@ -16,8 +15,9 @@ import requests
 from audience_pipeline.membership.dsp_audiences import dsp_audience_name
 from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
+from audience_pipeline.sandbox.faults import Faults
 
-from ..conftest import add_fault
+from ..conftest import add_fault, clear_faults
 from .conftest import AUDIENCES
 from .deployment import FINISHED, RUN_ENDED, Deployment, wait_for
 from .environment import STATE_BUCKET, destination_ids, sandbox_client
@@ -38,15 +38,22 @@ pytestmark = pytest.mark.xdist_group("production")
 
 # deploy/pools.sh's defaults.
 POOL_LIMITS = {"amazon_ads_api": 2, "amazon_ads_dsp": 2}
+# The step of a run that uploads ADM members.
+ADM_STEP = "__".join(ASSETS[2])
 
 
-def running_worker(deployment: Deployment) -> tuple[str, int] | None:
-    """A run in progress and the pid of its worker process."""
-    started = {r["runId"] for r in deployment.runs() if r["status"] == "STARTED"}
-    for run_id, pid in deployment.worker_pids().items():
-        if run_id in started and Path(f"/proc/{pid}").exists():
-            return run_id, pid
-    return None
+def held_in_upload(deployment: Deployment, faults: Faults) -> tuple[str, int] | None:
+    """A run whose worker waits on its ADM member upload, held at a sandbox barrier, and the worker's
+    pid: a run provably mid-step (one past its last step is still STARTED, and its death leaves nothing
+    to retry). Every run in the ADM step is held when as many requests are held as there are such runs,
+    the same before and after: none can leave the step before the barrier lets it on."""
+    held = faults.held()
+    uploading = deployment.in_step(ADM_STEP)
+    if not held or len(uploading) != held or faults.held() != held:
+        return None
+    run_id = min(uploading)
+    pid = deployment.worker_pids().get(run_id)
+    return (run_id, pid) if pid else None
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
@@ -77,8 +84,15 @@ def backfilled(deployment, prod_sandbox, source) -> Backfilled:
     the daemon die (SIGKILL), as on a crashed host, and the daemon comes back."""
     backfill = deployment.backfill([*ASSETS, AMC_UPLOAD], [str(a) for a in AUDIENCES])
     wait_for(lambda: sum(r["status"] == "SUCCESS" for r in deployment.runs()) >= 3, 600, "the first runs")
-    killed_run, pid = wait_for(lambda: running_worker(deployment), 120, "a run in progress", every=0.2)
+    # More places than the API pool lets runs in at once: the barrier holds each upload until cleared.
+    add_fault(prod_sandbox.ads_url, route="POST /adm/audiences/", barrier=POOL_LIMITS["amazon_ads_api"] + 1)
+    faults = prod_sandbox.ads.faults
+    killed_run, pid = wait_for(
+        lambda: held_in_upload(deployment, faults), 300, "a run held in its upload", every=0.2
+    )
     os.kill(pid, signal.SIGKILL)
+    # The held uploads go on (the killed worker's too: it reaches ADM, and the ledger never hears).
+    clear_faults(prod_sandbox.ads_url)
     deployment.kill("daemon")
     time.sleep(3)
     deployment.start("daemon")
@@ -217,7 +231,7 @@ def test_two_deliveries_of_one_audience_at_once_commit_exactly_once(
     said = [shell.communicate(timeout=600)[0] for shell in shells]
     # The automation sensor may have started a delivery of its own after the snapshot: let it end.
     wait_for(lambda: all_finished(deployment, before), 300, "every run since the snapshot", every=2)
-    requests.delete(f"{prod_sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+    clear_faults(prod_sandbox.ads_url)
 
     uploads = sorted(
         (e for e in prod_sandbox.ads.journal.snapshot() if e["started"] >= since and adm_dataset(e)),
@@ -273,15 +287,10 @@ def test_runs_survive_a_postgres_restart_or_fail_saying_so_and_a_rerun_completes
     # Whatever failed, no ledger claims a member its destination lacks.
     for name, audience, claimed, held in ledger_claims(prod_sandbox, changed):
         assert claimed <= held, (name, audience, sorted(claimed - held)[:3])
-    # What failed is delivered by a backfill of its audiences, as an operator would launch it.
-    done = {
-        tag["value"]
-        for r in new
-        if r["status"] == "SUCCESS"
-        for tag in r["tags"]
-        if tag["key"] == "dagster/partition"
-    }
-    again = sorted(str(a) for a in changed if str(a) not in done)
+    # What failed is delivered by a backfill of its audiences, as an operator would launch it. (A later
+    # run that succeeded may have delivered part of it: the automation sensor re-runs a failed DSP
+    # step, whose queue then waits for its flush.)
+    again = sorted({tag["value"] for r in failed for tag in r["tags"] if tag["key"] == "dagster/partition"})
     if again:
         deliver(deployment, again)
     assert_destinations_hold(prod_sandbox, source.sizes)

@@ -16,7 +16,7 @@ from audience_pipeline.clients.ads_api import (
 from audience_pipeline.sandbox.config import SandboxConfig
 from audience_pipeline.sandbox.server import start_sandbox
 
-from ..conftest import add_fault, journal
+from ..conftest import add_fault, clear_faults, journal, wait_for
 
 
 def test_token_endpoint_issues_bearer_tokens(sandbox):
@@ -93,7 +93,7 @@ def test_throttling_past_the_retry_limit_raises_with_amazons_body(sandbox, ads_c
 
 def test_faults_can_be_cleared_and_bad_rules_are_refused(sandbox):
     add_fault(sandbox.ads_url, route="GET /v2/profiles", status=503)
-    requests.delete(f"{sandbox.ads_url}/_sandbox/faults", timeout=10).raise_for_status()
+    clear_faults(sandbox.ads_url)
     refused = requests.post(f"{sandbox.ads_url}/_sandbox/faults", json={"route": "x", "rate": 2}, timeout=10)
     assert refused.status_code == 400
 
@@ -165,8 +165,9 @@ def test_a_barrier_holds_its_first_requests_until_all_have_arrived_then_lets_lat
     since = time.monotonic()
     first = threading.Thread(target=client.request, args=("GET", "/v2/profiles"))
     first.start()
-    time.sleep(0.5)  # the first is held meanwhile
+    wait_for(lambda: sandbox.ads.faults.held() == 1, 30, "the first request to be held", every=0.02)
     client.request("GET", "/v2/profiles")
+    assert sandbox.ads.faults.held() == 0
     first.join()
     client.request("GET", "/v2/profiles")
     calls = [e for e in journal(sandbox.ads_url) if e["path"] == "/v2/profiles" and e["started"] >= since]
