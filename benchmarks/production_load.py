@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audience_pipeline.membership.dsp_audiences import dsp_audience_name  # noqa: E402
 from audience_pipeline.sandbox.server import start_sandbox  # noqa: E402
-from audience_pipeline_tests.production.deployment import FINISHED, Deployment, wait_for  # noqa: E402
+from audience_pipeline_tests.conftest import wait_for  # noqa: E402
+from audience_pipeline_tests.production.deployment import FINISHED, Deployment  # noqa: E402
 from audience_pipeline_tests.production.environment import (  # noqa: E402
     STATE_BUCKET,
     deployment_env,

@@ -17,9 +17,9 @@ from audience_pipeline.membership.ledger import Ledger
 from audience_pipeline.resources.state_store import StateStore
 from audience_pipeline.sandbox.faults import Faults
 
-from ..conftest import add_fault, clear_faults
+from ..conftest import add_fault, clear_faults, wait_for
 from .conftest import AUDIENCES
-from .deployment import FINISHED, RUN_ENDED, Deployment, wait_for
+from .deployment import FINISHED, RUN_ENDED, Deployment
 from .environment import STATE_BUCKET, destination_ids, sandbox_client
 from .project import (
     ADVERTISER,
