@@ -3,6 +3,7 @@ committing to the ledger exactly what arrived, and losing nothing when a request
 
 import collections
 import hashlib
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -168,8 +169,11 @@ def test_the_sender_holds_the_rate_without_a_429_and_delivers_every_member_once(
     assert quota_counts(sandbox)[chosen.route] == {"taken": 30, "throttled": 0}
     entries = chosen.requests(sandbox)
     assert [e["status"] for e in entries] == [200] * 30 and (outcome.requests, outcome.retries) == (30, 0)
-    # As the sandbox saw it: arrivals, a few milliseconds off the client's pacing on a busy machine.
-    assert (len(entries) - 1) / (entries[-1]["started"] - entries[0]["started"]) <= RATE * 1.05
+    # As the sandbox saw it, the arrivals' rate: a least-squares fit of arrivals over time, which a
+    # few requests delayed in transit do not decide (on a busy machine each thread's first request,
+    # which opens a connection, can arrive 0.2 s late and bunch up with the next ones).
+    arrived = sorted(e["started"] for e in entries)
+    assert statistics.linear_regression(arrived, range(len(arrived))).slope <= RATE * 1.05
     members = set(chosen.members.frame[USER_ID])
     assert chosen.delivered(sandbox) == collections.Counter(members)
     assert chosen.held() == chosen.committed() == members
